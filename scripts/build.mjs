@@ -1,0 +1,26 @@
+// Transpiles src/ to dist/ file by file (no bundling, no type check: `npm run typecheck` does that).
+import { readdirSync, rmSync, statSync } from 'node:fs';
+import { join } from 'node:path';
+import { build } from 'esbuild';
+
+const root = new URL('..', import.meta.url).pathname;
+const files = [];
+(function walk(dir) {
+  for (const name of readdirSync(dir)) {
+    const p = join(dir, name);
+    if (statSync(p).isDirectory()) walk(p);
+    else if (name.endsWith('.ts') && !name.endsWith('.d.ts')) files.push(p);
+  }
+})(join(root, 'src'));
+
+rmSync(join(root, 'dist'), { recursive: true, force: true });
+await build({
+  entryPoints: files,
+  outdir: join(root, 'dist'),
+  outbase: join(root, 'src'),
+  format: 'esm',
+  platform: 'node',
+  target: 'node20',
+  sourcemap: 'linked',
+  logLevel: 'warning',
+});

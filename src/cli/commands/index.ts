@@ -1,0 +1,12 @@
+/** Every command, one file each; a new command adds its file and one line here. */
+import type { Command } from 'commander';
+import type { CliContext } from '../context.js';
+
+export type RegisterCommand = (program: Command, ctx: CliContext, run: Runner) => void;
+/** Wraps an action so its errors print as one line and its result becomes the exit status. */
+export type Runner = <A extends unknown[]>(
+  action: (...args: A) => Promise<number>,
+  opts?: { errorExit?: number },
+) => (...args: A) => Promise<void>;
+
+export const commands: RegisterCommand[] = [];

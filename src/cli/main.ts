@@ -1,0 +1,67 @@
+/**
+ * The platter command: parse, run one command, map errors to one line and an
+ * exit status (DESIGN.md). No stack trace for a PlatterError; anything else is
+ * our bug and is printed with its stack.
+ */
+import { Command, CommanderError } from 'commander';
+import { isPlatterError } from '../core/errors.js';
+import { nodeHost } from '../storage/host.js';
+import { type Runner, commands } from './commands/index.js';
+import type { CliContext } from './context.js';
+
+export const VERSION = '0.1.0';
+
+export async function main(argv: string[]): Promise<void> {
+  const abort = new AbortController();
+  let interrupted = 0;
+  const onSignal = (sig: NodeJS.Signals): void => {
+    interrupted++;
+    if (interrupted > 1) process.exit(130);
+    abort.abort(new Error(sig));
+  };
+  process.on('SIGINT', onSignal);
+  process.on('SIGTERM', onSignal);
+
+  const ctx: CliContext = { host: nodeHost, stdout: process.stdout, stderr: process.stderr, signal: abort.signal };
+  const fail = (message: string, status: number): void => {
+    process.stderr.write(`platter: error: ${message}\n`);
+    process.exitCode = status;
+  };
+
+  const run: Runner =
+    (action, opts = {}) =>
+    async (...args) => {
+      try {
+        process.exitCode = await action(...args);
+      } catch (e) {
+        if (isPlatterError(e)) fail(e.message, opts.errorExit ?? 1);
+        else {
+          process.stderr.write(`platter: internal error (a bug in platter): ${(e as Error)?.stack ?? e}\n`);
+          process.exitCode = opts.errorExit ?? 1;
+        }
+      }
+    };
+
+  const program = new Command('platter')
+    .version(VERSION)
+    .description('disk images: convert, inspect, acquire, rescue, serve')
+    .showHelpAfterError(false)
+    .exitOverride()
+    .configureOutput({
+      writeOut: (s) => process.stdout.write(s),
+      writeErr: (s) => process.stderr.write(s),
+      outputError: (s) => process.stderr.write(`platter: error: ${s.replace(/^error: /, '').trimEnd()}\n`),
+    });
+  for (const register of commands) register(program, ctx, run);
+
+  try {
+    await program.parseAsync(argv, { from: 'user' });
+  } catch (e) {
+    if (e instanceof CommanderError) {
+      process.exitCode = e.exitCode === 0 ? 0 : 1;
+      return;
+    }
+    if (isPlatterError(e)) fail(e.message, 1);
+    else throw e;
+  }
+}

@@ -1,0 +1,268 @@
+/**
+ * Disk: what a guest sees. A fixed virtual size, positional reads and writes of
+ * whole byte ranges, and `extents()`, which tells for every byte whether it is
+ *
+ *   status | meaning
+ *   -------|---------------------------------------------------------------
+ *   data   | stored in this image (may still contain zeros)
+ *   zero   | reads as zeros, known without reading (qcow2 zero cluster, raw hole)
+ *   hole   | nothing here: read it from the disk below (at the bottom: zeros)
+ *
+ * A driver implements the small `DiskImpl`; `toDisk()` wraps it with the bounds,
+ * read-only and closed checks and supplies the fallbacks (principle 2).
+ */
+import { PlatterError } from './errors.js';
+import type { Storage } from './storage.js';
+
+export type Status = 'data' | 'zero' | 'hole';
+
+export interface Extent {
+  offset: number;
+  length: number;
+  status: Status;
+  /** 0 = this image; n = the n-th backing image below it. */
+  depth: number;
+}
+
+export interface SnapshotInfo {
+  id: string;
+  name: string;
+  vmStateSize: number;
+  /** Seconds since the epoch. */
+  date: number;
+  vmClock: number;
+  size?: number;
+}
+
+/** What `info` shows about one layer. */
+export interface FormatInfo {
+  /** Driver name: raw, qcow2, vmdk, vhd, vhdx, vdi, ewf. */
+  format: string;
+  subformat?: string;
+  /** Allocation unit in bytes: cluster, grain or block. */
+  granularity?: number;
+  /** The backing file as recorded in the image. */
+  backing?: { name: string; format?: string };
+  snapshots?: SnapshotInfo[];
+  dirty?: boolean;
+  corrupt?: boolean;
+  /** Format-specific facts (camelCase keys, plain numbers), shown by `info`. */
+  details?: Record<string, unknown>;
+}
+
+export interface CheckResult {
+  /** Metadata errors (after repair: those left). */
+  corruptions: number;
+  /** Allocated but unreferenced space (after repair: those left). */
+  leaks: number;
+  /** What a repair fixed. */
+  repaired?: { corruptions: number; leaks: number };
+  /** One line per problem, naming the field and the value. */
+  messages: string[];
+  /** Format-specific figures (allocated clusters, fragmentation, ...). */
+  details?: Record<string, unknown>;
+}
+
+/**
+ * Format-specific abilities, as data: an operation asks `disk.features.x` and
+ * says clearly when it is absent (principle: no NotCapable exceptions).
+ */
+export interface DiskFeatures {
+  check?(opts: { repair: 'none' | 'leaks' | 'all' }): Promise<CheckResult>;
+  /** Change the virtual size; the Disk must be reopened afterwards. */
+  resize?(newSize: number, opts: { shrink: boolean }): Promise<void>;
+  snapshots?: {
+    list(): Promise<SnapshotInfo[]>;
+    create(name: string): Promise<void>;
+    /** Revert the active image to the snapshot. */
+    apply(name: string): Promise<void>;
+    delete(name: string): Promise<void>;
+  };
+  /** Rewrite the recorded backing file (rebase -u, commit); null removes it. */
+  setBacking?(backing: { name: string; format?: string } | null): Promise<void>;
+  /** Make the image empty (all `hole`) after commit. */
+  makeEmpty?(): Promise<void>;
+}
+
+/** The minimum a driver (or layer) provides. */
+export interface DiskImpl {
+  readonly size: number;
+  /**
+   * COW unit: a partial write into a `hole` of this size is first filled from
+   * below by the chain (core/chain.ts). Defaults to 512.
+   */
+  readonly granularity?: number;
+  /** Fill `buf` from `offset`. Holes read as zeros here (the chain reads below). */
+  read(buf: Uint8Array, offset: number): Promise<void>;
+  write?(buf: Uint8Array, offset: number): Promise<void>;
+  /**
+   * Make a range read as zeros in this layer (status `zero` or `data`, never
+   * `hole`, which would expose a backing disk); `mayUnmap` allows freeing space.
+   */
+  writeZeroes?(offset: number, length: number, opts: { mayUnmap: boolean }): Promise<void>;
+  /** Discard: the range may afterwards read as zeros or as what lies below. */
+  discard?(offset: number, length: number): Promise<void>;
+  /**
+   * Extents starting exactly at `offset`, in order, without gaps; may cover less
+   * than `length` (at least one byte) or more (the excess is clipped).
+   * Default: all `data`.
+   */
+  extents?(offset: number, length: number): Promise<Extent[]>;
+  flush?(): Promise<void>;
+  close?(): Promise<void>;
+  info?(): Promise<FormatInfo>;
+  /** Host stores this layer is made of (for info, locking, allocated size). */
+  readonly storages?: readonly Storage[];
+  readonly features?: DiskFeatures;
+}
+
+export interface Disk {
+  readonly name: string;
+  readonly size: number;
+  readonly readOnly: boolean;
+  readonly granularity: number;
+  /** The images of the chain, this one first; empty for the zero disk. */
+  readonly layers: readonly Disk[];
+  readonly storages: readonly Storage[];
+  /** The top layer's format-specific abilities. */
+  readonly features: DiskFeatures;
+  read(buf: Uint8Array, offset: number): Promise<void>;
+  write(buf: Uint8Array, offset: number): Promise<void>;
+  writeZeroes(offset: number, length: number, opts?: { mayUnmap?: boolean }): Promise<void>;
+  discard(offset: number, length: number): Promise<void>;
+  /** Extents that tile [offset, offset+length) exactly, adjacent equal ones merged. */
+  extents(offset: number, length: number): Promise<Extent[]>;
+  flush(): Promise<void>;
+  close(): Promise<void>;
+  info(): Promise<FormatInfo>;
+}
+
+export interface ToDiskOptions {
+  name: string;
+  readOnly: boolean;
+  /** Set by stack(): the layers of a chain. */
+  layers?: readonly Disk[];
+}
+
+const ZERO_CHUNK = 1 << 20;
+
+/** Wraps a driver's DiskImpl into a checked Disk (principle 2 and 3). */
+export function toDisk(impl: DiskImpl, opts: ToDiskOptions): Disk {
+  let closed = false;
+  const { name, readOnly } = opts;
+  const size = impl.size;
+
+  const check = (offset: number, length: number, writing: boolean): void => {
+    if (closed) throw new PlatterError('ECLOSED', `${name}: disk is closed`);
+    if (writing && readOnly) throw new PlatterError('EREADONLY', `${name}: image is open read-only`);
+    if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0) {
+      throw new PlatterError('ERANGE', `${name}: invalid range offset ${offset} length ${length}`);
+    }
+    if (offset + length > size) {
+      throw new PlatterError(
+        'ERANGE',
+        `${name}: range ${offset}+${length} is past the end of the disk (size ${size})`,
+      );
+    }
+  };
+
+  const writeImpl = impl.write?.bind(impl);
+
+  const disk: Disk = {
+    name,
+    size,
+    readOnly,
+    granularity: impl.granularity ?? 512,
+    get layers() {
+      return opts.layers ?? [disk];
+    },
+    storages: impl.storages ?? [],
+    features: impl.features ?? {},
+    async read(buf, offset) {
+      check(offset, buf.length, false);
+      if (buf.length === 0) return;
+      await impl.read(buf, offset);
+    },
+    async write(buf, offset) {
+      check(offset, buf.length, true);
+      if (buf.length === 0) return;
+      if (!writeImpl) throw new PlatterError('EUNSUPPORTED', `${name}: this image cannot be written`);
+      await writeImpl(buf, offset);
+    },
+    async writeZeroes(offset, length, o = {}) {
+      check(offset, length, true);
+      if (length === 0) return;
+      if (impl.writeZeroes) return impl.writeZeroes(offset, length, { mayUnmap: o.mayUnmap ?? false });
+      if (!writeImpl) throw new PlatterError('EUNSUPPORTED', `${name}: this image cannot be written`);
+      const zeros = new Uint8Array(Math.min(length, ZERO_CHUNK));
+      for (let done = 0; done < length; done += zeros.length) {
+        const n = Math.min(zeros.length, length - done);
+        await writeImpl(zeros.subarray(0, n), offset + done);
+      }
+    },
+    async discard(offset, length) {
+      check(offset, length, true);
+      if (length === 0) return;
+      // Without a discard a no-op is correct: discarded data may read as before.
+      if (impl.discard) await impl.discard(offset, length);
+    },
+    async extents(offset, length) {
+      check(offset, length, false);
+      if (length === 0) return [];
+      if (!impl.extents) return [{ offset, length, status: 'data', depth: 0 }];
+      return collectExtents(name, impl.extents.bind(impl), offset, length);
+    },
+    async flush() {
+      if (closed) throw new PlatterError('ECLOSED', `${name}: disk is closed`);
+      await impl.flush?.();
+    },
+    async close() {
+      if (closed) return;
+      closed = true;
+      await impl.close?.();
+    },
+    async info() {
+      return impl.info ? impl.info() : { format: 'unknown' };
+    },
+  };
+  return disk;
+}
+
+/**
+ * Calls a driver's extents() until [offset, offset+length) is tiled, clipping,
+ * validating and merging what it returns.
+ */
+async function collectExtents(
+  name: string,
+  fn: (offset: number, length: number) => Promise<Extent[]>,
+  offset: number,
+  length: number,
+): Promise<Extent[]> {
+  const out: Extent[] = [];
+  const end = offset + length;
+  let pos = offset;
+  while (pos < end) {
+    const got = await fn(pos, end - pos);
+    if (got.length === 0) throw new Error(`internal error: ${name}: extents() returned nothing at ${pos}`);
+    for (const e of got) {
+      if (pos >= end) break;
+      if (e.offset !== pos || e.length <= 0) {
+        throw new Error(`internal error: ${name}: extents() gap or overlap at ${pos} (got ${e.offset}+${e.length})`);
+      }
+      const len = Math.min(e.length, end - pos);
+      pushExtent(out, { offset: pos, length: len, status: e.status, depth: e.depth });
+      pos += len;
+    }
+  }
+  return out;
+}
+
+/** Appends an extent, merging it into the previous one when status and depth agree. */
+export function pushExtent(out: Extent[], e: Extent): void {
+  const last = out[out.length - 1];
+  if (last && last.status === e.status && last.depth === e.depth && last.offset + last.length === e.offset) {
+    last.length += e.length;
+  } else {
+    out.push({ ...e });
+  }
+}

@@ -1,0 +1,64 @@
+/**
+ * Storage: a byte store on the host (file, block device, split set, NBD export,
+ * memory). Format drivers read and write their images only through Storage.
+ *
+ * Contract (principle 6): `read` fills the whole buffer or throws; reading past
+ * the end throws a PlatterError (EIO) naming the storage. Writing past the end
+ * extends the store (where it can grow).
+ */
+export interface Storage {
+  /** A path or URI, for messages. */
+  readonly name: string;
+  readonly readOnly: boolean;
+  size(): Promise<number>;
+  read(buf: Uint8Array, offset: number): Promise<void>;
+  write(buf: Uint8Array, offset: number): Promise<void>;
+  truncate(size: number): Promise<void>;
+  flush(): Promise<void>;
+  close(): Promise<void>;
+
+  // Optional capabilities; callers check for presence, never catch "not capable".
+  /** Which ranges hold data and which are holes (SEEK_DATA/SEEK_HOLE); tiles [offset, offset+length). */
+  extents?(offset: number, length: number): Promise<StorageExtent[]>;
+  /** Deallocate a range so it reads as zeros (punch a hole). */
+  discard?(offset: number, length: number): Promise<void>;
+  /** Reserve space for a range without writing it (fallocate). */
+  allocate?(offset: number, length: number): Promise<void>;
+  /** Bytes actually allocated on the host (st_blocks * 512). */
+  allocatedSize?(): Promise<number>;
+  /** Files on the host that make up this store (a split set has several). */
+  readonly files?: readonly string[];
+}
+
+export interface StorageExtent {
+  offset: number;
+  length: number;
+  /** `hole` reads as zeros without being stored. */
+  kind: 'data' | 'hole';
+}
+
+/** How to open a Storage. */
+export interface OpenMode {
+  /** Open for writing (exclusive lock unless `lock: 'none'`). */
+  write: boolean;
+  /** `auto`: exclusive for writers, shared for readers (QEMU-compatible). */
+  lock?: 'auto' | 'none';
+  /** O_DIRECT reads (block devices: exact bad-sector records). */
+  direct?: boolean;
+}
+
+/**
+ * The host: how the formats and operations reach files without importing node:fs.
+ * Implemented in storage/host.ts; tests may provide an in-memory one.
+ */
+export interface Host {
+  open(path: string, mode: OpenMode): Promise<Storage>;
+  /** Create a new store; fails with EEXIST unless `force`. */
+  create(path: string, options: { force?: boolean; lock?: 'auto' | 'none' }): Promise<Storage>;
+  exists(path: string): Promise<boolean>;
+  remove(path: string): Promise<void>;
+  /** Resolve `name` (as written inside an image) against the directory of `base`. */
+  resolve(base: string, name: string): string;
+  /** Rename atomically (used for `.partial` destinations and mapfiles). */
+  rename(from: string, to: string): Promise<void>;
+}

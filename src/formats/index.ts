@@ -1,0 +1,24 @@
+/**
+ * The registered format drivers, in probe order. raw is last: it accepts
+ * anything, so it is only chosen when no other driver recognises the image.
+ * A new format adds its folder and one line here.
+ */
+import { PlatterError } from '../core/errors.js';
+import type { FormatDriver } from './driver.js';
+import { raw } from './raw/index.js';
+
+export const drivers: readonly FormatDriver[] = [
+  // formats with a magic number go here, before raw
+  raw,
+];
+
+export function byName(name: string): FormatDriver {
+  const d = drivers.find((x) => x.name === name);
+  if (!d) {
+    throw new PlatterError(
+      'EINVAL',
+      `unknown format '${name}' (known: ${drivers.map((x) => x.name).join(', ')})`,
+    );
+  }
+  return d;
+}
