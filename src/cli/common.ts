@@ -1,0 +1,35 @@
+/** Options and helpers shared by many commands. */
+import type { Command } from 'commander';
+import type { Disk } from '../core/disk.js';
+import { openImage } from '../formats/open.js';
+import { parseKeyValues } from './args.js';
+import type { CliContext } from './context.js';
+import { type ProgressRenderer, makeProgress, progressMode } from './progress.js';
+
+/** Adds `-p/--progress [json]` and `-q/--quiet`. */
+export function withProgress(cmd: Command): Command {
+  return cmd
+    .option('-p, --progress [mode]', 'show progress on stderr (bar on a TTY, lines in a pipe; "json" for JSON lines)')
+    .option('-q, --quiet', 'print nothing but errors');
+}
+
+export function progressFor(ctx: CliContext, opts: { progress?: unknown; quiet?: boolean }): ProgressRenderer {
+  return makeProgress(ctx, progressMode(opts.progress, opts.quiet));
+}
+
+export interface OpenArgs {
+  format?: string;
+  forceShare?: boolean;
+  /** -o K=V image options for open (e.g. force=on). */
+  imageOpts?: string[];
+}
+
+/** Opens an image argument (path or URI) for a command. */
+export function openArg(ctx: CliContext, path: string, args: OpenArgs, write = false): Promise<Disk> {
+  return openImage(ctx.host, path, {
+    format: args.format,
+    readOnly: !write,
+    forceShare: args.forceShare,
+    options: parseKeyValues(args.imageOpts),
+  });
+}
