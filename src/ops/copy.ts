@@ -1,0 +1,253 @@
+/**
+ * copyDisk(src, dst): the one copy engine (convert, acquire, rescue, commit, NBD).
+ *
+ * How it moves bytes:
+ *   - It walks `src.extents()` a window at a time, so `hole` and `zero` ranges are
+ *     never read. For a full chain a `hole` is past the bottom layer: zeros.
+ *   - `data` ranges are cut into chunks whose boundaries are multiples of
+ *     `chunkSize` (itself a multiple of dst.granularity), so an allocating or
+ *     compressing writer receives whole clusters.
+ *   - Every chunk read is scanned for zeros in blocks of `zeroBlock` bytes
+ *     (default max(4 KiB, dst.granularity), like qemu-img's `-S 4k`): all-zero
+ *     runs are not written when the destination already reads zeros
+ *     (`dstZeroed`), and are written with writeZeroes({mayUnmap:true}) otherwise.
+ *   - `parallel` chunks are in flight at once, each with its own buffer, so
+ *     memory is parallel × chunkSize whatever the size of the disk.
+ *   - `onData`, if given, sees every byte of the source exactly once and in
+ *     offset order (zeros as `data: undefined`), e.g. to hash while copying.
+ *   - The signal stops it between chunks with ECANCELED; chunks in flight finish
+ *     first, so no write is torn. What the destination holds then is the
+ *     caller's business (the CLI writes to DST.partial and renames at the end).
+ */
+import { alignDown, isAllZero } from '../core/bytes.js';
+import type { Disk, Extent } from '../core/disk.js';
+import { invalid, PlatterError, throwIfAborted } from '../core/errors.js';
+import type { OpOptions } from './progress.js';
+
+export interface CopyOptions extends OpOptions {
+  /** The destination already reads zeros everywhere (freshly created): zero ranges are skipped. */
+  dstZeroed?: boolean;
+  /** Bytes per read/write; rounded to a multiple of dst.granularity. Default 4 MiB. */
+  chunkSize?: number;
+  /** Chunks in flight. Default 4. */
+  parallel?: number;
+  /** Zero-detection unit in bytes (a power of two). Default max(4096, dst.granularity). */
+  zeroBlock?: number;
+  /** Copy only [offset, offset+length) (same offsets on both disks). Default: all of src. */
+  offset?: number;
+  length?: number;
+  /** Called in offset order with every range of the source; `data` undefined means zeros. */
+  onData?: (range: { offset: number; length: number; data?: Uint8Array }) => void | Promise<void>;
+  /** Progress phase name. Default 'copying'. */
+  phase?: string;
+  /** Flush the destination at the end. Default true. */
+  flush?: boolean;
+}
+
+export interface CopyResult {
+  /** Bytes covered (the source size, or `length`). */
+  total: number;
+  /** Bytes read from the source (data extents). */
+  bytesRead: number;
+  /** Bytes written with write(). */
+  bytesWritten: number;
+  /** Bytes made zero with writeZeroes() (0 when dstZeroed). */
+  bytesZeroed: number;
+  /** Bytes not touched on the destination because they are zeros and it already read zeros. */
+  bytesSkipped: number;
+}
+
+const MiB = 1 << 20;
+/** How much of the source one extents() call covers. */
+const EXTENT_WINDOW = 1024 * MiB;
+
+type Task = { offset: number; length: number; read: boolean };
+
+/** Splits the source into tasks: data extents in aligned chunks, zero ranges as one task per window. */
+async function* tasks(src: Disk, start: number, end: number, chunk: number): AsyncGenerator<Task> {
+  for (let win = start; win < end; win += EXTENT_WINDOW) {
+    const winEnd = Math.min(end, win + EXTENT_WINDOW);
+    const exts: Extent[] = await src.extents(win, winEnd - win);
+    for (const e of exts) {
+      switch (e.status) {
+        case 'zero':
+        case 'hole':
+          yield { offset: e.offset, length: e.length, read: false };
+          break;
+        case 'data': {
+          const eEnd = e.offset + e.length;
+          for (let pos = e.offset; pos < eEnd; ) {
+            const next = Math.min(eEnd, alignDown(pos, chunk) + chunk);
+            yield { offset: pos, length: next - pos, read: true };
+            pos = next;
+          }
+          break;
+        }
+        default: {
+          const never: never = e.status;
+          throw new Error(`internal error: status ${never}`);
+        }
+      }
+    }
+  }
+}
+
+function lcmPow2(a: number, b: number): number {
+  return Math.max(a, b) % Math.min(a, b) === 0 ? Math.max(a, b) : a * b;
+}
+
+export async function copyDisk(src: Disk, dst: Disk, opts: CopyOptions = {}): Promise<CopyResult> {
+  const start = opts.offset ?? 0;
+  const length = opts.length ?? src.size - start;
+  const end = start + length;
+  if (
+    !Number.isSafeInteger(start) ||
+    !Number.isSafeInteger(length) ||
+    start < 0 ||
+    length < 0 ||
+    end > src.size
+  ) {
+    throw invalid(`copy range ${start}+${length} is outside ${src.name} (size ${src.size})`);
+  }
+  if (end > dst.size) {
+    throw new PlatterError(
+      'ERANGE',
+      `${dst.name}: destination is smaller (${dst.size} bytes) than the source (${end})`,
+    );
+  }
+  const g = Math.max(1, dst.granularity);
+  const zeroBlock = opts.zeroBlock ?? Math.max(4096, g);
+  const unit = lcmPow2(g, zeroBlock);
+  const chunk = Math.max(unit, alignDown(opts.chunkSize ?? 4 * MiB, unit));
+  const parallel = Math.max(1, Math.floor(opts.parallel ?? 4));
+  const dstZeroed = opts.dstZeroed ?? false;
+  const phase = opts.phase ?? 'copying';
+  const { signal, onProgress, onData } = opts;
+
+  const result: CopyResult = {
+    total: length,
+    bytesRead: 0,
+    bytesWritten: 0,
+    bytesZeroed: 0,
+    bytesSkipped: 0,
+  };
+  let done = 0;
+  onProgress?.({ phase, done, total: length });
+
+  const zeroRange = async (offset: number, len: number): Promise<void> => {
+    if (len === 0) return;
+    if (dstZeroed) {
+      result.bytesSkipped += len;
+      return;
+    }
+    await dst.writeZeroes(offset, len, { mayUnmap: true });
+    result.bytesZeroed += len;
+  };
+
+  /** Writes a chunk that was read: non-zero runs of zeroBlocks with write(), zero runs as zeros. */
+  const writeChunk = async (buf: Uint8Array, offset: number): Promise<void> => {
+    if (isAllZero(buf)) return zeroRange(offset, buf.length);
+    let runStart = 0;
+    let runZero: boolean | undefined;
+    const flushRun = async (to: number): Promise<void> => {
+      if (runZero === undefined || to === runStart) return;
+      if (runZero) await zeroRange(offset + runStart, to - runStart);
+      else {
+        await dst.write(buf.subarray(runStart, to), offset + runStart);
+        result.bytesWritten += to - runStart;
+      }
+    };
+    // Blocks follow absolute zeroBlock boundaries so that zero runs stay aligned.
+    for (let i = 0; i < buf.length; ) {
+      const next = Math.min(buf.length, alignDown(offset + i, zeroBlock) + zeroBlock - offset);
+      const z = isAllZero(buf.subarray(i, next));
+      if (z !== runZero) {
+        await flushRun(i);
+        runStart = i;
+        runZero = z;
+      }
+      i = next;
+    }
+    await flushRun(buf.length);
+  };
+
+  // Zero ranges longer than this are split, so progress and cancellation keep moving.
+  const zeroStep = Math.max(chunk, 256 * MiB);
+  const iter = tasks(src, start, end, chunk);
+  let failed: unknown;
+  // In-order delivery to onData: each task waits for the previous one's turn.
+  let turn: Promise<void> = Promise.resolve();
+
+  const nextTask = async (): Promise<Task | undefined> => {
+    const r = await iter.next();
+    return r.done ? undefined : r.value;
+  };
+  // The generator is not reentrant: serialise pulls from it.
+  let pulling: Promise<unknown> = Promise.resolve();
+  const pull = (): Promise<Task | undefined> => {
+    const p = pulling.then(nextTask);
+    pulling = p.catch(() => undefined);
+    return p;
+  };
+
+  const worker = async (): Promise<void> => {
+    let buf: Uint8Array | undefined;
+    while (failed === undefined) {
+      throwIfAborted(signal);
+      const t = await pull();
+      if (!t || failed !== undefined) return;
+      // Take this task's turn for onData now, while tasks are still in offset order.
+      const prev = turn;
+      let release!: () => void;
+      turn = new Promise<void>((r) => {
+        release = r;
+      });
+      try {
+        if (t.read) {
+          if (!buf) buf = new Uint8Array(chunk);
+          const data = buf.subarray(0, t.length);
+          await src.read(data, t.offset);
+          result.bytesRead += t.length;
+          if (onData) {
+            await prev;
+            if (failed !== undefined) return;
+            await onData({ offset: t.offset, length: t.length, data });
+          }
+          await writeChunk(data, t.offset);
+          done += t.length;
+          onProgress?.({ phase, done, total: length });
+        } else {
+          // Zeros: no buffer; long ranges in steps so progress and cancellation move.
+          for (let pos = t.offset; pos < t.offset + t.length; ) {
+            throwIfAborted(signal);
+            const n = Math.min(zeroStep, t.offset + t.length - pos);
+            await zeroRange(pos, n);
+            pos += n;
+            done += n;
+            onProgress?.({ phase, done, total: length });
+          }
+          if (onData) {
+            await prev;
+            if (failed !== undefined) return;
+            await onData({ offset: t.offset, length: t.length });
+          }
+        }
+      } finally {
+        release();
+      }
+    }
+  };
+
+  const workers = Array.from({ length: parallel }, () =>
+    worker().catch((e) => {
+      failed ??= e;
+    }),
+  );
+  await Promise.all(workers);
+  if (failed !== undefined) {
+    await iter.return(undefined).catch(() => undefined);
+    throw failed;
+  }
+  if (opts.flush ?? true) await dst.flush();
+  return result;
+}
