@@ -1,0 +1,39 @@
+/**
+ * Segment file names: the first file's extension gives the letter and case
+ * (.E01, .e01, .s01 ...). Segments 1..99 are .E01..E99; then .EAA..EZZ,
+ * .FAA..FZZ, ... up to .ZZZ (libewf's limit: 99 + 26 x 26 x (26 - letter) files).
+ */
+import { invalid } from '../../core/errors.js';
+
+const EXT = /\.([A-Za-z])(\d\d)$/;
+
+/** True if the path ends in a first-segment extension such as .E01. */
+export function isFirstSegmentName(path: string): boolean {
+  const m = EXT.exec(path);
+  return !!m && m[2] === '01';
+}
+
+/** The name of segment `n` (1-based) of the set whose first file is `first`. */
+export function segmentName(first: string, n: number): string {
+  const m = EXT.exec(first);
+  if (!m) throw invalid(`${first}: an EWF segment set's first file must end in .E01 (or .e01, .s01)`);
+  const stem = first.slice(0, first.length - 4);
+  const letter = m[1];
+  const upper = letter === letter.toUpperCase();
+  if (n < 1) throw invalid(`segment number ${n}`);
+  if (n <= 99) return `${stem}.${letter}${String(n).padStart(2, '0')}`;
+  const k = n - 100;
+  const firstCode = letter.toUpperCase().charCodeAt(0) + Math.floor(k / 676);
+  if (firstCode > 90) throw invalid(`${first}: segment ${n} is past the last EWF extension (.ZZZ)`);
+  const a = String.fromCharCode(firstCode);
+  const b = String.fromCharCode(65 + Math.floor((k % 676) / 26));
+  const c = String.fromCharCode(65 + (k % 26));
+  const ext = a + b + c;
+  return `${stem}.${upper ? ext : ext.toLowerCase()}`;
+}
+
+/** The last path component, for messages and sibling lookups. */
+export function baseName(path: string): string {
+  const i = Math.max(path.lastIndexOf('/'), path.lastIndexOf('\\'));
+  return i < 0 ? path : path.slice(i + 1);
+}
