@@ -1,0 +1,39 @@
+// Builds the native addon (native/build/Release/platter.node) with node-gyp,
+// offline, against the headers of the Node.js that runs this script. Run by
+// `npm ci` / `npm install` (package.json "install"). A failure is not fatal:
+// src/storage/native.ts falls back to pure JavaScript (no holes, no locks).
+import { spawnSync } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+
+const here = dirname(new URL(import.meta.url).pathname);
+const nodedir = join(dirname(process.execPath), '..');
+const headers = join(nodedir, 'include', 'node', 'node_api.h');
+
+function nodeGyp() {
+  if (process.env.npm_config_node_gyp && existsSync(process.env.npm_config_node_gyp)) {
+    return [process.execPath, process.env.npm_config_node_gyp];
+  }
+  // npm's own copy, next to the node binary (global install layout).
+  for (const p of [
+    join(nodedir, 'lib', 'node_modules', 'npm', 'node_modules', 'node-gyp', 'bin', 'node-gyp.js'),
+    join(dirname(process.execPath), 'node_modules', 'npm', 'node_modules', 'node-gyp', 'bin', 'node-gyp.js'),
+  ]) {
+    if (existsSync(p)) return [process.execPath, p];
+  }
+  return ['node-gyp'];
+}
+
+function fail(why) {
+  console.warn(`platter: native addon not built (${why}); using the pure-JavaScript fallbacks`);
+  process.exit(0);
+}
+
+if (process.platform !== 'linux') fail(`platform ${process.platform}`);
+const args = ['rebuild', `--directory=${here}`, '--loglevel=warn'];
+// Offline: use the installed headers instead of downloading them.
+if (existsSync(headers)) args.push(`--nodedir=${nodedir}`);
+const [cmd, ...pre] = nodeGyp();
+const r = spawnSync(cmd, [...pre, ...args], { stdio: 'inherit' });
+if (r.error) fail(r.error.message);
+if (r.status !== 0) fail(`node-gyp exited ${r.status}`);

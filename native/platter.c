@@ -1,0 +1,355 @@
+/*
+ * platter's native helpers (Linux, Node-API): the few system calls Node's fs
+ * module does not offer. Loaded by src/storage/native.ts, which has a pure-JS
+ * fallback for every function when this addon is missing.
+ *
+ *   seekData(fd, offset)            lseek SEEK_DATA; -1 when no data follows (ENXIO)
+ *   seekHole(fd, offset)            lseek SEEK_HOLE; -1 when offset is past EOF (ENXIO)
+ *   dataRanges(fd, offset, end, max)
+ *                                   [start0, end0, start1, end1, ...] of the data
+ *                                   ranges in [offset, end), at most `max` pairs;
+ *                                   null when the file system cannot tell (EINVAL)
+ *   fallocate(fd, mode, offset, length) -> Promise<void>   (runs off the main thread)
+ *   ofdLock(fd, type, start, length)     type 0 unlock, 1 read, 2 write;
+ *                                   true when taken, false when another open file
+ *                                   description holds a conflicting lock
+ *   ofdTest(fd, type, start, length)     null when `type` could be taken, else
+ *                                   { type, start, length, pid } of a conflicting lock
+ *   blockDeviceSize(fd)             ioctl BLKGETSIZE64 (bytes)
+ *   logicalSectorSize(fd)           ioctl BLKSSZGET (bytes)
+ *   alignedBuffer(size, alignment)  an ArrayBuffer whose memory is aligned (O_DIRECT)
+ *   constants                       FALLOC_FL_* values
+ *
+ * Errors are thrown as Error objects with `code` (e.g. 'EINVAL'), `errno` and
+ * `syscall`, like Node's own fs errors.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/falloc.h>
+#include <linux/fs.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <unistd.h>
+
+#include <node_api.h>
+
+#define CHECK(call)                                                   \
+  do {                                                                \
+    if ((call) != napi_ok) {                                          \
+      napi_throw_error(env, NULL, "platter native: N-API call failed"); \
+      return NULL;                                                    \
+    }                                                                 \
+  } while (0)
+
+static napi_value make_errno_error(napi_env env, int err, const char *syscall) {
+  const char *name = strerrorname_np(err);
+  if (!name) name = "EIO";
+  napi_value code, msg, error, num, sys;
+  char text[256];
+  snprintf(text, sizeof text, "%s: %s (%s)", syscall, strerror(err), name);
+  napi_create_string_utf8(env, name, NAPI_AUTO_LENGTH, &code);
+  napi_create_string_utf8(env, text, NAPI_AUTO_LENGTH, &msg);
+  napi_create_error(env, code, msg, &error);
+  napi_create_int32(env, -err, &num);
+  napi_set_named_property(env, error, "errno", num);
+  napi_create_string_utf8(env, syscall, NAPI_AUTO_LENGTH, &sys);
+  napi_set_named_property(env, error, "syscall", sys);
+  return error;
+}
+
+static napi_value throw_errno(napi_env env, int err, const char *syscall) {
+  napi_throw(env, make_errno_error(env, err, syscall));
+  return NULL;
+}
+
+static int get_args(napi_env env, napi_callback_info info, size_t want, napi_value *argv) {
+  size_t argc = want;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < want) {
+    napi_throw_type_error(env, NULL, "platter native: missing arguments");
+    return 0;
+  }
+  return 1;
+}
+
+static int get_int(napi_env env, napi_value v, int32_t *out) {
+  if (napi_get_value_int32(env, v, out) != napi_ok) {
+    napi_throw_type_error(env, NULL, "platter native: expected an integer");
+    return 0;
+  }
+  return 1;
+}
+
+/* Offsets arrive as JS numbers (doubles, exact to 2^53). */
+static int get_off(napi_env env, napi_value v, int64_t *out) {
+  double d;
+  if (napi_get_value_double(env, v, &d) != napi_ok || d < 0 || d > 9007199254740992.0) {
+    napi_throw_range_error(env, NULL, "platter native: expected an offset in [0, 2^53]");
+    return 0;
+  }
+  *out = (int64_t)d;
+  return 1;
+}
+
+static napi_value num(napi_env env, double d) {
+  napi_value v;
+  napi_create_double(env, d, &v);
+  return v;
+}
+
+/* ---- SEEK_DATA / SEEK_HOLE ---------------------------------------------- */
+
+static napi_value seek_common(napi_env env, napi_callback_info info, int whence, const char *name) {
+  napi_value argv[2];
+  int32_t fd;
+  int64_t off;
+  if (!get_args(env, info, 2, argv) || !get_int(env, argv[0], &fd) || !get_off(env, argv[1], &off)) return NULL;
+  off_t r = lseek(fd, (off_t)off, whence);
+  if (r < 0) {
+    if (errno == ENXIO) return num(env, -1);
+    return throw_errno(env, errno, name);
+  }
+  return num(env, (double)r);
+}
+
+static napi_value seek_data(napi_env env, napi_callback_info info) {
+  return seek_common(env, info, SEEK_DATA, "lseek(SEEK_DATA)");
+}
+
+static napi_value seek_hole(napi_env env, napi_callback_info info) {
+  return seek_common(env, info, SEEK_HOLE, "lseek(SEEK_HOLE)");
+}
+
+static napi_value data_ranges(napi_env env, napi_callback_info info) {
+  napi_value argv[4], out;
+  int32_t fd, max;
+  int64_t pos, end;
+  if (!get_args(env, info, 4, argv) || !get_int(env, argv[0], &fd) || !get_off(env, argv[1], &pos) ||
+      !get_off(env, argv[2], &end) || !get_int(env, argv[3], &max))
+    return NULL;
+  CHECK(napi_create_array(env, &out));
+  uint32_t n = 0;
+  while (pos < end && (int32_t)(n / 2) < max) {
+    off_t data = lseek(fd, (off_t)pos, SEEK_DATA);
+    if (data < 0) {
+      if (errno == ENXIO) break; /* only a hole (or EOF) follows */
+      if (errno == EINVAL && n == 0) {
+        napi_value nul;
+        napi_get_null(env, &nul);
+        return nul;
+      }
+      return throw_errno(env, errno, "lseek(SEEK_DATA)");
+    }
+    if (data >= end) break;
+    off_t hole = lseek(fd, data, SEEK_HOLE);
+    if (hole < 0) {
+      if (errno != ENXIO) return throw_errno(env, errno, "lseek(SEEK_HOLE)");
+      hole = end; /* raced with a truncate: treat the rest as data */
+    }
+    if (hole > end) hole = end;
+    if (hole <= data) hole = data + 1; /* never loop forever on a confused file system */
+    CHECK(napi_set_element(env, out, n++, num(env, (double)data)));
+    CHECK(napi_set_element(env, out, n++, num(env, (double)hole)));
+    pos = hole;
+  }
+  return out;
+}
+
+/* ---- fallocate (asynchronous) ------------------------------------------- */
+
+typedef struct {
+  int fd, mode;
+  int64_t off, len;
+  int err;
+  napi_deferred deferred;
+  napi_async_work work;
+} falloc_job;
+
+static void falloc_execute(napi_env env, void *data) {
+  falloc_job *j = data;
+  int r;
+  do {
+    r = fallocate(j->fd, j->mode, (off_t)j->off, (off_t)j->len);
+  } while (r < 0 && errno == EINTR);
+  j->err = r < 0 ? errno : 0;
+}
+
+static void falloc_complete(napi_env env, napi_status status, void *data) {
+  falloc_job *j = data;
+  if (status != napi_ok) j->err = ECANCELED;
+  if (j->err) {
+    napi_reject_deferred(env, j->deferred, make_errno_error(env, j->err, "fallocate"));
+  } else {
+    napi_value undef;
+    napi_get_undefined(env, &undef);
+    napi_resolve_deferred(env, j->deferred, undef);
+  }
+  napi_delete_async_work(env, j->work);
+  free(j);
+}
+
+static napi_value do_fallocate(napi_env env, napi_callback_info info) {
+  napi_value argv[4], promise, name;
+  int32_t fd, mode;
+  int64_t off, len;
+  if (!get_args(env, info, 4, argv) || !get_int(env, argv[0], &fd) || !get_int(env, argv[1], &mode) ||
+      !get_off(env, argv[2], &off) || !get_off(env, argv[3], &len))
+    return NULL;
+  falloc_job *j = calloc(1, sizeof *j);
+  if (!j) return throw_errno(env, ENOMEM, "fallocate");
+  j->fd = fd;
+  j->mode = mode;
+  j->off = off;
+  j->len = len;
+  CHECK(napi_create_promise(env, &j->deferred, &promise));
+  CHECK(napi_create_string_utf8(env, "platter:fallocate", NAPI_AUTO_LENGTH, &name));
+  CHECK(napi_create_async_work(env, NULL, name, falloc_execute, falloc_complete, j, &j->work));
+  CHECK(napi_queue_async_work(env, j->work));
+  return promise;
+}
+
+/* ---- OFD byte-range locks ----------------------------------------------- */
+
+static short lock_type(int32_t t) {
+  return t == 0 ? F_UNLCK : t == 1 ? F_RDLCK : F_WRLCK;
+}
+
+static napi_value ofd_lock(napi_env env, napi_callback_info info) {
+  napi_value argv[4], res;
+  int32_t fd, type;
+  int64_t start, len;
+  if (!get_args(env, info, 4, argv) || !get_int(env, argv[0], &fd) || !get_int(env, argv[1], &type) ||
+      !get_off(env, argv[2], &start) || !get_off(env, argv[3], &len))
+    return NULL;
+  struct flock fl;
+  memset(&fl, 0, sizeof fl); /* l_pid must be 0 for OFD locks */
+  fl.l_type = lock_type(type);
+  fl.l_whence = SEEK_SET;
+  fl.l_start = (off_t)start;
+  fl.l_len = (off_t)len;
+  int r;
+  do {
+    r = fcntl(fd, F_OFD_SETLK, &fl);
+  } while (r < 0 && errno == EINTR);
+  if (r < 0) {
+    if (errno == EAGAIN || errno == EACCES) {
+      napi_get_boolean(env, false, &res);
+      return res;
+    }
+    return throw_errno(env, errno, "fcntl(F_OFD_SETLK)");
+  }
+  napi_get_boolean(env, true, &res);
+  return res;
+}
+
+static napi_value ofd_test(napi_env env, napi_callback_info info) {
+  napi_value argv[4], res;
+  int32_t fd, type;
+  int64_t start, len;
+  if (!get_args(env, info, 4, argv) || !get_int(env, argv[0], &fd) || !get_int(env, argv[1], &type) ||
+      !get_off(env, argv[2], &start) || !get_off(env, argv[3], &len))
+    return NULL;
+  struct flock fl;
+  memset(&fl, 0, sizeof fl);
+  fl.l_type = lock_type(type);
+  fl.l_whence = SEEK_SET;
+  fl.l_start = (off_t)start;
+  fl.l_len = (off_t)len;
+  int r;
+  do {
+    r = fcntl(fd, F_OFD_GETLK, &fl);
+  } while (r < 0 && errno == EINTR);
+  if (r < 0) return throw_errno(env, errno, "fcntl(F_OFD_GETLK)");
+  if (fl.l_type == F_UNLCK) {
+    napi_get_null(env, &res);
+    return res;
+  }
+  CHECK(napi_create_object(env, &res));
+  napi_set_named_property(env, res, "type", num(env, fl.l_type == F_RDLCK ? 1 : 2));
+  napi_set_named_property(env, res, "start", num(env, (double)fl.l_start));
+  napi_set_named_property(env, res, "length", num(env, (double)fl.l_len));
+  napi_set_named_property(env, res, "pid", num(env, (double)fl.l_pid));
+  return res;
+}
+
+/* ---- block devices ------------------------------------------------------ */
+
+static napi_value block_device_size(napi_env env, napi_callback_info info) {
+  napi_value argv[1];
+  int32_t fd;
+  if (!get_args(env, info, 1, argv) || !get_int(env, argv[0], &fd)) return NULL;
+  uint64_t size = 0;
+  if (ioctl(fd, BLKGETSIZE64, &size) < 0) return throw_errno(env, errno, "ioctl(BLKGETSIZE64)");
+  return num(env, (double)size);
+}
+
+static napi_value logical_sector_size(napi_env env, napi_callback_info info) {
+  napi_value argv[1];
+  int32_t fd;
+  if (!get_args(env, info, 1, argv) || !get_int(env, argv[0], &fd)) return NULL;
+  int size = 0;
+  if (ioctl(fd, BLKSSZGET, &size) < 0) return throw_errno(env, errno, "ioctl(BLKSSZGET)");
+  return num(env, (double)size);
+}
+
+/* ---- aligned memory for O_DIRECT ---------------------------------------- */
+
+static void free_aligned(napi_env env, void *data, void *hint) {
+  int64_t ignored;
+  napi_adjust_external_memory(env, -(int64_t)(uintptr_t)hint, &ignored);
+  free(data);
+}
+
+static napi_value aligned_buffer(napi_env env, napi_callback_info info) {
+  napi_value argv[2], ab;
+  int32_t size, align;
+  if (!get_args(env, info, 2, argv) || !get_int(env, argv[0], &size) || !get_int(env, argv[1], &align)) return NULL;
+  if (size <= 0 || align < (int32_t)sizeof(void *) || (align & (align - 1)) != 0) {
+    napi_throw_range_error(env, NULL, "platter native: bad size or alignment");
+    return NULL;
+  }
+  void *mem = NULL;
+  int err = posix_memalign(&mem, (size_t)align, (size_t)size);
+  if (err) return throw_errno(env, err, "posix_memalign");
+  memset(mem, 0, (size_t)size);
+  if (napi_create_external_arraybuffer(env, mem, (size_t)size, free_aligned, (void *)(uintptr_t)size, &ab) !=
+      napi_ok) {
+    free(mem);
+    napi_throw_error(env, "ENOTSUP", "platter native: external array buffers are not allowed");
+    return NULL;
+  }
+  int64_t ignored;
+  napi_adjust_external_memory(env, size, &ignored);
+  return ab;
+}
+
+/* ---- module ------------------------------------------------------------- */
+
+static void set_fn(napi_env env, napi_value exports, const char *name, napi_callback cb) {
+  napi_value fn;
+  napi_create_function(env, name, NAPI_AUTO_LENGTH, cb, NULL, &fn);
+  napi_set_named_property(env, exports, name, fn);
+}
+
+static napi_value init(napi_env env, napi_value exports) {
+  set_fn(env, exports, "seekData", seek_data);
+  set_fn(env, exports, "seekHole", seek_hole);
+  set_fn(env, exports, "dataRanges", data_ranges);
+  set_fn(env, exports, "fallocate", do_fallocate);
+  set_fn(env, exports, "ofdLock", ofd_lock);
+  set_fn(env, exports, "ofdTest", ofd_test);
+  set_fn(env, exports, "blockDeviceSize", block_device_size);
+  set_fn(env, exports, "logicalSectorSize", logical_sector_size);
+  set_fn(env, exports, "alignedBuffer", aligned_buffer);
+  napi_value c;
+  napi_create_object(env, &c);
+  napi_set_named_property(env, c, "FALLOC_FL_KEEP_SIZE", num(env, FALLOC_FL_KEEP_SIZE));
+  napi_set_named_property(env, c, "FALLOC_FL_PUNCH_HOLE", num(env, FALLOC_FL_PUNCH_HOLE));
+  napi_set_named_property(env, c, "FALLOC_FL_ZERO_RANGE", num(env, FALLOC_FL_ZERO_RANGE));
+  napi_set_named_property(env, exports, "constants", c);
+  return exports;
+}
+
+NAPI_MODULE(NODE_GYP_MODULE_NAME, init)

@@ -1,0 +1,138 @@
+/**
+ * The native helpers (native/platter.c, built by node-gyp at `npm ci` time) and
+ * their pure-JavaScript fallbacks. The fallback is chosen when the addon was not
+ * built, fails to load, or PLATTER_NO_NATIVE=1 is set; it is correct but weaker:
+ *
+ *   helper            | native                          | fallback
+ *   ------------------|---------------------------------|------------------------------
+ *   dataRanges        | lseek SEEK_DATA/SEEK_HOLE       | null: "cannot tell", all data
+ *   fallocate         | fallocate(2), off the main loop | rejects EOPNOTSUPP
+ *   ofdLock / ofdTest | fcntl F_OFD_SETLK / F_OFD_GETLK | no locks: always granted
+ *   blockDeviceSize   | ioctl BLKGETSIZE64              | /sys/dev/block/M:m/size, else stat
+ *   logicalSectorSize | ioctl BLKSSZGET                 | sysfs logical_block_size, else 512
+ *   alignedBuffer     | posix_memalign                  | ordinary memory (no O_DIRECT)
+ *
+ * storage/file.ts asks `native.available` before offering discard/allocate,
+ * locks and O_DIRECT, so the fallback never pretends to do what it cannot.
+ */
+import { fstatSync, readFileSync } from 'node:fs';
+import { createRequire } from 'node:module';
+
+/** Lock types for ofdLock/ofdTest (struct flock l_type). */
+export const UNLOCK = 0;
+export const READ_LOCK = 1;
+export const WRITE_LOCK = 2;
+
+export interface LockHolder {
+  type: typeof READ_LOCK | typeof WRITE_LOCK;
+  start: number;
+  length: number;
+  /** -1 for OFD locks (they belong to an open file description, not a process). */
+  pid: number;
+}
+
+export interface Native {
+  /** true when the addon is loaded; false for the fallback. */
+  readonly available: boolean;
+  /** Next offset >= `offset` holding data; -1 when only a hole (or EOF) follows. */
+  seekData(fd: number, offset: number): number;
+  /** Next hole at or after `offset` (EOF counts as a hole); -1 when `offset` is past EOF. */
+  seekHole(fd: number, offset: number): number;
+  /**
+   * Data ranges in [offset, end) as a flat list [start0, end0, start1, end1, …]
+   * (at most `max` pairs; call again from the last end for more), or null when
+   * the file system cannot tell (treat everything as data).
+   */
+  dataRanges(fd: number, offset: number, end: number, max: number): number[] | null;
+  /** fallocate(2) with FALLOC_FL_* `mode`; errors carry `code` like Node's fs errors. */
+  fallocate(fd: number, mode: number, offset: number, length: number): Promise<void>;
+  /** Take (READ_LOCK/WRITE_LOCK) or drop (UNLOCK) an OFD lock; false when another holder conflicts. */
+  ofdLock(fd: number, type: number, start: number, length: number): boolean;
+  /** Who would conflict with taking `type` on the range (another open file description), or null. */
+  ofdTest(fd: number, type: number, start: number, length: number): LockHolder | null;
+  blockDeviceSize(fd: number): number;
+  logicalSectorSize(fd: number): number;
+  /** `size` bytes whose address is a multiple of `alignment` (for O_DIRECT). */
+  alignedBuffer(size: number, alignment: number): Uint8Array;
+  readonly constants: {
+    readonly FALLOC_FL_KEEP_SIZE: number;
+    readonly FALLOC_FL_PUNCH_HOLE: number;
+    readonly FALLOC_FL_ZERO_RANGE: number;
+  };
+}
+
+interface Addon extends Omit<Native, 'available' | 'alignedBuffer'> {
+  alignedBuffer(size: number, alignment: number): ArrayBuffer;
+}
+
+function sysfsBlock(fd: number, file: string): number | undefined {
+  try {
+    const rdev = fstatSync(fd).rdev;
+    // Linux dev_t: major in bits 8..19 (and 32..43), minor in bits 0..7 and 20..31.
+    const major = ((rdev >> 8) & 0xfff) | (Math.floor(rdev / 2 ** 32) & ~0xfff);
+    const minor = (rdev & 0xff) | ((rdev >> 12) & ~0xff);
+    const text = readFileSync(`/sys/dev/block/${major}:${minor}/${file}`, 'utf8').trim();
+    const n = Number(text);
+    return Number.isSafeInteger(n) ? n : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+function notSupported(syscall: string): NodeJS.ErrnoException {
+  const e: NodeJS.ErrnoException = new Error(`${syscall}: operation not supported (no native addon)`);
+  e.code = 'EOPNOTSUPP';
+  e.syscall = syscall;
+  return e;
+}
+
+/** The pure-JavaScript stand-in (also used by tests to prove the fallback path). */
+export const fallback: Native = {
+  available: false,
+  seekData: (_fd, offset) => offset,
+  seekHole: (fd, offset) => {
+    const size = fstatSync(fd).size;
+    return offset > size ? -1 : size;
+  },
+  dataRanges: () => null,
+  fallocate: async () => Promise.reject(notSupported('fallocate')),
+  ofdLock: () => true,
+  ofdTest: () => null,
+  blockDeviceSize: (fd) => {
+    const sectors = sysfsBlock(fd, 'size'); // always in 512-byte units
+    return sectors !== undefined ? sectors * 512 : fstatSync(fd).size;
+  },
+  logicalSectorSize: (fd) => sysfsBlock(fd, 'queue/logical_block_size') ?? 512,
+  alignedBuffer: (size) => new Uint8Array(size),
+  constants: { FALLOC_FL_KEEP_SIZE: 1, FALLOC_FL_PUNCH_HOLE: 2, FALLOC_FL_ZERO_RANGE: 16 },
+};
+
+/** Why the addon is not in use (undefined when it is). */
+export let nativeUnavailableReason: string | undefined;
+
+function load(): Native {
+  if (process.env.PLATTER_NO_NATIVE === '1') {
+    nativeUnavailableReason = 'disabled by PLATTER_NO_NATIVE=1';
+    return fallback;
+  }
+  if (process.platform !== 'linux') {
+    nativeUnavailableReason = `not built for ${process.platform}`;
+    return fallback;
+  }
+  try {
+    // Same relative path from src/storage (tsx) and dist/storage (built).
+    const path = new URL('../../native/build/Release/platter.node', import.meta.url).pathname;
+    const addon = createRequire(import.meta.url)(path) as Addon;
+    return {
+      ...addon,
+      available: true,
+      alignedBuffer: (size, alignment) => new Uint8Array(addon.alignedBuffer(size, alignment)),
+    };
+  } catch (e) {
+    nativeUnavailableReason = `addon not loaded: ${(e as Error).message.split('\n')[0]}`;
+    return fallback;
+  }
+}
+
+/** The helpers in use for this process. */
+export const native: Native = load();
