@@ -7,10 +7,12 @@ import { PlatterError } from '../core/errors.js';
 import type { FormatDriver } from './driver.js';
 import { ewf } from './ewf/index.js';
 import { raw } from './raw/index.js';
+import { vhd } from './vhd/index.js';
 
 export const drivers: readonly FormatDriver[] = [
   // formats with a magic number go here, before raw
   ewf,
+  vhd,
   raw,
 ];
 

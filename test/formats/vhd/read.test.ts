@@ -1,0 +1,67 @@
+/** qemu-img/qemu-io write VHDs; platter reads them byte-identically. */
+import assert from 'node:assert/strict';
+import { join } from 'node:path';
+import { describe, it } from 'node:test';
+import { probe } from '../../../src/formats/open.js';
+import { nodeHost } from '../../../src/storage/host.js';
+import { must, needPeers } from '../../helpers/peers.js';
+import { tempDir } from '../../helpers/tmp.js';
+import { assertSame, openRo, qemuBytes, qemuSize, qemuWrites, readAll } from './util.js';
+
+const dir = tempDir('platter-vhd-read-');
+
+function writesFor(size: number): Array<[number, number, number]> {
+  return [
+    [0, 512, 1],
+    [1000, 3, 2],
+    [2 * 1024 * 1024 - 7, 70, 3], // straddles the first 2 MiB block boundary
+    [5 * 1024 * 1024 + 511, 4097, 4],
+    [size - 4096 - 512, 4096, 5],
+    [size - 1, 1, 6],
+  ];
+}
+
+async function checkImage(name: string, opts: string[], sizeArg: string): Promise<void> {
+  const path = join(dir, `${name}.vhd`);
+  must('qemu-img', ['create', '-q', '-f', 'vpc', ...opts, path, sizeArg]);
+  const size = qemuSize(path, 'vpc');
+  const model = qemuWrites(path, 'vpc', size, writesFor(size));
+  assert.equal(await probeName(path), 'vhd', `${name}: probed as vhd`);
+  const disk = await openRo(path);
+  try {
+    assert.equal(disk.size, size, `${name}: platter and qemu agree on the size`);
+    assert.equal((await disk.info()).format, 'vhd');
+    const got = await readAll(disk);
+    assertSame(got, model, `${name}: platter vs the writes`);
+    assertSame(got, qemuBytes(dir, path, 'vpc'), `${name}: platter vs qemu`);
+    for (const e of await disk.extents(0, disk.size)) {
+      if (e.status !== 'data') assert.ok(model.subarray(e.offset, e.offset + e.length).every((b) => b === 0));
+    }
+  } finally {
+    await disk.close();
+  }
+}
+
+async function probeName(path: string): Promise<string> {
+  const s = await nodeHost.open(path, { write: false });
+  try {
+    return (await probe(s)).name;
+  } finally {
+    await s.close();
+  }
+}
+
+describe('vhd: reading qemu-made images', () => {
+  for (const [name, opts, size] of [
+    ['dynamic-odd', ['-o', 'subformat=dynamic'], '100000000'],
+    ['fixed-odd', ['-o', 'subformat=fixed'], '10000000'],
+    ['dynamic-force-size', ['-o', 'subformat=dynamic,force_size=on'], '10000000'],
+    ['fixed-force-size', ['-o', 'subformat=fixed,force_size=on'], '33554944'],
+    ['dynamic-12m', [], '12M'],
+  ] as Array<[string, string[], string]>) {
+    it(`${name} ${size}: size, bytes and extents match qemu`, async (t) => {
+      if (!needPeers(t, 'qemu-img', 'qemu-io')) return;
+      await checkImage(name, opts, size);
+    });
+  }
+});

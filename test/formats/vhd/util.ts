@@ -1,0 +1,91 @@
+/** Helpers shared by the VHD and VDI tests. */
+import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import type { Disk } from '../../../src/core/disk.js';
+import { isPlatterError } from '../../../src/core/errors.js';
+import { openImage } from '../../../src/formats/open.js';
+import { nodeHost } from '../../../src/storage/host.js';
+import { must } from '../../helpers/peers.js';
+
+export async function openRo(path: string, options: Record<string, string> = {}): Promise<Disk> {
+  return openImage(nodeHost, path, { readOnly: true, options });
+}
+
+export async function readAll(disk: Disk): Promise<Uint8Array> {
+  const buf = new Uint8Array(disk.size);
+  const step = 1 << 20;
+  for (let p = 0; p < disk.size; p += step)
+    await disk.read(buf.subarray(p, Math.min(disk.size, p + step)), p);
+  return buf;
+}
+
+export const sha = (b: Uint8Array): string => createHash('sha256').update(b).digest('hex');
+
+/** The bytes qemu sees (qemu-img convert to raw). */
+export function qemuBytes(dir: string, path: string, fmt: string): Uint8Array {
+  const out = join(dir, `qemu-view-${Math.random().toString(36).slice(2)}.raw`);
+  must('qemu-img', ['convert', '-f', fmt, '-O', 'raw', path, out]);
+  return readFileSync(out);
+}
+
+export function qemuSize(path: string, fmt: string): number {
+  return JSON.parse(must('qemu-img', ['info', '--output=json', '-f', fmt, path]))['virtual-size'];
+}
+
+/** Writes a pattern with qemu-io at each [offset, length], returning the model of the disk. */
+export function qemuWrites(
+  path: string,
+  fmt: string,
+  size: number,
+  writes: Array<[number, number, number]>,
+): Uint8Array {
+  const model = new Uint8Array(size);
+  const args = ['-f', fmt];
+  for (const [off, len, pat] of writes) {
+    args.push('-c', `write -P ${pat} ${off} ${len}`);
+    model.fill(pat, off, off + len);
+  }
+  must('qemu-io', [...args, path]);
+  return model;
+}
+
+export function assertSame(got: Uint8Array, want: Uint8Array, what: string): void {
+  assert.equal(got.length, want.length, `${what}: length`);
+  if (Buffer.compare(got, want) !== 0) {
+    let i = 0;
+    while (got[i] === want[i]) i++;
+    assert.fail(`${what}: first difference at byte ${i} (got ${got[i]}, want ${want[i]})`);
+  }
+}
+
+/** Every outcome must be success or a PlatterError. */
+export async function openAndReadTolerant(path: string): Promise<'ok' | string> {
+  try {
+    const d = await openRo(path);
+    try {
+      await readAll(d);
+      await d.extents(0, d.size);
+    } finally {
+      await d.close();
+    }
+    return 'ok';
+  } catch (e) {
+    if (isPlatterError(e)) return e.code;
+    throw e;
+  }
+}
+
+/** A tiny deterministic PRNG for mutation tests. */
+export function prng(seed: number): () => number {
+  let s = seed >>> 0 || 1;
+  return () => {
+    s ^= s << 13;
+    s >>>= 0;
+    s ^= s >>> 17;
+    s ^= s << 5;
+    s >>>= 0;
+    return s / 2 ** 32;
+  };
+}
