@@ -9,14 +9,12 @@ import { ewf } from './ewf/index.js';
 import { raw } from './raw/index.js';
 import { vhd } from './vhd/index.js';
 import { vhdx } from './vhdx/index.js';
-import { vmdk } from './vmdk/index.js';
 
 export const drivers: readonly FormatDriver[] = [
   // formats with a magic number go here, before raw
   ewf,
   vhdx,
   vhd,
-  vmdk,
   raw,
 ];
 
