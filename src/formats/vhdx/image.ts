@@ -16,7 +16,7 @@
  * (PARTIALLY_PRESENT); unset sectors are `hole` and read from the parent.
  */
 import { alignUp, viewOf } from '../../core/bytes.js';
-import type { CheckResult, DiskFeatures, DiskImpl, Extent, FormatInfo } from '../../core/disk.js';
+import type { CheckResult, DiskFeatures, Extent, FormatInfo } from '../../core/disk.js';
 import { assert, corrupt, invalid, PlatterError, unsupported } from '../../core/errors.js';
 import { Mutex } from '../../core/mutex.js';
 import type { Storage } from '../../core/storage.js';
