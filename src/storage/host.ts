@@ -3,11 +3,13 @@ import { constants, promises as fsp } from 'node:fs';
 import { dirname, isAbsolute, resolve } from 'node:path';
 import { PlatterError } from '../core/errors.js';
 import type { Host, OpenMode, Storage } from '../core/storage.js';
+import { nbdUriOpeners } from '../nbd/client.js';
 import { hostError } from './errors.js';
 import { openFile } from './file.js';
+import { isFirstSegment, openSplit } from './split.js';
 
 /** URI schemes handled by other Storage kinds (nbd/ registers itself here). */
-export const uriOpeners = new Map<string, (uri: string, mode: OpenMode) => Promise<Storage>>();
+export const uriOpeners = new Map<string, (uri: string, mode: OpenMode) => Promise<Storage>>(nbdUriOpeners);
 
 export const nodeHost: Host = {
   async open(path, mode) {
@@ -17,14 +19,29 @@ export const nodeHost: Host = {
       if (!opener) throw new PlatterError('EINVAL', `${path}: unsupported URI scheme '${scheme}'`);
       return opener(path, mode);
     }
+    // NAME.000 / NAME.001: the whole split set NAME.001, NAME.002, … as one Storage.
+    if (isFirstSegment(path)) return openSplit(path, mode);
     return openFile(path, mode);
   },
   async create(path, options) {
-    if (!options.force && (await nodeHost.exists(path))) {
+    // An NBD export already exists: "creating" it means opening it for writing.
+    if (/^nbds?(\+unix)?:\/\//i.test(path)) return nodeHost.open(path, { write: true, lock: options.lock });
+    let st: Awaited<ReturnType<typeof fsp.stat>> | undefined;
+    try {
+      st = await fsp.stat(path);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw hostError(e, path);
+    }
+    if (st && !options.force) {
       throw new PlatterError('EEXIST', `${path}: already exists (use --force to overwrite)`);
     }
-    const flags = constants.O_RDWR | constants.O_CREAT | (options.force ? constants.O_TRUNC : constants.O_EXCL);
-    return openFile(path, { write: true, lock: options.lock }, flags);
+    if (st?.isDirectory()) throw new PlatterError('EINVAL', `${path}: is a directory, not an image`);
+    const mode = { write: true, lock: options.lock };
+    // A block device is written in place, never truncated; a file is emptied
+    // only after its lock is taken (never under another program's feet).
+    if (st?.isBlockDevice()) return openFile(path, mode, { flags: constants.O_RDWR });
+    const flags = constants.O_RDWR | constants.O_CREAT | (st ? 0 : constants.O_EXCL);
+    return openFile(path, mode, { flags, truncate: !!st });
   },
   async exists(path) {
     try {

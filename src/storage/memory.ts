@@ -2,7 +2,10 @@
 import { PlatterError } from '../core/errors.js';
 import type { Storage } from '../core/storage.js';
 
-export function memoryStorage(name = 'memory', initial: Uint8Array = new Uint8Array(0)): Storage & {
+export function memoryStorage(
+  name = 'memory',
+  initial: Uint8Array = new Uint8Array(0),
+): Storage & {
   bytes(): Uint8Array;
 } {
   let data = new Uint8Array(initial);
@@ -24,7 +27,10 @@ export function memoryStorage(name = 'memory', initial: Uint8Array = new Uint8Ar
     },
     async read(buf, offset) {
       if (offset + buf.length > size) {
-        throw new PlatterError('EIO', `${name}: read of ${buf.length} bytes at ${offset} is past the end (size ${size})`);
+        throw new PlatterError(
+          'EIO',
+          `${name}: read of ${buf.length} bytes at ${offset} is past the end (size ${size})`,
+        );
       }
       buf.set(data.subarray(offset, offset + buf.length));
     },
