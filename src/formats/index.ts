@@ -7,6 +7,7 @@ import { PlatterError } from '../core/errors.js';
 import type { FormatDriver } from './driver.js';
 import { ewf } from './ewf/index.js';
 import { raw } from './raw/index.js';
+import { vmdk } from './vmdk/index.js';
 import { vhd } from './vhd/index.js';
 import { vhdx } from './vhdx/index.js';
 
@@ -15,6 +16,7 @@ export const drivers: readonly FormatDriver[] = [
   ewf,
   vhdx,
   vhd,
+  vmdk,
   raw,
 ];
 

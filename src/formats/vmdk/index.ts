@@ -1,0 +1,37 @@
+/**
+ * vmdk: VMware's virtual disk format ("Virtual Disk Format 1.1"), with QEMU's
+ * block/vmdk.c as the interop reference.
+ *
+ * Reads and writes monolithicSparse, monolithicFlat, twoGbMaxExtentSparse,
+ * twoGbMaxExtentFlat and streamOptimized; reads ZERO and VMFS extents, a
+ * redundant grain directory, zeroed-grain GTEs and any grain size. Delta links
+ * (parentFileNameHint + parentCID) are reported as the backing file; a parent
+ * whose CID no longer matches is refused. Not supported: VMFSSPARSE/COWD,
+ * SESPARSE and raw-device-mapping extents.
+ *
+ * Files: descriptor.ts (text descriptor), header.ts (sparse header, markers),
+ * sparse.ts (grain directory/tables, grains, stream append), flat.ts (FLAT,
+ * ZERO), table.ts (one Disk over the extents), image.ts (open), create.ts,
+ * check.ts (check and resize).
+ */
+import type { FormatDriver } from '../driver.js';
+import { checkImage, resizeImage } from './check.js';
+import { createVmdk } from './create.js';
+import { openVmdk, probeVmdk } from './image.js';
+
+export const vmdk: FormatDriver = {
+  name: 'vmdk',
+  probe: probeVmdk,
+  async open(storage, ctx) {
+    const { image, disk, backing } = await openVmdk(storage, ctx);
+    const features = {
+      check: (opts: { repair: 'none' | 'leaks' | 'all' }) => checkImage(image, opts),
+      resize: ctx.readOnly
+        ? undefined
+        : (size: number, opts: { shrink: boolean }) => resizeImage(image, size, opts),
+    };
+    return { disk: { ...disk, features }, backing };
+  },
+  create: createVmdk,
+  capabilities: { create: true, write: true, backing: true, compression: true, snapshots: false },
+};
