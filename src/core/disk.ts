@@ -82,6 +82,17 @@ export interface DiskFeatures {
   setBacking?(backing: { name: string; format?: string } | null): Promise<void>;
   /** Make the image empty (all `hole`) after commit. */
   makeEmpty?(): Promise<void>;
+  /** Forensic images being written (EWF): what an acquisition stores inside the image. */
+  evidence?: {
+    /** Unreadable source ranges in bytes (EWF error2); call before close. */
+    recordUnreadable(ranges: ReadonlyArray<{ offset: number; length: number }>): void;
+    /**
+     * Call before the first write: at close the image takes its stored hashes
+     * (hex) from `get` instead of hashing the content again. Returns false if
+     * the image must hash itself (e.g. it pads the content).
+     */
+    supplyHashes(get: () => { md5: string; sha1?: string }): boolean;
+  };
 }
 
 /** The minimum a driver (or layer) provides. */
