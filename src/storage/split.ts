@@ -375,12 +375,14 @@ export async function createSplit(
     );
   }
   // Existing segments of this name: refused, or (force) removed so no stale tail remains.
-  for (let i = first.index; ; i++) {
-    const p = segmentPath(first, i);
-    if (!(await host.exists(p))) break;
-    if (!opts.force) throw new PlatterError('EEXIST', `${p}: already exists (use --force to overwrite)`);
-    if (i > first.index) await host.remove(p);
+  const taken: string[] = [];
+  if (await host.exists(firstPath)) taken.push(firstPath);
+  for (let i = first.index + 1; await host.exists(segmentPath(first, i)); i++)
+    taken.push(segmentPath(first, i));
+  if (taken.length > 0 && !opts.force) {
+    throw new PlatterError('EEXIST', `${taken[0]}: already exists (use --force to overwrite)`);
   }
+  for (const p of taken) if (p !== firstPath) await host.remove(p);
   const head = await host.create(firstPath, { force: opts.force, lock: opts.lock });
   return splitStorage(firstPath, [head], {
     segmentSize,
