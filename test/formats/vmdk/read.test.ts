@@ -5,9 +5,15 @@ import { openImage } from '../../../src/formats/open.js';
 import { nodeHost } from '../../../src/storage/host.js';
 import { must, needPeers } from '../../helpers/peers.js';
 import { tempDir } from '../../helpers/tmp.js';
-import { GiB, MiB, compareWithQemu, qemuWrite } from './util.js';
+import { compareWithQemu, GiB, MiB, qemuWrite } from './util.js';
 
-const SUBFORMATS = ['monolithicSparse', 'monolithicFlat', 'twoGbMaxExtentSparse', 'twoGbMaxExtentFlat', 'streamOptimized'];
+const SUBFORMATS = [
+  'monolithicSparse',
+  'monolithicFlat',
+  'twoGbMaxExtentSparse',
+  'twoGbMaxExtentFlat',
+  'streamOptimized',
+];
 
 describe('vmdk: qemu-img writes, platter reads', () => {
   const dir = tempDir('platter-vmdk-read-');

@@ -1,6 +1,6 @@
 /** Helpers for the VMDK tests: qemu-made images, region-wise comparison with qemu's view. */
 import assert from 'node:assert/strict';
-import { openSync, readSync, closeSync } from 'node:fs';
+import { closeSync, openSync, readSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Disk } from '../../../src/core/disk.js';
 import { openImage } from '../../../src/formats/open.js';
@@ -23,7 +23,9 @@ export function qemuMap(path: string): MapEntry[] {
 }
 
 /** Merged [start, end) ranges where qemu says data. */
-export function dataRanges(entries: Array<{ start?: number; offset?: number; length: number; data?: boolean; status?: string }>): Array<[number, number]> {
+export function dataRanges(
+  entries: Array<{ start?: number; offset?: number; length: number; data?: boolean; status?: string }>,
+): Array<[number, number]> {
   const out: Array<[number, number]> = [];
   for (const e of entries) {
     const start = e.start ?? e.offset ?? 0;
@@ -62,7 +64,11 @@ function readRaw(path: string, offset: number, length: number): Buffer {
  * every range where either side reports data (elsewhere both say zero), and
  * the data ranges themselves. Returns the platter disk's size.
  */
-export async function compareWithQemu(dir: string, image: string, opts: { sameMap?: boolean } = {}): Promise<number> {
+export async function compareWithQemu(
+  dir: string,
+  image: string,
+  opts: { sameMap?: boolean } = {},
+): Promise<number> {
   const raw = join(dir, `cmp-${Math.random().toString(36).slice(2)}.raw`);
   must('qemu-img', ['convert', '-O', 'raw', image, raw]);
   const disk = await openImage(nodeHost, image, { readOnly: true });
