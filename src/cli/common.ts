@@ -1,19 +1,26 @@
 /** Options and helpers shared by many commands. */
 import type { Command } from 'commander';
 import type { Disk } from '../core/disk.js';
+import { PlatterError } from '../core/errors.js';
 import { openImage } from '../formats/open.js';
 import { parseKeyValues } from './args.js';
 import type { CliContext } from './context.js';
-import { type ProgressRenderer, makeProgress, progressMode } from './progress.js';
+import { makeProgress, type ProgressRenderer, progressMode } from './progress.js';
 
 /** Adds `-p/--progress [json]` and `-q/--quiet`. */
 export function withProgress(cmd: Command): Command {
   return cmd
-    .option('-p, --progress [mode]', 'show progress on stderr (bar on a TTY, lines in a pipe; "json" for JSON lines)')
+    .option(
+      '-p, --progress [mode]',
+      'show progress on stderr (bar on a TTY, lines in a pipe; "json" for JSON lines)',
+    )
     .option('-q, --quiet', 'print nothing but errors');
 }
 
-export function progressFor(ctx: CliContext, opts: { progress?: unknown; quiet?: boolean }): ProgressRenderer {
+export function progressFor(
+  ctx: CliContext,
+  opts: { progress?: unknown; quiet?: boolean },
+): ProgressRenderer {
   return makeProgress(ctx, progressMode(opts.progress, opts.quiet));
 }
 
@@ -32,4 +39,24 @@ export function openArg(ctx: CliContext, path: string, args: OpenArgs, write = f
     forceShare: args.forceShare,
     options: parseKeyValues(args.imageOpts),
   });
+}
+
+/** Opens an image to read; a 0-byte image is refused (there is nothing to read). */
+export async function openInput(ctx: CliContext, path: string, args: OpenArgs): Promise<Disk> {
+  const disk = await openArg(ctx, path, args, false);
+  if (disk.size === 0) {
+    await disk.close();
+    throw new PlatterError('EINVAL', `${path}: image is empty (virtual size 0 bytes)`);
+  }
+  return disk;
+}
+
+/** Closes disks, ignoring errors from closing (the first error of the command matters more). */
+export async function closeAll(...disks: Array<Disk | undefined>): Promise<void> {
+  for (const d of disks) await d?.close().catch(() => undefined);
+}
+
+/** Adds `-U, --force-share` (read without taking locks). */
+export function withForceShare(cmd: Command): Command {
+  return cmd.option('-U, --force-share', 'open without taking locks (the image may change underneath)');
 }

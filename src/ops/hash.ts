@@ -250,6 +250,8 @@ export interface HashOptions extends OpOptions, MultiHashOptions {
   readAhead?: number;
   /** Progress phase. Default 'hashing'. */
   phase?: string;
+  /** Hash only the first `length` bytes. Default: the whole disk. */
+  length?: number;
 }
 
 /** Hashes the virtual content of a disk in one pass. */
@@ -263,7 +265,10 @@ export async function hashDisk(
   const phase = opts.phase ?? 'hashing';
   const { signal, onProgress } = opts;
   const mh = createMultiHash(algorithms, { ...opts, slotSize: opts.slotSize ?? chunk });
-  const total = disk.size;
+  const total = opts.length ?? disk.size;
+  if (!Number.isSafeInteger(total) || total < 0 || total > disk.size) {
+    throw new PlatterError('ERANGE', `${disk.name}: cannot hash ${total} bytes of a ${disk.size}-byte disk`);
+  }
   let done = 0;
   onProgress?.({ phase, done, total });
 

@@ -1,6 +1,12 @@
 /** Every command, one file each; a new command adds its file and one line here. */
 import type { Command } from 'commander';
 import type { CliContext } from '../context.js';
+import { registerCompare } from './compare.js';
+import { registerConvert } from './convert.js';
+import { registerCreate } from './create.js';
+import { registerHash } from './hash.js';
+import { registerInfo } from './info.js';
+import { registerMap } from './map.js';
 
 export type RegisterCommand = (program: Command, ctx: CliContext, run: Runner) => void;
 /** Wraps an action so its errors print as one line and its result becomes the exit status. */
@@ -9,4 +15,11 @@ export type Runner = <A extends unknown[]>(
   opts?: { errorExit?: number },
 ) => (...args: A) => Promise<void>;
 
-export const commands: RegisterCommand[] = [];
+export const commands: RegisterCommand[] = [
+  registerInfo,
+  registerCreate,
+  registerConvert,
+  registerCompare,
+  registerMap,
+  registerHash,
+];

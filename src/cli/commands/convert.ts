@@ -1,0 +1,132 @@
+/**
+ * platter convert [-f FMT] -O FMT [-o K=V,...] [-c] [-p] [--verify] [--force] [-U] SRC DST
+ *
+ * The destination appears only when it is complete: the image is created as
+ * DST.partial, filled, flushed, closed and then renamed to DST. Any failure,
+ * Ctrl-C included, removes DST.partial; a crash or SIGKILL leaves it behind,
+ * visibly incomplete. An image of several files (split sets, VMDK extents)
+ * names its other files after the main one, so it cannot be renamed: it is
+ * created as DST directly and all its files are removed on failure.
+ */
+import { resolve } from 'node:path';
+import type { Command } from 'commander';
+import type { Disk } from '../../core/disk.js';
+import { isPlatterError, PlatterError } from '../../core/errors.js';
+import { byName } from '../../formats/index.js';
+import { createImage, openImage } from '../../formats/open.js';
+import { convertDisk } from '../../ops/convert.js';
+import { collect, parseKeyValues } from '../args.js';
+import { closeAll, openInput, progressFor, withForceShare, withProgress } from '../common.js';
+import type { CliContext } from '../context.js';
+import { printJson, printLines } from '../output.js';
+import type { RegisterCommand } from './index.js';
+
+interface ConvertOpts {
+  format?: string;
+  outputFormat: string;
+  options?: string[];
+  compress?: boolean;
+  progress?: unknown;
+  quiet?: boolean;
+  verify?: boolean;
+  force?: boolean;
+  forceShare?: boolean;
+  json?: boolean;
+}
+
+const filesOf = (d: Disk): string[] => [...new Set(d.storages.flatMap((s) => s.files ?? [s.name]))];
+
+async function convert(ctx: CliContext, srcPath: string, dstPath: string, o: ConvertOpts): Promise<number> {
+  const driver = byName(o.outputFormat);
+  if (!driver.create)
+    throw new PlatterError('EUNSUPPORTED', `${driver.name}: platter cannot create this format`);
+  if (o.compress && !driver.capabilities.compression) {
+    throw new PlatterError(
+      'EUNSUPPORTED',
+      `${driver.name}: this format cannot be compressed (-c); leave out -c`,
+    );
+  }
+  const options = parseKeyValues(o.options);
+  if (!/^[a-z][a-z0-9+.-]*:\/\//i.test(dstPath) && resolve(srcPath) === resolve(dstPath)) {
+    throw new PlatterError('EINVAL', `${dstPath}: the destination is the source`);
+  }
+  if (!o.force && (await ctx.host.exists(dstPath))) {
+    throw new PlatterError('EEXIST', `${dstPath}: already exists (use --force to overwrite)`);
+  }
+  const src = await openInput(ctx, srcPath, { format: o.format, forceShare: o.forceShare });
+  const progress = progressFor(ctx, o);
+  const openOpts: Record<string, string> = o.compress ? { compress: 'on' } : {};
+  let dst: Disk | undefined;
+  let created: string[] = [];
+  let target = `${dstPath}.partial`;
+  try {
+    await createImage(ctx.host, target, { format: driver.name, size: src.size, options, force: true });
+    created = [target];
+    dst = await openImage(ctx.host, target, { format: driver.name, readOnly: false, options: openOpts });
+    created = filesOf(dst);
+    if (created.length > 1) {
+      // Several files: the others are named after the main one, so make it under its real name.
+      await closeAll(dst);
+      dst = undefined;
+      for (const f of created) await ctx.host.remove(f);
+      created = [];
+      target = dstPath;
+      await createImage(ctx.host, target, { format: driver.name, size: src.size, options, force: o.force });
+      created = [target];
+      dst = await openImage(ctx.host, target, { format: driver.name, readOnly: false, options: openOpts });
+      created = filesOf(dst);
+    }
+    const r = await convertDisk(src, dst, {
+      signal: ctx.signal,
+      onProgress: progress.onProgress,
+      verify: o.verify,
+    });
+    await dst.close();
+    dst = undefined;
+    if (target !== dstPath) await ctx.host.rename(target, dstPath);
+    progress.finish();
+    if (o.json) {
+      printJson(ctx, {
+        source: srcPath,
+        destination: dstPath,
+        format: driver.name,
+        virtualSize: src.size,
+        bytesRead: r.bytesRead,
+        bytesWritten: r.bytesWritten,
+        ...(r.verified ? { verified: r.verified } : {}),
+      });
+    } else if (r.verified && !o.quiet) {
+      printLines(ctx, [`Verified: ${r.verified.algorithm} ${r.verified.source}`]);
+    }
+    return 0;
+  } catch (e) {
+    progress.finish();
+    await closeAll(dst);
+    for (const f of created) await ctx.host.remove(f).catch(() => undefined);
+    if (isPlatterError(e) && e.code === 'ECANCELED') {
+      throw new PlatterError('ECANCELED', `interrupted: ${dstPath} was not created`);
+    }
+    throw e;
+  } finally {
+    await closeAll(src);
+  }
+}
+
+export const registerConvert: RegisterCommand = (program: Command, ctx, run) => {
+  withForceShare(
+    withProgress(
+      program
+        .command('convert')
+        .description('copy the virtual content of an image into a new image, keeping holes and zeros sparse')
+        .argument('<src>', 'source image')
+        .argument('<dst>', 'destination image (created)')
+        .option('-f, --format <fmt>', 'source format (probed if absent)')
+        .requiredOption('-O, --output-format <fmt>', 'destination format')
+        .option('-o, --options <k=v,...>', 'destination format options', collect)
+        .option('-c, --compress', 'compress the destination (formats that can)')
+        .option('--verify', 'hash source and destination and compare them')
+        .option('--force', 'overwrite an existing destination')
+        .option('--json', 'print the result as JSON'),
+    ),
+  ).action(run((src: string, dst: string, o: ConvertOpts) => convert(ctx, src, dst, o)));
+};
