@@ -11,7 +11,7 @@
  *   streamOptimized       NAME.vmdk                    1 SPARSE, compressed, version 3,
  *                                                      GD_AT_END + footer + EOS
  */
-import { alignUp } from '../../core/bytes.js';
+import { alignUp, parseSize } from '../../core/bytes.js';
 import { invalid } from '../../core/errors.js';
 import type { Storage } from '../../core/storage.js';
 import type { CreateContext } from '../driver.js';
@@ -98,7 +98,7 @@ export function parseCreateOptions(o: Readonly<Record<string, string>>): VmdkCre
   const zeroGrain = onOff(o.zeroed_grain, 'zeroed_grain');
   let grainSectors = DEFAULT_GRAIN;
   if (o.cluster_size !== undefined) {
-    const n = Number(o.cluster_size.replace(/[kK]$/, '')) * (/[kK]$/.test(o.cluster_size) ? 1024 : 1);
+    const n = parseSize(o.cluster_size, 'cluster_size');
     if (!Number.isInteger(n) || n < 4096 || n > 1 << 20 || (n & (n - 1)) !== 0) {
       throw invalid(`vmdk: cluster_size must be a power of two from 4K to 1M, not '${o.cluster_size}'`);
     }
