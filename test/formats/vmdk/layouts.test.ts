@@ -52,7 +52,7 @@ describe('vmdk layouts', () => {
     try {
       const info = await disk.info();
       assert.deepEqual(
-        (info.details?.extents as Array<{ size: number }>).map((e) => e.size),
+        ((info.details ?? {}).extents as Array<{ size: number }>).map((e) => e.size),
         sizes.map((s) => s * 512),
       );
     } finally {
