@@ -50,9 +50,9 @@ describe('vmdk layouts', () => {
     await compareWithQemu(dir, path);
     const disk = await openImage(nodeHost, path, { readOnly: true });
     try {
-      const info = await disk.info();
+      const extents = (await disk.info()).details?.extents as Array<{ size: number }>;
       assert.deepEqual(
-        ((info.details ?? {}).extents as Array<{ size: number }>).map((e) => e.size),
+        extents.map((e) => e.size),
         sizes.map((s) => s * 512),
       );
     } finally {
