@@ -1,0 +1,142 @@
+/** Delta links: parentFileNameHint + parentCID, in both directions with qemu-img. */
+import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { describe, it } from 'node:test';
+import { PlatterError } from '../../../src/core/errors.js';
+import { createImage, openImage } from '../../../src/formats/open.js';
+import { nodeHost } from '../../../src/storage/host.js';
+import { must, needPeers, run } from '../../helpers/peers.js';
+import { tempDir } from '../../helpers/tmp.js';
+import { compareWithQemu, GiB, MiB, qemuWrite } from './util.js';
+
+const dir = tempDir('platter-vmdk-chain-');
+
+function cidOf(path: string): string {
+  return /^CID=([0-9a-f]+)/m.exec(readFileSync(path, 'latin1'))?.[1] ?? '';
+}
+
+describe('vmdk delta links', () => {
+  it('a three-deep chain made by qemu-img reads identically (2 GiB boundary included)', async (t) => {
+    if (!needPeers(t, 'qemu-img', 'qemu-io')) return;
+    const size = 3 * GiB;
+    const base = join(dir, 'q-base.vmdk');
+    const mid = join(dir, 'q-mid.vmdk');
+    const top = join(dir, 'q-top.vmdk');
+    must('qemu-img', [
+      'create',
+      '-q',
+      '-f',
+      'vmdk',
+      '-o',
+      'subformat=twoGbMaxExtentSparse',
+      base,
+      String(size),
+    ]);
+    qemuWrite(base, [
+      [0, 2 * MiB, 0x01],
+      [2 * GiB - MiB, 2 * MiB, 0x02],
+    ]);
+    must('qemu-img', ['create', '-q', '-f', 'vmdk', '-b', 'q-base.vmdk', '-F', 'vmdk', mid]);
+    qemuWrite(mid, [[MiB - 100, 300, 0x03]]);
+    must('qemu-img', ['create', '-q', '-f', 'vmdk', '-b', 'q-mid.vmdk', '-F', 'vmdk', top]);
+    qemuWrite(top, [
+      [2 * GiB - 10, 20, 0x04],
+      [size - 512, 512, 0x05],
+    ]);
+    await compareWithQemu(dir, top);
+    const disk = await openImage(nodeHost, top, { readOnly: true });
+    try {
+      assert.equal(disk.layers.length, 3);
+      const info = await disk.info();
+      assert.deepEqual(info.backing, { name: 'q-mid.vmdk', format: 'vmdk' });
+      const ex = await disk.extents(0, 2 * MiB);
+      assert.deepEqual(
+        ex.map((e) => [e.status, e.depth]),
+        [
+          ['data', 2],
+          ['data', 1],
+          ['data', 2],
+        ],
+      );
+    } finally {
+      await disk.close();
+    }
+  });
+
+  it('a child made and written by platter: qemu-img reads it, check clean, parentCID recorded', async (t) => {
+    if (!needPeers(t, 'qemu-img', 'qemu-io')) return;
+    const base = join(dir, 'p-base.vmdk');
+    const child = join(dir, 'p-child.vmdk');
+    must('qemu-img', ['create', '-q', '-f', 'vmdk', base, '64M']);
+    qemuWrite(base, [[0, 8 * MiB, 0x21]]);
+    await createImage(nodeHost, child, { format: 'vmdk', backing: { name: 'p-base.vmdk', format: 'vmdk' } });
+    const text = readFileSync(child, 'latin1');
+    assert.match(text, /parentFileNameHint="p-base.vmdk"/);
+    assert.match(text, new RegExp(`parentCID=${cidOf(base)}`));
+    const disk = await openImage(nodeHost, child, { readOnly: false });
+    try {
+      assert.equal(disk.size, 64 * MiB);
+      await disk.write(new Uint8Array(100).fill(0x22), MiB + 7); // COW inside a base grain
+      await disk.write(new Uint8Array(MiB).fill(0x23), 20 * MiB);
+    } finally {
+      await disk.close();
+    }
+    assert.equal(run('qemu-img', ['check', child]).status, 0);
+    const chain = must('qemu-img', ['info', '--backing-chain', child]);
+    assert.match(chain, /backing file: p-base.vmdk/);
+    await compareWithQemu(dir, child);
+    // And a grandchild made by qemu on top of platter's child.
+    const gc = join(dir, 'p-gc.vmdk');
+    must('qemu-img', ['create', '-q', '-f', 'vmdk', '-b', 'p-child.vmdk', '-F', 'vmdk', gc]);
+    qemuWrite(gc, [[MiB, 512, 0x24]]);
+    await compareWithQemu(dir, gc);
+  });
+
+  it('a parent changed after the child was made is refused, naming both CIDs', async (t) => {
+    if (!needPeers(t, 'qemu-img', 'qemu-io')) return;
+    const base = join(dir, 'm-base.vmdk');
+    const child = join(dir, 'm-child.vmdk');
+    must('qemu-img', ['create', '-q', '-f', 'vmdk', base, '16M']);
+    must('qemu-img', ['create', '-q', '-f', 'vmdk', '-b', 'm-base.vmdk', '-F', 'vmdk', child]);
+    const before = cidOf(base);
+    const ok = await openImage(nodeHost, child, { readOnly: true });
+    await ok.close();
+    // platter writing to the parent renews its CID, as VMware and qemu do.
+    const b = await openImage(nodeHost, base, { readOnly: false });
+    await b.write(new Uint8Array(512).fill(1), 0);
+    await b.close();
+    const after = cidOf(base);
+    assert.notEqual(after, before);
+    await assert.rejects(
+      openImage(nodeHost, child, { readOnly: true }),
+      (e: unknown) =>
+        e instanceof PlatterError &&
+        e.code === 'ECORRUPT' &&
+        e.message.includes(before) &&
+        e.message.includes(after),
+    );
+  });
+
+  it('streamOptimized cannot have a parent; a non-VMDK parent is refused', async () => {
+    const base = join(dir, 's-base.vmdk');
+    await createImage(nodeHost, base, { format: 'vmdk', size: MiB });
+    await assert.rejects(
+      createImage(nodeHost, join(dir, 's-child.vmdk'), {
+        format: 'vmdk',
+        options: { subformat: 'streamOptimized' },
+        backing: { name: 's-base.vmdk', format: 'vmdk' },
+      }),
+      (e: unknown) => e instanceof PlatterError && e.code === 'EINVAL',
+    );
+    const raw = join(dir, 's-base.raw');
+    await createImage(nodeHost, raw, { format: 'raw', size: MiB });
+    await assert.rejects(
+      createImage(nodeHost, join(dir, 's-child2.vmdk'), {
+        format: 'vmdk',
+        backing: { name: 's-base.raw', format: 'raw' },
+      }),
+      (e: unknown) => e instanceof PlatterError && e.code === 'EINVAL',
+    );
+  });
+});
