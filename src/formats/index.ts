@@ -6,13 +6,15 @@
 import { PlatterError } from '../core/errors.js';
 import type { FormatDriver } from './driver.js';
 import { ewf } from './ewf/index.js';
+import { qcow2 } from './qcow2/index.js';
 import { raw } from './raw/index.js';
-import { vmdk } from './vmdk/index.js';
 import { vhd } from './vhd/index.js';
 import { vhdx } from './vhdx/index.js';
+import { vmdk } from './vmdk/index.js';
 
 export const drivers: readonly FormatDriver[] = [
   // formats with a magic number go here, before raw
+  qcow2,
   ewf,
   vhdx,
   vhd,

@@ -1,0 +1,155 @@
+/**
+ * Compressed clusters (qcow2.txt, "Compressed Clusters Descriptor").
+ *
+ * An L2 entry with bit 62 set holds, below bit 62, x = 62 - (cluster_bits - 8)
+ * bits of host byte offset (not aligned) and above them the number of
+ * additional 512-byte sectors the compressed data spans. The data is one
+ * cluster compressed with raw deflate (zlib type, window 4 KiB as qemu writes
+ * it) or one zstd frame; it may be followed by unrelated bytes up to the end
+ * of its last sector, so decoding stops once a cluster is produced.
+ *
+ * Refcounts: every host cluster touched by [offset & ~511, +sectors*512) gets
+ * +1 per compressed cluster stored in it; several compressed clusters share a
+ * host cluster.
+ *
+ * Deflate runs on libuv's thread pool (zlib's async API), so parallel writers
+ * use every core; zstd is a WebAssembly build (@bokuweb/zstd-wasm, no native
+ * install step) and runs on the calling thread.
+ */
+import { promisify } from 'node:util';
+import zlib from 'node:zlib';
+import { compress as zstdCompress, decompress as zstdDecompress, init as zstdInit } from '@bokuweb/zstd-wasm';
+import { corrupt } from '../../core/errors.js';
+import type { CompressionType } from './header.js';
+
+const inflateRaw = promisify(zlib.inflateRaw) as (buf: Uint8Array, o: zlib.ZlibOptions) => Promise<Buffer>;
+const deflateRaw = promisify(zlib.deflateRaw) as (buf: Uint8Array, o: zlib.ZlibOptions) => Promise<Buffer>;
+
+let zstdReady: Promise<void> | undefined;
+/** Loads the zstd WebAssembly module once. */
+export function loadZstd(): Promise<void> {
+  zstdReady ??= zstdInit();
+  return zstdReady;
+}
+
+export interface CompressedRef {
+  /** Host byte offset of the compressed data. */
+  offset: number;
+  /** Bytes from `offset` to the end of its last sector: an upper bound of the data. */
+  length: number;
+  /** [first, end) host byte range in whole sectors, for refcounts. */
+  sectorStart: number;
+  sectorEnd: number;
+}
+
+/**
+ * Decodes a compressed descriptor given as the entry's high and low 32 bits
+ * (bits 62 and 63 are ignored).
+ */
+export function decodeCompressed(hi: number, lo: number, clusterBits: number, file: string): CompressedRef {
+  const x = 62 - (clusterBits - 8); // 41..61 offset bits
+  const hiOffsetBits = x - 32;
+  const hiOff = hi & (2 ** hiOffsetBits - 1);
+  const offset = hiOff * 2 ** 32 + (lo >>> 0);
+  if (!Number.isSafeInteger(offset) || offset >= 2 ** 56) {
+    throw corrupt(file, `compressed cluster offset 0x${offset.toString(16)} is too large`);
+  }
+  const extra = Math.floor((hi & 0x3fffffff) / 2 ** hiOffsetBits);
+  const sectorStart = offset - (offset % 512);
+  const sectorEnd = sectorStart + (extra + 1) * 512;
+  return { offset, length: sectorEnd - offset, sectorStart, sectorEnd };
+}
+
+/** Encodes a compressed descriptor (with bit 62 set) as [hi, lo]. */
+export function encodeCompressed(offset: number, length: number, clusterBits: number): [number, number] {
+  const x = 62 - (clusterBits - 8);
+  const extra = Math.floor((offset + length - 1) / 512) - Math.floor(offset / 512);
+  const hiOff = Math.floor(offset / 2 ** 32);
+  const lo = offset % 2 ** 32;
+  const hi = (0x40000000 | (extra * 2 ** (x - 32)) | hiOff) >>> 0;
+  return [hi, lo];
+}
+
+/** Inflates one cluster; anything but exactly `clusterSize` bytes is a corrupt image. */
+export async function decompressCluster(
+  data: Uint8Array,
+  clusterSize: number,
+  type: CompressionType,
+  file: string,
+  where: number,
+): Promise<Uint8Array> {
+  let out: Uint8Array;
+  try {
+    if (type === 'zlib') {
+      out = await inflateRaw(data, {
+        windowBits: 15,
+        maxOutputLength: clusterSize,
+        finishFlush: zlib.constants.Z_SYNC_FLUSH,
+      });
+    } else {
+      await loadZstd();
+      out = zstdDecompress(data.subarray(0, zstdFrameLength(data)), { defaultHeapSize: clusterSize });
+    }
+  } catch (e) {
+    throw corrupt(
+      file,
+      `compressed cluster at host offset 0x${where.toString(16)} does not decompress (${(e as Error).message})`,
+    );
+  }
+  if (out.length !== clusterSize) {
+    throw corrupt(
+      file,
+      `compressed cluster at host offset 0x${where.toString(16)} decompresses to ${out.length} bytes, not ${clusterSize}`,
+    );
+  }
+  return out;
+}
+
+/** Compresses one cluster; undefined when that would not save space. */
+export async function compressCluster(
+  data: Uint8Array,
+  type: CompressionType,
+): Promise<Uint8Array | undefined> {
+  let out: Uint8Array;
+  if (type === 'zlib') {
+    out = await deflateRaw(data, {
+      windowBits: 12,
+      memLevel: 9,
+      level: zlib.constants.Z_DEFAULT_COMPRESSION,
+    });
+  } else {
+    await loadZstd();
+    out = zstdCompress(data, 3);
+  }
+  return out.length < data.length ? out : undefined;
+}
+
+/**
+ * Length of the zstd frame at the start of `data` (the rest is unrelated
+ * bytes of the host cluster), walking frame header and block headers
+ * (RFC 8878 section 3.1.1). A malformed frame yields data.length, so the
+ * decoder reports the error.
+ */
+export function zstdFrameLength(data: Uint8Array): number {
+  if (data.length < 6 || data[0] !== 0x28 || data[1] !== 0xb5 || data[2] !== 0x2f || data[3] !== 0xfd) {
+    return data.length;
+  }
+  const fhd = data[4];
+  const fcsFlag = fhd >> 6;
+  const single = (fhd >> 5) & 1;
+  const checksum = (fhd >> 2) & 1;
+  const dictFlag = fhd & 3;
+  let at = 5 + (single ? 0 : 1) + [0, 1, 2, 4][dictFlag] + [single, 2, 4, 8][fcsFlag];
+  for (;;) {
+    if (at + 3 > data.length) return data.length;
+    const bh = data[at] | (data[at + 1] << 8) | (data[at + 2] << 16);
+    const last = bh & 1;
+    const type = (bh >> 1) & 3;
+    const size = bh >>> 3;
+    at += 3 + (type === 1 ? 1 : type === 3 ? 0 : size);
+    if (type === 3) return data.length;
+    if (last) break;
+  }
+  at += checksum ? 4 : 0;
+  return Math.min(at, data.length);
+}

@@ -1,0 +1,601 @@
+/**
+ * An open qcow2 image: the L1/L2 mapping, reads, extents and writes.
+ *
+ * Writes follow the crash-safe order of qcow2.txt's model: a new cluster's
+ * refcount is set, then its data is written, then the L2 entry, then (for a
+ * new L2 table) the L1 entry; an old cluster's reference is removed before its
+ * refcount is dropped. Metadata is written through at once (no write-back
+ * cache), so a killed process leaves at most leaked clusters.
+ *
+ * Clusters shared with an internal snapshot (refcount > 1) and compressed
+ * clusters are copied on write; L2 tables shared with a snapshot likewise.
+ * All metadata changes run under one mutex; reads run concurrently.
+ */
+import { type Extent, pushExtent } from '../../core/disk.js';
+import { assert, corrupt, PlatterError } from '../../core/errors.js';
+import { Mutex } from '../../core/mutex.js';
+import type { Storage } from '../../core/storage.js';
+import {
+  type CompressedRef,
+  compressCluster,
+  decodeCompressed,
+  decompressCluster,
+  encodeCompressed,
+} from './compressed.js';
+import {
+  COMPAT_LAZY_REFCOUNTS,
+  type Header,
+  INCOMPAT_CORRUPT,
+  INCOMPAT_DIRTY,
+  serializeHeader,
+} from './header.js';
+import { type RefcountHost, Refcounts } from './refcounts.js';
+import {
+  COPIED_HI,
+  decodeL2,
+  type L2Entry,
+  l2OffsetOf,
+  readHiLo,
+  standardEntry,
+  writeHiLo,
+} from './tables.js';
+
+/** A run of guest bytes with one kind of mapping. */
+export interface Segment {
+  offset: number;
+  length: number;
+  kind: 'data' | 'zero' | 'hole' | 'compressed';
+  /** data: host offset of `offset`. */
+  host: number;
+  comp?: CompressedRef;
+  /** compressed: the guest cluster's start. */
+  clusterStart?: number;
+}
+
+const L2_CACHE_BYTES = 32 << 20;
+
+export class Qcow2Image implements RefcountHost {
+  readonly cs: number;
+  readonly clusterBits: number;
+  readonly l2Entries: number;
+  readonly refcountOrder: number;
+  fileSize: number;
+  l1: Uint8Array;
+  refcounts: Refcounts;
+  readonly lock = new Mutex();
+  private readonly l2cache = new Map<number, Uint8Array>();
+  private lastComp?: { key: string; data: Uint8Array };
+  /** The host cluster compressed data is being packed into, and its next free byte. */
+  private compTail?: { cluster: number; used: number };
+  private dirtyMarked = false;
+
+  constructor(
+    readonly storage: Storage,
+    readonly file: string,
+    public h: Header,
+    fileSize: number,
+    l1: Uint8Array,
+    reftable: Uint8Array,
+    readonly readOnly: boolean,
+    readonly compress: boolean,
+  ) {
+    this.clusterBits = h.clusterBits;
+    this.cs = 2 ** h.clusterBits;
+    this.l2Entries = this.cs / 8;
+    this.refcountOrder = h.refcountOrder;
+    this.fileSize = fileSize;
+    this.l1 = l1;
+    this.refcounts = new Refcounts(this, reftable, h.refcountTableOffset);
+  }
+
+  get clusterSize(): number {
+    return this.cs;
+  }
+
+  get size(): number {
+    return this.h.size;
+  }
+
+  get v3(): boolean {
+    return this.h.version === 3;
+  }
+
+  async tableMoved(offset: number, clusters: number): Promise<void> {
+    this.h.refcountTableOffset = offset;
+    this.h.refcountTableClusters = clusters;
+    await this.writeHeader();
+  }
+
+  async writeHeader(): Promise<void> {
+    await this.storage.write(serializeHeader(this.h, this.file), 0);
+  }
+
+  // ---- L1 / L2 access -------------------------------------------------------
+
+  l2Offset(l1i: number): number {
+    if (l1i >= this.h.l1Size) return 0;
+    const [hi, lo] = readHiLo(this.l1, l1i);
+    return l2OffsetOf(hi, lo, this.cs, this.fileSize, this.file, l1i);
+  }
+
+  async loadL2(offset: number): Promise<Uint8Array> {
+    let t = this.l2cache.get(offset);
+    if (t) return t;
+    t = new Uint8Array(this.cs);
+    await this.storage.read(t, offset);
+    if (this.l2cache.size * this.cs >= L2_CACHE_BYTES)
+      this.l2cache.delete(this.l2cache.keys().next().value as number);
+    this.l2cache.set(offset, t);
+    return t;
+  }
+
+  dropCaches(): void {
+    this.l2cache.clear();
+    this.lastComp = undefined;
+    this.compTail = undefined;
+    this.refcounts.dropCache();
+  }
+
+  entry(table: Uint8Array, i: number): L2Entry {
+    const [hi, lo] = readHiLo(table, i);
+    return decodeL2(hi, lo, this.v3, this.cs, this.file);
+  }
+
+  /** The mapping of guest bytes [offset, offset+length), in order, adjacent runs merged. */
+  async map(offset: number, length: number, maxTables = Number.POSITIVE_INFINITY): Promise<Segment[]> {
+    const out: Segment[] = [];
+    let tables = 0;
+    const end = Math.min(offset + length, this.h.size);
+    const cs = this.cs;
+    let pos = offset;
+    while (pos < end) {
+      const gc = Math.floor(pos / cs);
+      const l1i = Math.floor(gc / this.l2Entries);
+      const tableEnd = Math.min(end, (l1i + 1) * this.l2Entries * cs);
+      const l2off = this.l2Offset(l1i);
+      if (l2off === 0) {
+        this.pushSeg(out, { offset: pos, length: tableEnd - pos, kind: 'hole', host: 0 });
+        pos = tableEnd;
+        continue;
+      }
+      if (tables++ >= maxTables) break;
+      const table = await this.loadL2(l2off);
+      while (pos < tableEnd) {
+        const c = Math.floor(pos / cs);
+        const within = pos - c * cs;
+        const n = Math.min(cs - within, tableEnd - pos);
+        const e = this.entry(table, c % this.l2Entries);
+        if (e.kind === 'compressed') {
+          const comp = decodeCompressed(e.hi, e.lo, this.clusterBits, this.file);
+          if (comp.offset + 1 > this.fileSize) {
+            throw corrupt(
+              this.file,
+              `compressed cluster offset 0x${comp.offset.toString(16)} is past end of file (size ${this.fileSize})`,
+            );
+          }
+          out.push({ offset: pos, length: n, kind: 'compressed', host: 0, comp, clusterStart: c * cs });
+        } else if (e.kind === 'data') {
+          if (e.offset + cs > this.fileSize && e.offset + within + n > this.fileSize) {
+            throw corrupt(
+              this.file,
+              `data cluster offset 0x${e.offset.toString(16)} is past end of file (size ${this.fileSize})`,
+            );
+          }
+          this.pushSeg(out, { offset: pos, length: n, kind: 'data', host: e.offset + within });
+        } else {
+          this.pushSeg(out, { offset: pos, length: n, kind: e.kind, host: 0 });
+        }
+        pos += n;
+      }
+    }
+    return out;
+  }
+
+  private pushSeg(out: Segment[], s: Segment): void {
+    const last = out[out.length - 1];
+    if (
+      last &&
+      last.kind === s.kind &&
+      last.kind !== 'compressed' &&
+      last.offset + last.length === s.offset &&
+      (s.kind !== 'data' || last.host + last.length === s.host)
+    ) {
+      last.length += s.length;
+    } else out.push(s);
+  }
+
+  // ---- reading --------------------------------------------------------------
+
+  async read(buf: Uint8Array, offset: number): Promise<void> {
+    const segs = await this.map(offset, buf.length);
+    await Promise.all(
+      segs.map(async (s) => {
+        const sub = buf.subarray(s.offset - offset, s.offset - offset + s.length);
+        switch (s.kind) {
+          case 'data':
+            return this.readHost(sub, s.host);
+          case 'zero':
+          case 'hole':
+            sub.fill(0);
+            return;
+          case 'compressed': {
+            const data = await this.readCompressed(s.comp!);
+            const at = s.offset - s.clusterStart!;
+            sub.set(data.subarray(at, at + s.length));
+            return;
+          }
+          default: {
+            const never: never = s.kind;
+            throw new Error(`internal error: ${never}`);
+          }
+        }
+      }),
+    );
+  }
+
+  /** Reads host bytes; a mapping past the end of the file is a corrupt image. */
+  private async readHost(buf: Uint8Array, host: number): Promise<void> {
+    if (host + buf.length > this.fileSize) {
+      // qemu preallocation=metadata may leave the file shorter than its last cluster: zeros.
+      const avail = Math.max(0, this.fileSize - host);
+      if (avail > 0) await this.storage.read(buf.subarray(0, avail), host);
+      buf.fill(0, avail);
+      return;
+    }
+    await this.storage.read(buf, host);
+  }
+
+  async readCompressed(comp: CompressedRef): Promise<Uint8Array> {
+    const key = `${comp.offset}:${comp.length}`;
+    if (this.lastComp?.key === key) return this.lastComp.data;
+    const len = Math.min(comp.length, this.fileSize - comp.offset, this.cs * 2);
+    const raw = new Uint8Array(Math.max(0, len));
+    await this.storage.read(raw, comp.offset);
+    const data = await decompressCluster(raw, this.cs, this.h.compressionType, this.file, comp.offset);
+    this.lastComp = { key, data };
+    return data;
+  }
+
+  async extents(offset: number, length: number): Promise<Extent[]> {
+    // Bound the walk: at most 64 L2 tables per call (the core asks again).
+    const out: Extent[] = [];
+    for (const s of await this.map(offset, length, 64)) {
+      const status = s.kind === 'compressed' ? 'data' : s.kind;
+      pushExtent(out, { offset: s.offset, length: s.length, status, depth: 0 });
+    }
+    return out;
+  }
+
+  // ---- writing --------------------------------------------------------------
+
+  private checkWritable(): void {
+    if (this.h.incompatible & INCOMPAT_CORRUPT) {
+      throw new PlatterError(
+        'ECORRUPT',
+        `${this.file}: image is marked corrupt; repair it with 'platter check -r all' first`,
+      );
+    }
+  }
+
+  /** Lazy refcounts: mark the image dirty before the first metadata change. */
+  async beginChange(): Promise<void> {
+    if (this.dirtyMarked || !(this.h.compatible & COMPAT_LAZY_REFCOUNTS)) return;
+    this.h.incompatible |= INCOMPAT_DIRTY;
+    await this.writeHeader();
+    await this.storage.flush();
+    this.dirtyMarked = true;
+  }
+
+  /** Clears the dirty bit once everything is on disk. */
+  async endChanges(): Promise<void> {
+    if (!this.dirtyMarked) return;
+    await this.storage.flush();
+    this.h.incompatible &= ~INCOMPAT_DIRTY;
+    await this.writeHeader();
+    this.dirtyMarked = false;
+  }
+
+  async writeL1Entry(l1i: number, hi: number, lo: number): Promise<void> {
+    writeHiLo(this.l1, l1i, hi, lo);
+    await this.storage.write(this.l1.subarray(l1i * 8, l1i * 8 + 8), this.h.l1Offset + l1i * 8);
+  }
+
+  private async writeL2Entries(l2off: number, table: Uint8Array, from: number, to: number): Promise<void> {
+    await this.storage.write(table.subarray(from * 8, to * 8), l2off + from * 8);
+  }
+
+  /** Host write that keeps fileSize current. */
+  async writeHost(buf: Uint8Array, host: number): Promise<void> {
+    await this.storage.write(buf, host);
+    if (host + buf.length > this.fileSize) this.fileSize = host + buf.length;
+  }
+
+  /** Allocates clusters and makes sure the file covers them. */
+  async allocClusters(n: number): Promise<number> {
+    return this.refcounts.alloc(n);
+  }
+
+  /** The L2 table for l1i, owned by the active image alone (allocated or copied as needed). */
+  async l2ForWrite(l1i: number): Promise<{ offset: number; table: Uint8Array }> {
+    const old = this.l2Offset(l1i);
+    if (old !== 0) {
+      const rc = await this.refcounts.get(old / this.cs);
+      if (rc === 1) {
+        const [hi, lo] = readHiLo(this.l1, l1i);
+        if (!(hi & COPIED_HI)) await this.writeL1Entry(l1i, (hi | COPIED_HI) >>> 0, lo);
+        return { offset: old, table: await this.loadL2(old) };
+      }
+      if (rc === 0) throw corrupt(this.file, `L2 table at 0x${old.toString(16)} has refcount 0`);
+    }
+    const table = new Uint8Array(this.cs);
+    if (old !== 0) {
+      table.set(await this.loadL2(old));
+      // Shared entries stay shared: their refcounts count L1 tables, not L2 copies.
+      for (let i = 0; i < this.l2Entries; i++) {
+        const [hi, lo] = readHiLo(table, i);
+        if (hi & COPIED_HI) writeHiLo(table, i, (hi & ~COPIED_HI) >>> 0, lo);
+      }
+    }
+    const off = await this.allocClusters(1);
+    await this.writeHost(table, off);
+    this.l2cache.set(off, table);
+    const [hi, lo] = standardEntry(off, true);
+    await this.writeL1Entry(l1i, hi, lo);
+    if (old !== 0) await this.refcounts.add(old / this.cs, 1, -1);
+    return { offset: off, table };
+  }
+
+  /** Drops one reference to what an L2 entry pointed at (after the entry was rewritten). */
+  private async release(e: L2Entry): Promise<void> {
+    if (e.kind === 'compressed') {
+      const c = decodeCompressed(e.hi, e.lo, this.clusterBits, this.file);
+      await this.refcounts.addBytes(c.sectorStart, c.sectorEnd - c.sectorStart, -1);
+      if (this.compTail && this.refcountsDroppedTail(c)) this.compTail = undefined;
+    } else if ((e.kind === 'data' || e.kind === 'zero') && e.offset !== 0) {
+      await this.refcounts.add(e.offset / this.cs, 1, -1);
+    }
+  }
+
+  private refcountsDroppedTail(c: CompressedRef): boolean {
+    const tail = this.compTail!.cluster * this.cs;
+    return c.sectorStart < tail + this.cs && c.sectorEnd > tail;
+  }
+
+  /** Can this entry's cluster be written in place? (standard, refcount exactly 1) */
+  private async ownsCluster(e: L2Entry): Promise<boolean> {
+    if ((e.kind !== 'data' && e.kind !== 'zero') || e.offset === 0) return false;
+    if (e.copied) return true;
+    return (await this.refcounts.get(e.offset / this.cs)) === 1;
+  }
+
+  async write(buf: Uint8Array, offset: number): Promise<void> {
+    this.checkWritable();
+    if (this.compress) return this.writeCompressed(buf, offset);
+    await this.lock.run(() => this.writeLocked(buf, offset));
+  }
+
+  private async writeLocked(buf: Uint8Array, offset: number): Promise<void> {
+    await this.beginChange();
+    const cs = this.cs;
+    const end = offset + buf.length;
+    let pos = offset;
+    while (pos < end) {
+      const gc = Math.floor(pos / cs);
+      const l1i = Math.floor(gc / this.l2Entries);
+      const tableEnd = Math.min(end, (l1i + 1) * this.l2Entries * cs);
+      await this.writeInTable(buf.subarray(pos - offset, tableEnd - offset), pos, l1i);
+      pos = tableEnd;
+    }
+  }
+
+  /** Writes bytes that lie within one L2 table's range. */
+  private async writeInTable(buf: Uint8Array, offset: number, l1i: number): Promise<void> {
+    const cs = this.cs;
+    const { offset: l2off, table } = await this.l2ForWrite(l1i);
+    const end = offset + buf.length;
+    const c0 = Math.floor(offset / cs);
+    const c1 = Math.ceil(end / cs);
+    // Classify each cluster: written in place, or needing a new cluster.
+    let c = c0;
+    while (c < c1) {
+      const e = this.entry(table, c % this.l2Entries);
+      const inPlace = (await this.ownsCluster(e)) && e.kind === 'data';
+      // Find a run of clusters of the same treatment.
+      let n = 1;
+      const entries = [e];
+      while (c + n < c1) {
+        const e2 = this.entry(table, (c + n) % this.l2Entries);
+        const ip2 = (await this.ownsCluster(e2)) && e2.kind === 'data';
+        if (ip2 !== inPlace) break;
+        if (inPlace && e2.offset !== e.offset + n * cs) break;
+        entries.push(e2);
+        n++;
+      }
+      const a = Math.max(offset, c * cs);
+      const b = Math.min(end, (c + n) * cs);
+      if (inPlace) {
+        await this.writeHost(buf.subarray(a - offset, b - offset), e.offset + (a - c * cs));
+      } else {
+        await this.writeNewClusters(buf.subarray(a - offset, b - offset), a, c, entries, l2off, table);
+      }
+      c += n;
+    }
+  }
+
+  /** Allocates `entries.length` clusters from guest cluster c, merges old content, writes, maps. */
+  private async writeNewClusters(
+    data: Uint8Array,
+    offset: number,
+    c: number,
+    entries: L2Entry[],
+    l2off: number,
+    table: Uint8Array,
+  ): Promise<void> {
+    const cs = this.cs;
+    const n = entries.length;
+    const start = c * cs;
+    let content = data;
+    if (offset !== start || data.length !== n * cs) {
+      content = new Uint8Array(n * cs);
+      // Old content of the first and last cluster when only partly written.
+      const fill = async (k: number): Promise<void> => {
+        const e = entries[k];
+        const dst = content.subarray(k * cs, (k + 1) * cs);
+        if (e.kind === 'data') await this.readHost(dst, e.offset);
+        else if (e.kind === 'compressed') {
+          dst.set(await this.readCompressed(decodeCompressed(e.hi, e.lo, this.clusterBits, this.file)));
+        }
+      };
+      if (offset > start) await fill(0);
+      if (offset + data.length < start + n * cs && (n > 1 || offset === start)) await fill(n - 1);
+      content.set(data, offset - start);
+    }
+    // The last cluster of a disk whose size is not cluster-aligned: keep the file tidy.
+    const host = await this.allocClusters(n);
+    await this.writeHost(content, host);
+    const i0 = c % this.l2Entries;
+    for (let k = 0; k < n; k++) {
+      const [hi, lo] = standardEntry(host + k * cs, true);
+      writeHiLo(table, i0 + k, hi, lo);
+    }
+    await this.writeL2Entries(l2off, table, i0, i0 + n);
+    for (const e of entries) await this.release(e);
+  }
+
+  /**
+   * convert -c: whole clusters landing in unallocated space are compressed
+   * (in parallel, outside the lock), packed into host clusters; the rest is
+   * written normally.
+   */
+  private async writeCompressed(buf: Uint8Array, offset: number): Promise<void> {
+    const cs = this.cs;
+    const end = offset + buf.length;
+    const first = Math.ceil(offset / cs);
+    // The disk's last cluster counts as whole when the write reaches the disk's end.
+    const lastEnd = end === this.h.size ? Math.ceil(end / cs) : Math.floor(end / cs);
+    if (lastEnd <= first) return this.lock.run(() => this.writeLocked(buf, offset));
+    const jobs: Array<Promise<Uint8Array | undefined>> = [];
+    for (let c = first; c < lastEnd; c++) {
+      let cl = buf.subarray(c * cs - offset, Math.min((c + 1) * cs, end) - offset);
+      if (cl.length < cs) {
+        const padded = new Uint8Array(cs);
+        padded.set(cl);
+        cl = padded;
+      }
+      jobs.push(compressCluster(cl, this.h.compressionType));
+    }
+    const packed = await Promise.all(jobs);
+    await this.lock.run(async () => {
+      await this.beginChange();
+      if (offset < first * cs) await this.writeLocked(buf.subarray(0, first * cs - offset), offset);
+      for (let c = first; c < lastEnd; c++) {
+        const a = c * cs;
+        const b = Math.min((c + 1) * cs, end);
+        const z = packed[c - first];
+        if (!z || !(await this.placeCompressed(c, z)))
+          await this.writeLocked(buf.subarray(a - offset, b - offset), a);
+      }
+      const tail = Math.min(lastEnd * cs, end);
+      if (tail < end) await this.writeLocked(buf.subarray(tail - offset), tail);
+    });
+  }
+
+  /** Stores compressed data for guest cluster c if it is unallocated; false otherwise. */
+  private async placeCompressed(c: number, z: Uint8Array): Promise<boolean> {
+    const cs = this.cs;
+    const l1i = Math.floor(c / this.l2Entries);
+    const { offset: l2off, table } = await this.l2ForWrite(l1i);
+    const i = c % this.l2Entries;
+    const e = this.entry(table, i);
+    if (e.kind === 'data' || e.kind === 'compressed' || (e.kind === 'zero' && e.offset !== 0)) return false;
+    // Pack after the previous compressed cluster when the data fits or the next cluster is free.
+    let host: number;
+    const t = this.compTail;
+    if (t && t.used + z.length <= cs) {
+      host = t.cluster * cs + t.used;
+      await this.refcounts.add(t.cluster, 1, 1);
+      t.used += z.length;
+    } else if (t && t.used < cs && (await this.refcounts.tryAllocAt(t.cluster + 1))) {
+      host = t.cluster * cs + t.used;
+      await this.refcounts.add(t.cluster, 1, 1);
+      this.compTail = { cluster: t.cluster + 1, used: t.used + z.length - cs };
+    } else {
+      const hostOff = await this.allocClusters(1);
+      host = hostOff;
+      this.compTail = { cluster: hostOff / cs, used: z.length };
+    }
+    if (this.compTail!.used >= cs) this.compTail = undefined;
+    // Written up to the end of its last sector, so readers never meet a short file.
+    const padded = new Uint8Array(Math.ceil((host + z.length) / 512) * 512 - host);
+    padded.set(z);
+    await this.writeHost(padded, host);
+    const [hi, lo] = encodeCompressed(host, z.length, this.clusterBits);
+    writeHiLo(table, i, hi, lo);
+    await this.writeL2Entries(l2off, table, i, i + 1);
+    return true;
+  }
+
+  /**
+   * Zeroes: v3 sets the zero flag on whole clusters (keeping an owned
+   * allocation unless mayUnmap); partial clusters and v2 write zero bytes.
+   */
+  async writeZeroes(offset: number, length: number, opts: { mayUnmap: boolean }): Promise<void> {
+    this.checkWritable();
+    const cs = this.cs;
+    const end = offset + length;
+    const a = Math.ceil(offset / cs) * cs;
+    const b = end === this.h.size ? Math.ceil(end / cs) * cs : Math.floor(end / cs) * cs;
+    await this.lock.run(async () => {
+      await this.beginChange();
+      if (!this.v3 || a >= b) {
+        for (let p = offset; p < end; p += 1 << 20) {
+          const n = Math.min(1 << 20, end - p);
+          await this.writeLocked(new Uint8Array(n), p);
+        }
+        return;
+      }
+      if (offset < a) await this.writeLocked(new Uint8Array(a - offset), offset);
+      for (let c = a / cs; c < b / cs; ) {
+        const l1i = Math.floor(c / this.l2Entries);
+        const stop = Math.min(b / cs, (l1i + 1) * this.l2Entries);
+        const { offset: l2off, table } = await this.l2ForWrite(l1i);
+        const i0 = c % this.l2Entries;
+        const released: L2Entry[] = [];
+        for (let k = c; k < stop; k++) {
+          const e = this.entry(table, k % this.l2Entries);
+          const keep =
+            !opts.mayUnmap && e.kind !== 'compressed' && e.offset !== 0 && (await this.ownsCluster(e));
+          const [hi, lo] = keep ? standardEntry(e.offset, true, true) : [0, 1];
+          writeHiLo(table, k % this.l2Entries, hi, lo);
+          if (!keep) released.push(e);
+        }
+        await this.writeL2Entries(l2off, table, i0, i0 + (stop - c));
+        for (const e of released) await this.release(e);
+        c = stop;
+      }
+      const tail = Math.min(b, end);
+      if (tail < end) await this.writeLocked(new Uint8Array(end - tail), tail);
+    });
+  }
+
+  async flush(): Promise<void> {
+    await this.lock.run(async () => {
+      await this.storage.flush();
+      await this.endChanges();
+      await this.storage.flush();
+    });
+  }
+
+  async close(): Promise<void> {
+    try {
+      if (!this.readOnly) await this.flush();
+    } finally {
+      await this.storage.close();
+    }
+  }
+
+  /** Checks an internal invariant in tests. */
+  assertSane(): void {
+    assert(this.l1.length === this.h.l1Size * 8, 'L1 table length matches l1_size');
+  }
+}

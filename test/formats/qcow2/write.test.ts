@@ -1,0 +1,178 @@
+/**
+ * platter writes, the peers judge: every image platter creates and writes is
+ * clean for `qemu-img check`, identical for `qemu-img compare` with the model
+ * of what was written, and opened by libqcow's qcowinfo.
+ */
+import assert from 'node:assert/strict';
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { describe, it } from 'node:test';
+import { testDisk } from '../../conformance/disk.js';
+import { must, needPeers, run } from '../../helpers/peers.js';
+import { tempDir } from '../../helpers/tmp.js';
+import { create, MiB, openRead, openWrite, pattern, qemuCheck, readAll } from './util.js';
+
+const dir = tempDir('platter-qcow2-write-');
+let n = 0;
+
+/** Writes a mix (unaligned, straddling, zeroes, last byte) and returns the model. */
+async function writeMix(path: string, size: number, open: Record<string, string> = {}): Promise<Uint8Array> {
+  const d = await openWrite(path, open);
+  const model = new Uint8Array(size);
+  const w = async (off: number, data: Uint8Array): Promise<void> => {
+    await d.write(data, off);
+    model.set(data, off);
+  };
+  await w(0, new Uint8Array(MiB).fill(3));
+  await w(5000, pattern(100000, 1));
+  await w(size - 4096, pattern(4096, 2));
+  await w(Math.floor(size / 2) - 7, pattern(70001, 3));
+  await d.writeZeroes(131072, 262144);
+  model.fill(0, 131072, 131072 + 262144);
+  await w(7, pattern(3, 4));
+  await w(size - 1, Uint8Array.of(0x5a));
+  await d.close();
+  return model;
+}
+
+function peersAgree(path: string, model: Uint8Array): void {
+  const c = qemuCheck(path);
+  assert.equal(c.status, 0, `qemu-img check is clean: ${JSON.stringify(c.json)}`);
+  const raw = join(dir, `model${n++}.raw`);
+  writeFileSync(raw, model);
+  const cmp = run('qemu-img', ['compare', '-f', 'qcow2', '-F', 'raw', path, raw]);
+  assert.equal(cmp.status, 0, `qemu-img compare: ${cmp.stdout}${cmp.stderr}`);
+}
+
+describe('qcow2 write: platter creates, qemu-img checks', () => {
+  const combos = [
+    'compat=0.10',
+    'compat=1.1',
+    'cluster_size=512,refcount_bits=1',
+    'cluster_size=4096,refcount_bits=4',
+    'cluster_size=2M,refcount_bits=64',
+    'cluster_size=16384,refcount_bits=32',
+    'refcount_bits=8,lazy_refcounts=on',
+    'preallocation=metadata',
+    'preallocation=falloc,cluster_size=32768',
+    'preallocation=full,cluster_size=4096',
+    'compression_type=zstd',
+  ];
+  for (const o of combos) {
+    it(`create -o ${o}, write, check, compare`, async (t) => {
+      if (!needPeers(t, 'qemu-img')) return;
+      const path = join(dir, `w${n++}.qcow2`);
+      const size = 6 * MiB;
+      const opts = Object.fromEntries(o.split(',').map((kv) => kv.split('=') as [string, string]));
+      await create(path, size, opts);
+      const model = await writeMix(path, size);
+      peersAgree(path, model);
+      const info = JSON.parse(must('qemu-img', ['info', '--output=json', path]));
+      if (opts.compat) assert.equal(info['format-specific'].data.compat, opts.compat);
+      if (opts.refcount_bits)
+        assert.equal(info['format-specific'].data['refcount-bits'], Number(opts.refcount_bits));
+      if (opts.cluster_size)
+        assert.equal(info['cluster-size'], opts.cluster_size === '2M' ? 2 * MiB : Number(opts.cluster_size));
+      if (opts.lazy_refcounts) {
+        assert.equal(info['format-specific'].data['lazy-refcounts'], true);
+        assert.equal(info['dirty-flag'], false, 'the dirty bit is cleared on close');
+      }
+      if (opts.preallocation === 'full')
+        assert.ok(info['actual-size'] >= size, 'full preallocation is thick');
+      if (opts.compression_type) assert.equal(info['format-specific'].data['compression-type'], 'zstd');
+    });
+  }
+
+  for (const type of ['zlib', 'zstd']) {
+    it(`compressed writes (${type}) are packed and clean`, async (t) => {
+      if (!needPeers(t, 'qemu-img')) return;
+      const path = join(dir, `cz${n++}.qcow2`);
+      const size = 4 * MiB;
+      await create(path, size, { compression_type: type });
+      const d = await openWrite(path, { compress: 'on' });
+      const model = new Uint8Array(size);
+      const data = pattern(2 * MiB, 5).map((b) => b & 3);
+      await d.write(data, 0);
+      model.set(data, 0);
+      await d.write(new Uint8Array(size - 3 * MiB).fill(9), 3 * MiB);
+      model.fill(9, 3 * MiB);
+      // A partial write over compressed data copies it into a plain cluster.
+      await d.write(Uint8Array.of(1, 2, 3), 70000);
+      model.set([1, 2, 3], 70000);
+      await d.close();
+      peersAgree(path, model);
+      const c = qemuCheck(path);
+      assert.ok((c.json['compressed-clusters'] as number) > 0, 'some clusters are compressed');
+      const back = await openRead(path);
+      assert.ok((await readAll(back)).equals(Buffer.from(model)));
+      await back.close();
+    });
+  }
+
+  it('an overlay on a qcow2 backing: partial writes copy whole clusters from below', async (t) => {
+    if (!needPeers(t, 'qemu-img', 'qemu-io')) return;
+    const base = join(dir, 'wbase.qcow2');
+    must('qemu-img', ['create', '-q', '-f', 'qcow2', base, String(2 * MiB)]);
+    must('qemu-io', ['-c', 'write -P 0x33 0 2M', base]);
+    const top = join(dir, 'wtop.qcow2');
+    await create(top, undefined, {}, { name: 'wbase.qcow2', format: 'qcow2' });
+    const d = await openWrite(top);
+    await d.write(Uint8Array.of(7, 7), 65536 + 100);
+    await d.close();
+    const model = new Uint8Array(2 * MiB).fill(0x33);
+    model.set([7, 7], 65536 + 100);
+    peersAgree(top, model);
+    const info = JSON.parse(must('qemu-img', ['info', '--output=json', top]));
+    assert.equal(info['backing-filename'], 'wbase.qcow2');
+    assert.equal(info['backing-filename-format'], 'qcow2');
+    const map = JSON.parse(must('qemu-img', ['map', '--output=json', top]));
+    assert.ok(map.some((m: { start: number; depth: number }) => m.start === 65536 && m.depth === 0));
+  });
+
+  it('qcowinfo opens a platter-made image', async (t) => {
+    if (!needPeers(t, 'qcowinfo')) return;
+    const path = join(dir, 'libqcow.qcow2');
+    await create(path, 4 * MiB);
+    await writeMix(path, 4 * MiB);
+    const r = run('qcowinfo', [path]);
+    assert.equal(r.status, 0, r.stderr);
+    assert.match(r.stdout, /Media size/);
+  });
+
+  it('kill -9 during a long write leaves at most leaks', async (t) => {
+    if (!needPeers(t, 'qemu-img')) return;
+    for (const o of [{}, { lazy_refcounts: 'on', cluster_size: '4096' }] as Record<string, string>[]) {
+      const path = join(dir, `kill${n++}.qcow2`);
+      await create(path, 64 * MiB, o);
+      const child = new URL('./kill-writer.ts', import.meta.url).pathname;
+      const r = run(process.execPath, ['--import', 'tsx', child, path], { timeout: 30_000 });
+      assert.match(r.stdout, /writing/, r.stderr);
+      const c = qemuCheck(path);
+      assert.ok(
+        c.status === 0 || c.status === 3,
+        `qemu-img check exit ${c.status}: ${JSON.stringify(c.json)}`,
+      );
+      assert.equal(c.json.corruptions ?? 0, 0);
+      // platter repairs what is left on a writable open (dirty) or with check -r.
+      const d = await openWrite(path);
+      const rep = await d.features.check!({ repair: 'all' });
+      await d.close();
+      assert.equal(rep.corruptions + rep.leaks, 0);
+      assert.equal(qemuCheck(path).status, 0);
+    }
+  });
+});
+
+testDisk('qcow2 alone', async (size) => {
+  const path = join(dir, `conf${n++}.qcow2`);
+  await create(path, Math.ceil(size / 512) * 512);
+  return { disk: await openWrite(path), reopen: () => openRead(path) };
+});
+
+testDisk('qcow2 overlay on a qcow2 backing', async (size) => {
+  const base = join(dir, `cbase${n}.qcow2`);
+  const top = join(dir, `ctop${n++}.qcow2`);
+  await create(base, Math.ceil(size / 512) * 512, { cluster_size: '4096' });
+  await create(top, undefined, {}, { name: base, format: 'qcow2' });
+  return { disk: await openWrite(top), reopen: () => openRead(top) };
+});
