@@ -11,9 +11,12 @@
  *   block        0  | hole      | zeros (type 4: the parent)
  *
  * qemu ignores bitmaps and sets every bit of a block it allocates; Hyper-V and
- * libvhdi honour them. platter sets only the sectors written (granularity 512, so
- * the chain copies-on-write per sector) and zero-fills the rest of a new block,
- * so qemu reads the same bytes.
+ * libvhdi honour them. platter reads bitmaps per sector, and writes them per
+ * 4 KiB (granularity 4096: the chain copies-on-write 8 sectors at a time, so
+ * every bitmap byte it writes is 0x00 or 0xFF). Finer bitmaps are valid, but
+ * libvhdi (20210425) misreads a partly set byte: it takes every sector after
+ * the first set one in that byte as present. The rest of a new block reads as
+ * zeros, so qemu, which ignores the bitmap, reads the same bytes.
  *
  * New blocks go where the footer at the end of the file was, and the footer moves
  * behind them. A BAT that must grow and has no room where it is moves to the end.
@@ -65,7 +68,7 @@ export interface DynamicOptions {
 
 export class DynamicVhd implements DiskImpl {
   size: number;
-  readonly granularity = 512;
+  readonly granularity: number;
   readonly storages: readonly Storage[];
   readonly features: DiskFeatures;
   private readonly storage: Storage;
@@ -90,6 +93,7 @@ export class DynamicVhd implements DiskImpl {
     this.size = o.size;
     this.bs = o.header.blockSize;
     this.spb = this.bs / 512;
+    this.granularity = Math.min(4096, this.bs);
     this.bitmapSize = alignUp(Math.ceil(this.spb / 8), 512);
     this.backing = o.backing;
     let end = alignUp(this.header.tableOffset + this.bat.length * 4, 512);
@@ -224,14 +228,17 @@ export class DynamicVhd implements DiskImpl {
     const allocated = this.blockOffset(b) >= 0;
     const bm = allocated ? await this.bitmap(b) : undefined;
     const end = within + piece.length;
-    // A partial sector not yet present is completed with zeros (the chain normally sends whole sectors).
-    const headOpen = within % 512 !== 0 && !(bm && (bm === FULL || bit(bm, Math.floor(within / 512))));
-    const tailOpen = end % 512 !== 0 && !(bm && (bm === FULL || bit(bm, Math.floor(end / 512))));
-    const a = headOpen ? Math.floor(within / 512) * 512 : within;
-    const e = tailOpen ? alignUp(end, 512) : end;
+    // A partly written unit not yet wholly present is completed with what it reads now
+    // (the chain normally sends whole units), so bitmap bytes stay all-or-nothing.
+    const u = this.granularity;
+    const ua = Math.floor(within / u) * u;
+    const ue = Math.min(alignUp(end, u), this.bs);
+    const a = ua < within && !present(bm, ua, within) ? ua : within;
+    const e = end < ue && !present(bm, end, ue) ? ue : end;
     let data = piece;
     if (a !== within || e !== end) {
       data = new Uint8Array(e - a);
+      if (allocated) await this.readPiece(data, b, a);
       data.set(piece, within - a);
     }
     const s0 = Math.floor(a / 512);
@@ -416,7 +423,7 @@ export class DynamicVhd implements DiskImpl {
 
   private async setBacking(b: { name: string; format?: string } | null): Promise<void> {
     if (!this.write) throw new PlatterError('EREADONLY', `${this.name}: image is open read-only`);
-    if (b && b.format && b.format !== 'vhd') {
+    if (b?.format && b.format !== 'vhd') {
       throw new PlatterError(
         'EUNSUPPORTED',
         `${this.name}: a differencing VHD needs a VHD parent, not ${b.format}`,
@@ -514,6 +521,14 @@ export class DynamicVhd implements DiskImpl {
       details: { blocks: this.bat.length, allocatedBlocks: allocated, blockSize: this.bs },
     };
   }
+}
+
+/** Are all sectors of [a, e) (bytes within a block) present? */
+function present(bm: Uint8Array | undefined, a: number, e: number): boolean {
+  if (!bm) return false;
+  if (bm === FULL) return true;
+  for (let s = Math.floor(a / 512); s * 512 < e; s++) if (!bit(bm, s)) return false;
+  return true;
 }
 
 function bit(bm: Uint8Array, s: number): boolean {
