@@ -28,7 +28,7 @@ export interface Partition {
   start: number;
   /** Bytes. */
   size: number;
-  /** MBR: two hex digits ("83"); GPT: the type GUID, upper case. */
+  /** MBR: the type byte in hex as sfdisk prints it ("83", "7"); GPT: the type GUID, upper case. */
   type: string;
   /** A readable name for the type, when known. */
   typeName?: string;
@@ -89,7 +89,7 @@ const GPT_TYPES: Record<string, string> = {
   'C12A7328-F81F-11D2-BA4B-00A0C93EC93B': 'EFI System',
   '21686148-6449-6E6F-744E-656564454649': 'BIOS boot',
   '0FC63DAF-8483-4772-8E79-3D69D8477DE4': 'Linux filesystem',
-  '0657FD6D-A4AB-43C4-84E5-0933C84B4F4C': 'Linux swap',
+  '0657FD6D-A4AB-43C4-84E5-0933C84B4F4F': 'Linux swap',
   'E6D6D379-F507-44C2-A23C-238F2A3DF928': 'Linux LVM',
   'A19D880F-05FC-4D3B-A006-743F0F84911E': 'Linux RAID',
   '933AC7E1-2EB4-4F13-B844-0E14E2AEF915': 'Linux home',
@@ -218,7 +218,7 @@ function mbrPartition(
     index,
     start: lba * SECTOR,
     size: count * SECTOR,
-    type: type.toString(16).padStart(2, '0'),
+    type: type.toString(16),
     bootable: boot,
   };
   if (MBR_TYPES[type]) p.typeName = MBR_TYPES[type];
@@ -295,10 +295,10 @@ async function readGptAt(disk: Disk, lba: number, warnings: string[]): Promise<P
       size: last >= first ? (last - first + 1) * SECTOR : 0,
       type,
       guid: guidString(arr.subarray(at + 16, at + 32)),
-      name,
       attributes: av.getBigUint64(at + 48, true).toString(16),
     };
     if (GPT_TYPES[type]) p.typeName = GPT_TYPES[type];
+    if (name) p.name = name;
     partitions.push(p);
   }
   return { scheme: 'gpt', sectorSize: SECTOR, id: guidString(h.subarray(56, 72)), partitions };
