@@ -1,7 +1,5 @@
 /**
- * check and resize of an open VMDK.
- *
- * check: every sparse extent's grain directory and tables (GTs past the end of
+ * check of an open VMDK: every sparse extent's grain directory and tables (GTs past the end of
  * the file, GTEs past the end or inside the metadata, grains that overlap, GT
  * and redundant GT that disagree). Repair is not offered: a report only.
  */
@@ -20,12 +18,4 @@ export async function checkImage(
     allocatedGrains += r.allocatedGrains;
   }
   return { corruptions: messages.length, leaks: 0, messages, details: { allocatedGrains } };
-}
-
-export async function resizeImage(
-  _image: VmdkImage,
-  _size: number,
-  _opts: { shrink: boolean },
-): Promise<void> {
-  throw new Error('not yet');
 }

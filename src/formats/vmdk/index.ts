@@ -12,12 +12,13 @@
  * Files: descriptor.ts (text descriptor), header.ts (sparse header, markers),
  * sparse.ts (grain directory/tables, grains, stream append), flat.ts (FLAT,
  * ZERO), table.ts (one Disk over the extents), image.ts (open), create.ts,
- * check.ts (check and resize).
+ * check.ts, resize.ts.
  */
 import type { FormatDriver } from '../driver.js';
-import { checkImage, resizeImage } from './check.js';
+import { checkImage } from './check.js';
 import { createVmdk } from './create.js';
 import { openVmdk, probeVmdk } from './image.js';
+import { resizeImage } from './resize.js';
 
 export const vmdk: FormatDriver = {
   name: 'vmdk',
