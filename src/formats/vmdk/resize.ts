@@ -8,7 +8,7 @@
  * The descriptor's extent lines and ddb.geometry.cylinders follow. The Disk
  * must be reopened afterwards.
  */
-import { invalid, PlatterError, unsupported } from '../../core/errors.js';
+import { invalid, unsupported } from '../../core/errors.js';
 import { createFlatFile, createSparseFile, parseCreateOptions, SPLIT_SECTORS } from './create.js';
 import type { ExtentLine } from './descriptor.js';
 import { FlatExtent } from './flat.js';
