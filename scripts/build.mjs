@@ -1,5 +1,5 @@
 // Transpiles src/ to dist/ file by file (no bundling, no type check: `npm run typecheck` does that).
-import { readdirSync, rmSync, statSync } from 'node:fs';
+import { readdirSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { build } from 'esbuild';
 
@@ -13,7 +13,7 @@ const files = [];
   }
 })(join(root, 'src'));
 
-rmSync(join(root, 'dist'), { recursive: true, force: true });
+// dist/ is not wiped first: tests running at the same time keep working while files are replaced.
 await build({
   entryPoints: files,
   outdir: join(root, 'dist'),
