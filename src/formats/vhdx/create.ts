@@ -18,7 +18,16 @@ import { parseSize } from '../../core/bytes.js';
 import { invalid, PlatterError, unsupported } from '../../core/errors.js';
 import type { Storage } from '../../core/storage.js';
 import type { CreateContext } from '../driver.js';
-import { Bat, FULLY_PRESENT, geometry, NOT_PRESENT, payloadIndex, ZERO } from './bat.js';
+import {
+  Bat,
+  bitmapIndex,
+  FULLY_PRESENT,
+  geometry,
+  NOT_PRESENT,
+  payloadIndex,
+  SB_PRESENT,
+  ZERO,
+} from './bat.js';
 import { guid, guidText, newGuid } from './guid.js';
 import {
   BAT_GUID,
@@ -170,7 +179,16 @@ export async function createVhdx(ctx: CreateContext): Promise<void> {
     if (fixed) bat.set(i, FULLY_PRESENT, dataStart + b * blockSize);
     else bat.set(i, blockStateZero ? ZERO : NOT_PRESENT, 0);
   }
-  const end = fixed ? dataStart + g.dataBlocks * blockSize : dataStart;
+  // Differencing disks get their sector bitmap blocks now (zeros: every sector
+  // from the parent). libvhdi reads a bitmap even for blocks whose bitmap entry
+  // is NOT_PRESENT, so a missing one would be read from file offset 0.
+  if (hasParent)
+    for (let c = 0; c < g.bitmapBlocks; c++) bat.set(bitmapIndex(g, c), SB_PRESENT, dataStart + c * MiB);
+  const end = fixed
+    ? dataStart + g.dataBlocks * blockSize
+    : hasParent
+      ? dataStart + g.bitmapBlocks * MiB
+      : dataStart;
 
   const s = ctx.storage;
   if (dense) await writeZeros(s, 0, end);

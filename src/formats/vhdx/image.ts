@@ -510,7 +510,15 @@ export class VhdxImage {
       const i = payloadIndex(this.geo, b);
       const s = this.bat.state(i);
       const wholeBlock = within === 0 && (n === bs || b * bs + n === this.md.size);
-      if (wholeBlock && !this.md.leaveBlockAllocated) {
+      if (wholeBlock && this.hasParent && s !== FULLY_PRESENT && s !== PARTIALLY_PRESENT) {
+        // libvhdi reads ZERO blocks of a differencing disk from the parent, so a
+        // differencing disk gets a (sparse) block of zeros instead.
+        await this.lock.run(async () => {
+          await this.beginWrite();
+          const off = await this.allocate(bs, this.dense);
+          await this.setEntry(i, FULLY_PRESENT, off);
+        });
+      } else if (wholeBlock && !this.md.leaveBlockAllocated && !this.hasParent) {
         await this.lock.run(async () => {
           await this.beginWrite();
           if (this.bat.state(i) !== ZERO) await this.setEntry(i, ZERO, 0);
@@ -635,6 +643,7 @@ export class VhdxImage {
         }
       }
       for (let i = oldGeo.entries; i < g.entries; i++) await this.setEntry(i, NOT_PRESENT, 0);
+      if (this.md.hasParent) await this.allocateBitmaps(g, oldGeo.bitmapBlocks);
       if (this.md.leaveBlockAllocated) {
         for (let b = oldGeo.dataBlocks; b < g.dataBlocks; b++) {
           const off = await this.allocate(bs, this.dense);
@@ -680,11 +689,23 @@ export class VhdxImage {
           bytes.set(this.bat.bytes.subarray(0, Math.min(bytes.length, this.bat.bytes.length)));
           this.bat = new Bat(bytes);
           this.geo = g;
+          await this.allocateBitmaps(g, 0);
         }
         await this.writeMetadata({ ...this.md, hasParent: true, leaveBlockAllocated: false, parent });
       }
       await this.commit();
     });
+  }
+
+  /** Sector bitmap blocks for chunks from `from` on (see create.ts: libvhdi wants them present). */
+  private async allocateBitmaps(g: Geometry, from: number): Promise<void> {
+    for (let c = from; c < g.bitmapBlocks; c++) {
+      const i = bitmapIndex(g, c);
+      if (this.bat.state(i) === SB_PRESENT) continue;
+      const off = await this.allocate(MiB, this.dense);
+      this.bitmaps.set(c, new Uint8Array(MiB));
+      await this.setEntry(i, SB_PRESENT, off);
+    }
   }
 
   private async zeroUnsetSectors(b: number): Promise<void> {
@@ -712,6 +733,10 @@ export class VhdxImage {
       await this.storage.truncate(end);
       this.fileSize = end;
       this.fileEnd = end;
+      if (this.hasParent) {
+        await this.allocateBitmaps(g, 0);
+        await this.commit();
+      }
     });
   }
 

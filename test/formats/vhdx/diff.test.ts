@@ -1,0 +1,224 @@
+/**
+ * Differencing disks. qemu-img 7.2 refuses VHDX differencing disks, so the
+ * oracles are libvhdi (vhdiinfo; vhdimount through FUSE) and content the test
+ * computes from its own writes.
+ */
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, renameSync } from 'node:fs';
+import { join } from 'node:path';
+import { describe, it } from 'node:test';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { must, needPeers, run } from '../../helpers/peers.js';
+import { tempDir } from '../../helpers/tmp.js';
+import { create, MiB, openRead, openWrite, pattern, qemuRaw, readAll } from './util.js';
+
+const dir = tempDir('platter-vhdx-diff-');
+const SIZE = 12 * MiB;
+
+/** A base filled with a pattern and a child with writes at odd places; returns the expected content. */
+async function chain(
+  sub: string,
+  baseName = 'base.vhdx',
+  childOpts: Record<string, string> = {},
+): Promise<[string, string, Buffer]> {
+  const d0 = join(dir, sub);
+  mkdirSync(d0, { recursive: true });
+  const base = join(d0, baseName);
+  await create(base, SIZE, { block_size: '1M' });
+  const model = Buffer.from(pattern(SIZE, 3));
+  let d = await openWrite(base);
+  await d.write(model, 0);
+  await d.close();
+  const child = join(d0, 'child.vhdx');
+  await create(child, 0, childOpts, baseName);
+  d = await openWrite(child);
+  const writes: Array<[number, number]> = [
+    [0, 512],
+    [1, 1],
+    [4095, 3],
+    [MiB - 1, 5000],
+    [3 * MiB, 2 * MiB],
+    [SIZE - 1, 1],
+  ];
+  try {
+    for (const [o, l] of writes) {
+      const b = pattern(l, o + 11);
+      await d.write(b, o);
+      model.set(b, o);
+    }
+    await d.writeZeroes(8 * MiB, 2 * MiB);
+    model.fill(0, 8 * MiB, 10 * MiB);
+    await d.writeZeroes(7 * MiB + 100, 1000);
+    model.fill(0, 7 * MiB + 100, 7 * MiB + 1100);
+  } finally {
+    await d.close();
+  }
+  return [base, child, model];
+}
+
+/** Mounts `image` with vhdimount and returns the bytes of its top layer. */
+async function vhdimountRead(image: string): Promise<Buffer> {
+  const mnt = `${image}.mnt`;
+  mkdirSync(mnt, { recursive: true });
+  const p = spawn('vhdimount', ['-v', image, mnt], { stdio: 'ignore' });
+  try {
+    for (let i = 0; i < 100 && readdirSync(mnt).length === 0; i++) await sleep(50);
+    const files = readdirSync(mnt).sort();
+    assert.ok(files.length > 0, 'vhdimount exposed no file');
+    return readFileSync(join(mnt, files[files.length - 1]));
+  } finally {
+    run('umount', [mnt]);
+    p.kill();
+  }
+}
+
+describe('vhdx differencing disks', () => {
+  it('create -b with a relative name: platter reads the chain; vhdiinfo and vhdimount agree', async (t) => {
+    const [base, child, model] = await chain('rel');
+    const d = await openRead(child);
+    try {
+      assert.ok((await readAll(d)).equals(model));
+      assert.equal(d.layers.length, 2);
+      const info = await d.info();
+      assert.equal(info.subformat, 'differencing');
+      assert.deepEqual(info.backing, { name: 'base.vhdx', format: 'vhdx' });
+      const exts = await d.extents(0, SIZE);
+      assert.ok(exts.some((e) => e.depth === 1) && exts.some((e) => e.depth === 0));
+    } finally {
+      await d.close();
+    }
+    if (!needPeers(t, 'vhdiinfo')) return;
+    const b = await openRead(base);
+    const baseGuid = (await b.info()).details?.dataWriteGuid;
+    await b.close();
+    const out = must('vhdiinfo', [child]);
+    assert.match(out, /Disk type\s*:\s*Differential/);
+    assert.match(out, new RegExp(`Parent identifier\\s*:\\s*${baseGuid}`));
+    if (!existsSync('/dev/fuse') || !needPeers(t, 'vhdimount')) return;
+    assert.ok((await vhdimountRead(child)).equals(model), 'vhdimount content differs');
+  });
+
+  it('an absolute parent path is found after the child moves away', async () => {
+    const [base, child, model] = await chain('abs-a');
+    const d1 = join(dir, 'abs-b', 'deeper');
+    mkdirSync(d1, { recursive: true });
+    const moved = join(d1, 'child.vhdx');
+    // Recreate the child naming the parent by its absolute path, then move it.
+    const child2 = join(dir, 'abs-a', 'child2.vhdx');
+    await create(child2, 0, {}, base);
+    const d = await openWrite(child2);
+    await d.write(model.subarray(0, 3 * MiB), 0);
+    await d.close();
+    renameSync(child2, moved);
+    const r = await openRead(moved);
+    try {
+      const got = await readAll(r);
+      assert.ok(got.subarray(0, 3 * MiB).equals(model.subarray(0, 3 * MiB)));
+      const baseContent = await openRead(base);
+      const want = await readAll(baseContent);
+      await baseContent.close();
+      assert.ok(got.subarray(3 * MiB).equals(want.subarray(3 * MiB)));
+      const loc = (await r.info()).details?.parentLocator as Record<string, string>;
+      assert.match(loc.absolute_win32_path, /^\\\\\?\\/);
+      assert.equal(loc.relative_path, 'base.vhdx');
+    } finally {
+      await r.close();
+    }
+    assert.ok(existsSync(child));
+  });
+
+  it('a chain of three over a qemu-made base', async (t) => {
+    if (!needPeers(t, 'qemu-img', 'qemu-io')) return;
+    const d0 = join(dir, 'three');
+    mkdirSync(d0, { recursive: true });
+    const base = join(d0, 'q.vhdx');
+    must('qemu-img', ['create', '-q', '-f', 'vhdx', '-o', 'block_size=1M', base, String(SIZE)]);
+    must('qemu-io', [
+      '-f',
+      'vhdx',
+      '-c',
+      'write -P 0x61 1000 3000000',
+      '-c',
+      `write -P 0x62 ${SIZE - 4096} 4096`,
+      base,
+    ]);
+    const model = qemuRaw(base, `${base}.raw`);
+    const mid = join(d0, 'mid.vhdx');
+    const top = join(d0, 'top.vhdx');
+    await create(mid, 0, { block_size: '1M' }, 'q.vhdx');
+    let d = await openWrite(mid);
+    await d.write(pattern(777, 1), 2 * MiB + 1);
+    model.set(pattern(777, 1), 2 * MiB + 1);
+    await d.close();
+    await create(top, 0, {}, 'mid.vhdx');
+    d = await openWrite(top);
+    await d.write(pattern(5000, 2), 2 * MiB - 10);
+    model.set(pattern(5000, 2), 2 * MiB - 10);
+    await d.close();
+    d = await openRead(top);
+    try {
+      assert.equal(d.layers.length, 3);
+      assert.ok((await readAll(d)).equals(model));
+    } finally {
+      await d.close();
+    }
+    // The base is untouched: qemu still reads it as before.
+    must('qemu-img', ['check', '-f', 'vhdx', base]);
+  });
+
+  it('setBacking(null) turns the child into a dynamic disk; makeEmpty drops its blocks', async () => {
+    const [base, child, model] = await chain('features');
+    const baseDisk = await openRead(base);
+    const baseContent = await readAll(baseDisk);
+    await baseDisk.close();
+    const copy = join(dir, 'features', 'child-copy.vhdx');
+    copyFileSync(child, copy);
+
+    let d = await openWrite(child);
+    await d.features.makeEmpty?.();
+    await d.close();
+    d = await openRead(child);
+    try {
+      assert.ok((await readAll(d)).equals(baseContent));
+      assert.ok((await d.extents(0, SIZE)).every((e) => e.depth === 1));
+    } finally {
+      await d.close();
+    }
+
+    d = await openWrite(copy);
+    const own = await d.extents(0, SIZE);
+    await d.features.setBacking?.(null);
+    await d.close();
+    d = await openRead(copy);
+    try {
+      const info = await d.info();
+      assert.equal(info.subformat, 'dynamic');
+      assert.equal(info.backing, undefined);
+      const got = await readAll(d);
+      // What the child held itself stays; what came from the parent now reads zeros.
+      for (const e of own) {
+        const want = e.depth === 0 ? model.subarray(e.offset, e.offset + e.length) : Buffer.alloc(e.length);
+        assert.ok(got.subarray(e.offset, e.offset + e.length).equals(want), `range ${e.offset}+${e.length}`);
+      }
+    } finally {
+      await d.close();
+    }
+  });
+
+  it('setBacking to another parent records it', async () => {
+    const [base, child, model] = await chain('rebase');
+    const other = join(dir, 'rebase', 'other.vhdx');
+    copyFileSync(base, other);
+    let d = await openWrite(child);
+    await d.features.setBacking?.({ name: 'other.vhdx', format: 'vhdx' });
+    await d.close();
+    d = await openRead(child);
+    try {
+      assert.deepEqual((await d.info()).backing, { name: 'other.vhdx', format: 'vhdx' });
+      assert.ok((await readAll(d)).equals(model));
+    } finally {
+      await d.close();
+    }
+  });
+});
