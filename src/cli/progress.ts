@@ -31,7 +31,11 @@ function fmtEta(seconds: number): string {
   return h > 0 ? `${h}:${String(m).padStart(2, '0')}:${ss}` : `${m}:${ss}`;
 }
 
-export function makeProgress(ctx: CliContext, mode: ProgressMode, now: () => number = Date.now): ProgressRenderer {
+export function makeProgress(
+  ctx: CliContext,
+  mode: ProgressMode,
+  now: () => number = Date.now,
+): ProgressRenderer {
   if (mode === 'none') return { onProgress: () => undefined, finish: () => undefined };
   const tty = mode === 'auto' && !!ctx.stderr.isTTY;
   const interval = mode === 'json' ? 1000 : tty ? 200 : 5000;
@@ -39,6 +43,8 @@ export function makeProgress(ctx: CliContext, mode: ProgressMode, now: () => num
   let phase = '';
   let last = 0;
   let lastP: Progress | undefined;
+  /** Whether lastP has been rendered (no repeat of the final line on a phase change). */
+  let lastShown = false;
   let drawn = false;
 
   const rateOf = (t: number, done: number): number => {
@@ -73,7 +79,7 @@ export function makeProgress(ctx: CliContext, mode: ProgressMode, now: () => num
     onProgress(p) {
       const t = now();
       if (p.phase !== phase) {
-        if (lastP && lastP.phase === phase && phase) render(lastP, t, true);
+        if (lastP && lastP.phase === phase && phase && !lastShown) render(lastP, t, true);
         if (drawn) {
           ctx.stderr.write('\n');
           drawn = false;
@@ -83,9 +89,11 @@ export function makeProgress(ctx: CliContext, mode: ProgressMode, now: () => num
         last = 0;
       }
       lastP = p;
+      lastShown = false;
       if (t - last >= interval || (p.total > 0 && p.done >= p.total)) {
         last = t;
         render(p, t, p.total > 0 && p.done >= p.total);
+        lastShown = true;
       }
     },
     finish() {
