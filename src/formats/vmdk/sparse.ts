@@ -54,8 +54,8 @@ export const MAX_GRAIN_SECTORS = 1 << 17; // 64 MiB
 export const MAX_GTES_PER_GT = 4096;
 /** Bytes of one grain marker header before the compressed data. */
 const GRAIN_MARKER = 12;
-/** Decompressed grains kept for small sequential reads of compressed images. */
-const GRAIN_CACHE = 16;
+/** Bytes of decompressed grains kept for small sequential reads of compressed images. */
+const GRAIN_CACHE_BYTES = 16 << 20;
 
 export interface OpenedSparse {
   header: SparseHeader;
@@ -349,7 +349,7 @@ export class SparseExtent implements VmdkExtent {
       p = this.readCompressed(sector);
       this.grainCache.set(sector, p);
       p.catch(() => this.grainCache.delete(sector));
-      if (this.grainCache.size > GRAIN_CACHE)
+      if (this.grainCache.size > Math.max(1, GRAIN_CACHE_BYTES / this.grainBytes))
         this.grainCache.delete(this.grainCache.keys().next().value as number);
     }
     return p;
