@@ -8,6 +8,7 @@ import type { FormatDriver } from './driver.js';
 import { ewf } from './ewf/index.js';
 import { qcow2 } from './qcow2/index.js';
 import { raw } from './raw/index.js';
+import { vdi } from './vdi/index.js';
 import { vhd } from './vhd/index.js';
 import { vhdx } from './vhdx/index.js';
 import { vmdk } from './vmdk/index.js';
@@ -19,6 +20,7 @@ export const drivers: readonly FormatDriver[] = [
   vhdx,
   vhd,
   vmdk,
+  vdi,
   raw,
 ];
 
