@@ -2,12 +2,15 @@
  * Runs the platter command for the CLI tests. PLATTER_BIN may name another
  * launcher (e.g. a private build while other builds rewrite dist/).
  */
-import { run } from '../helpers/peers.js';
-import { PLATTER } from '../helpers/peers.js';
+import { PLATTER, run } from '../helpers/peers.js';
 
 export const BIN = process.env.PLATTER_BIN ?? PLATTER;
 
-export function platterIn(cwd: string, args: string[], opts: { env?: NodeJS.ProcessEnv; timeout?: number } = {}) {
+export function platterIn(
+  cwd: string,
+  args: string[],
+  opts: { env?: NodeJS.ProcessEnv; timeout?: number } = {},
+) {
   return run(process.execPath, [BIN, ...args], { cwd, ...opts });
 }
 

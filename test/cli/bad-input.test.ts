@@ -1,0 +1,135 @@
+/**
+ * Every bad input of issue 2 gets exactly one `platter: error:` line naming
+ * the file (or the option) and the problem, and a non-zero exit.
+ */
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { chmodSync, existsSync, mkdirSync, readFileSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { describe, it } from 'node:test';
+import { hasPeer } from '../helpers/peers.js';
+import { tempDir } from '../helpers/tmp.js';
+import { oneErrorLine, platterIn } from './cli.js';
+
+const dir = tempDir();
+const p = (args: string[]) => platterIn(dir, args);
+const M = 1 << 20;
+
+writeFileSync(join(dir, 'good.raw'), randomBytes(64 * 1024));
+writeFileSync(join(dir, 'empty.raw'), '');
+mkdirSync(join(dir, 'adir'));
+
+describe('bad input: one error line and a non-zero exit', () => {
+  it('missing file, for every command that reads one', () => {
+    for (const args of [
+      ['info', 'missing.raw'],
+      ['map', 'missing.raw'],
+      ['hash', 'missing.raw'],
+      ['convert', '-O', 'raw', 'missing.raw', 'out.raw'],
+      ['compare', 'good.raw', 'missing.raw'],
+    ]) {
+      const msg = oneErrorLine(p(args));
+      assert.match(msg, /^missing\.raw: no such file or directory/, args.join(' '));
+    }
+    assert.ok(!existsSync(join(dir, 'out.raw')) && !existsSync(join(dir, 'out.raw.partial')));
+  });
+
+  it('a directory', () => {
+    assert.match(oneErrorLine(p(['info', 'adir'])), /^adir: is a directory/);
+    assert.match(oneErrorLine(p(['hash', 'adir'])), /^adir: is a directory/);
+  });
+
+  it('a zero-size image', () => {
+    assert.match(oneErrorLine(p(['info', 'empty.raw'])), /^empty\.raw: .*empty/);
+    assert.match(oneErrorLine(p(['convert', '-O', 'raw', 'empty.raw', 'e2.raw'])), /^empty\.raw: .*empty/);
+    assert.ok(!existsSync(join(dir, 'e2.raw')));
+  });
+
+  it('an odd-size raw image is read exactly (not an error) and a truncated qcow2 is one error', () => {
+    writeFileSync(join(dir, 'odd.raw'), randomBytes(1000));
+    const r = p(['info', '--json', 'odd.raw']);
+    assert.equal(r.status, 0, r.stderr);
+    assert.equal(JSON.parse(r.stdout).virtualSize, 1000);
+    assert.equal(p(['convert', '-O', 'raw', 'odd.raw', 'odd2.raw']).status, 0);
+    assert.ok(readFileSync(join(dir, 'odd2.raw')).equals(readFileSync(join(dir, 'odd.raw'))));
+    // A qcow2 header cut short: the format's own error, naming the file.
+    const q = Buffer.alloc(100);
+    q.set([0x51, 0x46, 0x49, 0xfb, 0, 0, 0, 3]);
+    writeFileSync(join(dir, 'short.qcow2'), q);
+    assert.match(oneErrorLine(p(['info', 'short.qcow2'])), /^short\.qcow2: /);
+  });
+
+  it('a split set with a missing or short middle segment', () => {
+    const seg = (n: number) => join(dir, `split.${String(n).padStart(3, '0')}`);
+    for (let i = 1; i <= 3; i++) writeFileSync(seg(i), randomBytes(M));
+    assert.equal(p(['info', '--json', 'split.001']).status, 0);
+    truncateSync(seg(2), 1000);
+    assert.match(oneErrorLine(p(['info', 'split.001'])), /split\.002.*short/);
+    rmSync(seg(2));
+    assert.match(oneErrorLine(p(['hash', 'split.001'])), /split\.002.*missing/);
+  });
+
+  it('unknown -f and -O formats, unknown hash algorithm', () => {
+    assert.match(oneErrorLine(p(['info', '-f', 'bogus', 'good.raw'])), /unknown format 'bogus'/);
+    assert.match(oneErrorLine(p(['convert', '-O', 'bogus', 'good.raw', 'b.raw'])), /unknown format 'bogus'/);
+    assert.match(oneErrorLine(p(['create', '-f', 'bogus', 'b.raw', '1M'])), /unknown format 'bogus'/);
+    assert.match(oneErrorLine(p(['hash', '-a', 'md5,crc32', 'good.raw'])), /unknown hash algorithm 'crc32'/);
+    assert.ok(!existsSync(join(dir, 'b.raw')));
+  });
+
+  it('a size with a bad suffix', () => {
+    for (const s of ['10X', '1.5.5G', '1KK', 'ten']) {
+      assert.match(
+        oneErrorLine(p(['create', '-f', 'raw', 'size.raw', s])),
+        new RegExp(`invalid size '${s.replace('.', '\\.')}'`),
+      );
+    }
+    assert.ok(!existsSync(join(dir, 'size.raw')));
+  });
+
+  it('an existing destination without --force is left untouched', () => {
+    writeFileSync(join(dir, 'exists.raw'), 'precious');
+    assert.match(
+      oneErrorLine(p(['create', '-f', 'raw', 'exists.raw', '1M'])),
+      /^exists\.raw: already exists.*--force/,
+    );
+    assert.match(
+      oneErrorLine(p(['convert', '-O', 'raw', 'good.raw', 'exists.raw'])),
+      /^exists\.raw: already exists.*--force/,
+    );
+    assert.equal(readFileSync(join(dir, 'exists.raw'), 'utf8'), 'precious');
+    assert.equal(p(['convert', '--force', '-O', 'raw', 'good.raw', 'exists.raw']).status, 0);
+    assert.ok(readFileSync(join(dir, 'exists.raw')).equals(readFileSync(join(dir, 'good.raw'))));
+  });
+
+  it('convert onto its own source; -c for a format that cannot compress', () => {
+    assert.match(
+      oneErrorLine(p(['convert', '--force', '-O', 'raw', 'good.raw', './good.raw'])),
+      /destination is the source/,
+    );
+    assert.match(
+      oneErrorLine(p(['convert', '-c', '-O', 'raw', 'good.raw', 'c.raw'])),
+      /raw: .*cannot be compressed/,
+    );
+    assert.ok(!existsSync(join(dir, 'c.raw')));
+  });
+
+  it('an unreadable file (when not running as root)', (t) => {
+    if (process.getuid?.() === 0) {
+      t.skip('root reads every file');
+      return;
+    }
+    writeFileSync(join(dir, 'secret.raw'), randomBytes(4096));
+    chmodSync(join(dir, 'secret.raw'), 0);
+    assert.match(oneErrorLine(p(['info', 'secret.raw'])), /^secret\.raw: permission denied/);
+  });
+
+  it('an unreadable device: a block device we may not open', (t) => {
+    const dev = ['/dev/vda', '/dev/sda', '/dev/nvme0n1'].find((d) => existsSync(d));
+    if (!dev || process.getuid?.() === 0 || !hasPeer('true')) {
+      t.skip('needs a block device and a non-root user');
+      return;
+    }
+    assert.match(oneErrorLine(p(['info', dev])), new RegExp(`^${dev}: permission denied`));
+  });
+});
