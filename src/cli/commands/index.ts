@@ -7,6 +7,7 @@ import { registerCreate } from './create.js';
 import { registerHash } from './hash.js';
 import { registerInfo } from './info.js';
 import { registerMap } from './map.js';
+import { registerServe } from './serve.js';
 
 export type RegisterCommand = (program: Command, ctx: CliContext, run: Runner) => void;
 /** Wraps an action so its errors print as one line and its result becomes the exit status. */
@@ -22,4 +23,5 @@ export const commands: RegisterCommand[] = [
   registerCompare,
   registerMap,
   registerHash,
+  registerServe,
 ];

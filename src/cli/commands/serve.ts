@@ -1,0 +1,201 @@
+/**
+ * platter serve IMAGE: export an image over NBD until SIGINT/SIGTERM.
+ *
+ *   mode                  | disk served                         | locks
+ *   ----------------------|-------------------------------------|-------------------------------
+ *   virtual (default)     | openImage() chain                   | exclusive, or shared if -r
+ *   virtual --snapshot    | stack(cow(temp file), chain r/o)    | shared (the image is only read)
+ *   --physical            | the file/device bytes, no format    | none
+ *   -U / --force-share    | as above, opened without locks      | none
+ *
+ * `--read-only` wraps the result in readonly(). The first line on stdout is
+ * the URI clients connect to (with --json: an object), printed once the
+ * server listens.
+ */
+import { randomBytes } from 'node:crypto';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import type { Command } from 'commander';
+import { stack } from '../../core/chain.js';
+import { type Disk, type DiskImpl, toDisk } from '../../core/disk.js';
+import { invalid, PlatterError } from '../../core/errors.js';
+import type { Storage } from '../../core/storage.js';
+import { cow } from '../../layers/cow.js';
+import { readonly } from '../../layers/readonly.js';
+import { DEFAULT_PORT } from '../../nbd/protocol.js';
+import { type ListenAddress, NbdServer } from '../../nbd/server.js';
+import { collect } from '../args.js';
+import { openArg } from '../common.js';
+import type { CliContext } from '../context.js';
+import type { RegisterCommand } from './index.js';
+
+interface ServeOpts {
+  format?: string;
+  port?: string;
+  socket?: string;
+  bind?: string;
+  readOnly?: boolean;
+  snapshot?: boolean;
+  physical?: boolean;
+  exportName?: string;
+  description?: string;
+  shared?: string;
+  forceShare?: boolean;
+  imageOpts?: string[];
+  json?: boolean;
+  quiet?: boolean;
+  verbose?: boolean;
+}
+
+/** Physical mode: every request goes straight to the host store. */
+function passThrough(storage: Storage, size: number): DiskImpl {
+  return {
+    size,
+    storages: [storage],
+    read: (buf, offset) => storage.read(buf, offset),
+    write: storage.readOnly ? undefined : (buf, offset) => storage.write(buf, offset),
+    writeZeroes:
+      storage.discard && !storage.readOnly
+        ? async (offset, length, { mayUnmap }) => {
+            if (mayUnmap) return storage.discard!(offset, length);
+            const zeros = new Uint8Array(Math.min(length, 1 << 20));
+            for (let done = 0; done < length; done += zeros.length) {
+              await storage.write(zeros.subarray(0, Math.min(zeros.length, length - done)), offset + done);
+            }
+          }
+        : undefined,
+    discard:
+      storage.discard && !storage.readOnly ? (offset, length) => storage.discard!(offset, length) : undefined,
+    extents: storage.extents
+      ? async (offset, length) =>
+          (await storage.extents!(offset, length)).map((e) => ({
+            offset: e.offset,
+            length: e.length,
+            status: e.kind === 'hole' ? ('zero' as const) : ('data' as const),
+            depth: 0,
+          }))
+      : undefined,
+    flush: () => storage.flush(),
+    close: () => storage.close(),
+    info: async () => ({ format: 'raw', subformat: 'physical' }),
+  };
+}
+
+async function openServed(ctx: CliContext, image: string, o: ServeOpts): Promise<Disk> {
+  const readOnly = !!o.readOnly;
+  let disk: Disk;
+  if (o.physical) {
+    if (o.format && o.format !== 'raw')
+      throw invalid('--physical serves the raw bytes; it cannot take -f ' + o.format);
+    const storage = await ctx.host.open(image, { write: !readOnly && !o.snapshot, lock: 'none' });
+    try {
+      disk = toDisk(passThrough(storage, await storage.size()), { name: image, readOnly: storage.readOnly });
+    } catch (e) {
+      await storage.close();
+      throw e;
+    }
+  } else {
+    try {
+      disk = await openArg(
+        ctx,
+        image,
+        { format: o.format, forceShare: o.forceShare, imageOpts: o.imageOpts },
+        !readOnly && !o.snapshot,
+      );
+    } catch (e) {
+      if (e instanceof PlatterError && e.code === 'ELOCKED') {
+        throw new PlatterError(
+          'ELOCKED',
+          `${e.message}; another program (qemu, qemu-nbd, platter) is using the image — stop it, or serve a copy; ` +
+            `-U --read-only serves it without a lock at your own risk`,
+        );
+      }
+      throw e;
+    }
+  }
+  if (o.snapshot) {
+    // The overlay lives in a temporary file, unlinked at once: nothing is left behind.
+    const path = join(tmpdir(), `platter-snapshot-${process.pid}-${randomBytes(6).toString('hex')}`);
+    let scratch: Storage;
+    try {
+      scratch = await ctx.host.create(path, { lock: 'none' });
+      await ctx.host.remove(path);
+    } catch (e) {
+      await disk.close();
+      throw e;
+    }
+    const top = toDisk(cow(disk.size, { storage: scratch }), {
+      name: `${image} (snapshot)`,
+      readOnly: false,
+    });
+    disk = stack(top, disk);
+  }
+  return readOnly ? readonly(disk) : disk;
+}
+
+function listenAddress(o: ServeOpts): ListenAddress {
+  if (o.socket !== undefined) {
+    if (o.port !== undefined || o.bind !== undefined)
+      throw invalid('--socket cannot be combined with --port or --bind');
+    return { path: o.socket };
+  }
+  const port = o.port === undefined ? DEFAULT_PORT : Number(o.port);
+  if (!Number.isInteger(port) || port < 0 || port > 65535)
+    throw invalid(`invalid port '${o.port}': use 0..65535`);
+  return { host: o.bind ?? '127.0.0.1', port };
+}
+
+async function serve(ctx: CliContext, image: string, o: ServeOpts): Promise<number> {
+  const shared = o.shared === undefined ? 0 : Number(o.shared);
+  if (!Number.isInteger(shared) || shared < 0)
+    throw invalid(`invalid --shared '${o.shared}': use a number of clients (0 = no limit)`);
+  const addr = listenAddress(o);
+  const disk = await openServed(ctx, image, o);
+  const server = new NbdServer(disk, {
+    exportName: o.exportName ?? '',
+    description: o.description,
+    maxClients: shared,
+    log: (m) => {
+      if (o.verbose || m.startsWith('internal error')) ctx.stderr.write(`platter: serve: ${m}\n`);
+    },
+  });
+  try {
+    const uri = await server.listen(addr);
+    if (o.json) {
+      ctx.stdout.write(
+        `${JSON.stringify({ uri, exportName: server.exportName, size: disk.size, readOnly: server.readOnly, snapshot: !!o.snapshot, physical: !!o.physical })}\n`,
+      );
+    } else if (!o.quiet) ctx.stdout.write(`${uri}\n`);
+    if (!ctx.signal.aborted)
+      await new Promise((r) => ctx.signal.addEventListener('abort', r, { once: true }));
+    await server.close();
+  } finally {
+    await disk.close();
+  }
+  return 0;
+}
+
+export const registerServe: RegisterCommand = (program: Command, ctx, run) => {
+  program
+    .command('serve')
+    .description(
+      'export an image over NBD (virtual mode: locked, --snapshot for copy-on-write; --physical: pass-through)',
+    )
+    .argument('<image>', 'image path or block device')
+    .option('-f, --format <fmt>', 'image format (probed when absent)')
+    .option('--port <n>', `TCP port (default ${DEFAULT_PORT}; 0 picks a free one)`)
+    .option('-b, --bind <addr>', 'address to listen on (default 127.0.0.1)')
+    .option('-k, --socket <path>', 'listen on a unix socket instead of TCP')
+    .option('-r, --read-only', 'export read-only')
+    .option('-s, --snapshot', 'copy-on-write overlay in a temporary file: writes never reach the image')
+    .option('--physical', 'pass every request to the raw file or device: no format layer, no lock')
+    .option('-x, --export-name <name>', 'export name (default empty)')
+    .option('-D, --description <text>', 'export description shown to clients')
+    .option('-e, --shared <n>', 'clients served at once; more wait (default 0 = no limit)')
+    .option('-U, --force-share', 'open the image without taking locks')
+    .option('-o, --image-opts <k=v>', 'format open options', collect)
+    .option('--json', 'print the listening address as JSON')
+    .option('-q, --quiet', 'print nothing but errors')
+    .option('-v, --verbose', 'log dropped clients on stderr')
+    .action(run((image: string, o: ServeOpts) => serve(ctx, image, o)));
+};
