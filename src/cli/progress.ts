@@ -41,7 +41,7 @@ export function makeProgress(
   const interval = mode === 'json' ? 1000 : tty ? 200 : 5000;
   const samples: Array<[number, number]> = [];
   let phase = '';
-  let last = 0;
+  let last = Number.NEGATIVE_INFINITY;
   let lastP: Progress | undefined;
   /** Whether lastP has been rendered (no repeat of the final line on a phase change). */
   let lastShown = false;
@@ -86,7 +86,7 @@ export function makeProgress(
         }
         phase = p.phase;
         samples.length = 0;
-        last = 0;
+        last = Number.NEGATIVE_INFINITY;
       }
       lastP = p;
       lastShown = false;

@@ -50,7 +50,8 @@ export function infoText(i: ImageInfo): string[] {
   }
   if (i.dirty !== undefined) lines.push(`dirty: ${i.dirty ? 'yes' : 'no'}`);
   if (i.corrupt !== undefined) lines.push(`corrupt: ${i.corrupt ? 'yes' : 'no'}`);
-  if (i.files.length > 1 || i.files[0] !== i.filename) lines.push(`files: ${i.files.join(', ')}`);
+  if (i.files.length > 1 || (i.files.length === 1 && i.files[0] !== i.filename))
+    lines.push(`files: ${i.files.join(', ')}`);
   if (i.snapshots?.length) {
     lines.push('Snapshot list:');
     lines.push(

@@ -1,0 +1,146 @@
+/**
+ * Progress on stderr in its three forms (bar on a TTY, lines in a pipe, JSON
+ * lines), and Ctrl-C during convert: the destination never appears.
+ */
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { describe, it } from 'node:test';
+import type { CliContext } from '../../src/cli/context.js';
+import { makeProgress } from '../../src/cli/progress.js';
+import { needPeers, run } from '../helpers/peers.js';
+import { tempDir } from '../helpers/tmp.js';
+import { BIN, platterIn } from './cli.js';
+
+const dir = tempDir();
+const M = 1 << 20;
+writeFileSync(join(dir, 'src.raw'), randomBytes(3 * M));
+
+function fakeCtx(isTTY: boolean): { ctx: CliContext; out: string[] } {
+  const out: string[] = [];
+  const stream = {
+    isTTY,
+    columns: 100,
+    write: (s: string) => out.push(s),
+  } as unknown as CliContext['stderr'];
+  return {
+    ctx: { host: undefined as never, stdout: stream, stderr: stream, signal: new AbortController().signal },
+    out,
+  };
+}
+
+describe('progress renderer', () => {
+  it('json: one object per line with phase, done, total, rate, eta', () => {
+    const { ctx, out } = fakeCtx(false);
+    let t = 0;
+    const r = makeProgress(ctx, 'json', () => t);
+    r.onProgress({ phase: 'copying', done: 0, total: 100 * M });
+    t = 2000;
+    r.onProgress({ phase: 'copying', done: 50 * M, total: 100 * M });
+    t = 2100;
+    r.onProgress({ phase: 'copying', done: 60 * M, total: 100 * M }); // throttled
+    t = 4000;
+    r.onProgress({ phase: 'copying', done: 100 * M, total: 100 * M });
+    const objs = out.map((l) => JSON.parse(l));
+    assert.equal(objs.length, 3);
+    assert.deepEqual(objs[1], { phase: 'copying', done: 50 * M, total: 100 * M, rate: 25 * M, eta: 2 });
+    assert.equal(objs[2].eta, 0);
+  });
+
+  it('pipe: plain lines; the final line is not repeated on a phase change', () => {
+    const { ctx, out } = fakeCtx(false);
+    let t = 0;
+    const r = makeProgress(ctx, 'auto', () => t);
+    r.onProgress({ phase: 'copying', done: 0, total: 10 * M });
+    t = 1000;
+    r.onProgress({ phase: 'copying', done: 10 * M, total: 10 * M });
+    r.onProgress({ phase: 'verifying', done: 0, total: 10 * M });
+    r.finish();
+    assert.deepEqual(out, [
+      'copying: 0 B / 10 MiB (0.0%) 0 B/s ETA --:--\n',
+      'copying: 10 MiB / 10 MiB (100.0%) 10 MiB/s ETA 0:00\n',
+      'verifying: 0 B / 10 MiB (0.0%) 0 B/s ETA --:--\n',
+    ]);
+  });
+
+  it('tty: a bar redrawn in place, ended by a newline', () => {
+    const { ctx, out } = fakeCtx(true);
+    let t = 0;
+    const r = makeProgress(ctx, 'auto', () => t);
+    r.onProgress({ phase: 'hashing', done: 0, total: 4 * M });
+    t = 500;
+    r.onProgress({ phase: 'hashing', done: 2 * M, total: 4 * M });
+    r.finish();
+    assert.match(out[1], /^\r\[#+\.+\] hashing: 2 MiB \/ 4 MiB \(50\.0%\) .*\x1b\[K$/);
+    assert.equal(out.at(-1), '\n');
+  });
+});
+
+describe('progress from the command', () => {
+  it('--progress=json and -p in a pipe', () => {
+    const j = platterIn(dir, ['convert', '--progress=json', '-O', 'raw', 'src.raw', 'j.raw']);
+    assert.equal(j.status, 0, j.stderr);
+    const lines = j.stderr
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l));
+    assert.ok(lines.length >= 2);
+    assert.deepEqual(Object.keys(lines[0]), ['phase', 'done', 'total', 'rate', 'eta']);
+    assert.deepEqual(lines.at(-1), { ...lines.at(-1), phase: 'copying', done: 3 * M, total: 3 * M, eta: 0 });
+    const p = platterIn(dir, ['hash', '-p', 'src.raw']);
+    assert.match(p.stderr, /^hashing: 0 B \/ 3 MiB \(0\.0%\)/m);
+    assert.match(p.stderr, /^hashing: 3 MiB \/ 3 MiB \(100\.0%\) .* ETA 0:00$/m);
+    assert.match(p.stdout, /^SHA256 \(src\.raw\) = [0-9a-f]{64}\n$/);
+    assert.equal(platterIn(dir, ['hash', '-p', '-q', 'src.raw']).stderr, '', '-q silences progress');
+  });
+
+  it('a bar on a pseudo-terminal (script)', (t) => {
+    if (!needPeers(t, 'script')) return;
+    const cmd = `${process.execPath} ${BIN} hash -p ${join(dir, 'src.raw')}`;
+    const r = run('script', ['-qec', cmd, '/dev/null']);
+    assert.equal(r.status, 0, r.stdout);
+    assert.match(r.stdout, /\r\[#{5,}\] hashing: 3 MiB \/ 3 MiB \(100\.0%\)/);
+  });
+
+  it('Ctrl-C during convert: exit 1, one error line, neither DST nor DST.partial remains', async (t) => {
+    if (!needPeers(t, 'nbdkit')) return;
+    const sock = join(dir, 'slow.sock');
+    const pidFile = join(dir, 'nbdkit.pid');
+    // A slow source: every read waits 20 ms.
+    run('nbdkit', ['-U', sock, '-P', pidFile, '--filter=delay', 'pattern', '64M', 'rdelay=20ms']);
+    try {
+      const child = spawn(
+        process.execPath,
+        [BIN, 'convert', '--progress=json', '-O', 'raw', `nbd+unix:///?socket=${sock}`, 'out.raw'],
+        {
+          cwd: dir,
+        },
+      );
+      let stderr = '';
+      const exited = new Promise<number>((resolve) => child.on('exit', (code) => resolve(code ?? -1)));
+      await new Promise<void>((resolve) => {
+        child.stderr.on('data', (d) => {
+          stderr += d;
+          if (stderr.includes('"phase":"copying"')) resolve();
+        });
+      });
+      await new Promise((r) => setTimeout(r, 300));
+      assert.ok(existsSync(join(dir, 'out.raw.partial')), 'the work in progress is visibly partial');
+      assert.ok(!existsSync(join(dir, 'out.raw')));
+      child.kill('SIGINT');
+      const code = await exited;
+      assert.equal(code, 1);
+      const errs = stderr.split('\n').filter((l) => l.startsWith('platter:'));
+      assert.deepEqual(errs, ['platter: error: interrupted: out.raw was not created']);
+      assert.deepEqual(
+        readdirSync(dir).filter((f) => f.startsWith('out.raw')),
+        [],
+      );
+    } finally {
+      const pid = Number(readFileSync(pidFile, 'utf8'));
+      if (pid > 0) process.kill(pid);
+    }
+  });
+});
