@@ -8,8 +8,9 @@ import { isPlatterError } from '../core/errors.js';
 import { nodeHost } from '../storage/host.js';
 import { type Runner, commands } from './commands/index.js';
 import type { CliContext } from './context.js';
+import { VERSION } from './version.js';
 
-export const VERSION = '0.1.0';
+export { VERSION } from './version.js';
 
 export async function main(argv: string[]): Promise<void> {
   const abort = new AbortController();
@@ -55,7 +56,7 @@ export async function main(argv: string[]): Promise<void> {
   for (const register of commands) register(program, ctx, run);
 
   try {
-    await program.parseAsync(argv, { from: 'user' });
+    await program.parseAsync(argv.map(bareProgress), { from: 'user' });
   } catch (e) {
     if (e instanceof CommanderError) {
       process.exitCode = e.exitCode === 0 ? 0 : 1;
@@ -64,4 +65,13 @@ export async function main(argv: string[]): Promise<void> {
     if (isPlatterError(e)) fail(e.message, 1);
     else throw e;
   }
+}
+
+/**
+ * `-p`/`--progress` take an optional mode (`--progress=json`); written bare they
+ * must not swallow the next argument (`platter convert -p SRC DST`), so a bare
+ * one is given its default mode here.
+ */
+function bareProgress(arg: string): string {
+  return arg === '-p' || arg === '--progress' ? '--progress=auto' : arg;
 }

@@ -7,6 +7,7 @@ import { registerCreate } from './create.js';
 import { registerHash } from './hash.js';
 import { registerInfo } from './info.js';
 import { registerMap } from './map.js';
+import { registerRescue } from './rescue.js';
 import { registerServe } from './serve.js';
 
 export type RegisterCommand = (program: Command, ctx: CliContext, run: Runner) => void;
@@ -23,5 +24,6 @@ export const commands: RegisterCommand[] = [
   registerCompare,
   registerMap,
   registerHash,
+  registerRescue,
   registerServe,
 ];

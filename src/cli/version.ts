@@ -1,0 +1,2 @@
+/** platter's version, shown by --version and written into logs and mapfiles. */
+export const VERSION = '0.1.0';

@@ -1,0 +1,362 @@
+/**
+ * The rescue engine: GNU ddrescue's phases over a RescueMap.
+ *
+ *   copying   pass 1 forward, skipping ahead after each error (skip size doubles
+ *             on consecutive errors up to a maximum, halves after good reads);
+ *             pass 2 backward, skipping; pass 3 forward, no skipping. A failed
+ *             cluster becomes non-trimmed (*); skipped areas stay non-tried (?).
+ *   trimming  each * block: sectors forward from its leading edge until one fails,
+ *             then backward from its trailing edge until one fails; the failed
+ *             sectors become bad (-), what lies between non-scraped (/).
+ *   scraping  each / block, sector by sector: good (+) or bad (-).
+ *   retrying  -r N passes over the bad (-) sectors, alternating direction.
+ *
+ * `-R` reverses every direction. The destination is flushed before each save of
+ * the map, so the mapfile never claims data that is not on disk.
+ */
+import { isAllZero } from '../../core/bytes.js';
+import type { Disk } from '../../core/disk.js';
+import { PlatterError } from '../../core/errors.js';
+import type { Storage } from '../../core/storage.js';
+import type { OpOptions } from '../progress.js';
+import type { Block, BlockStatus, CurrentStatus, RescueMap } from './mapfile.js';
+
+export interface RescueOptions extends OpOptions {
+  /** -b: sector size of the source in bytes. */
+  sectorSize: number;
+  /** -c: sectors read at a time while copying. */
+  clusterSectors: number;
+  /** -i: where the domain starts in the source. */
+  inputPos: number;
+  /** -o: where inputPos lands in the destination. */
+  outputPos: number;
+  /** -R */
+  reverse: boolean;
+  /** -N */
+  noTrim: boolean;
+  /** -n */
+  noScrape: boolean;
+  /** -r: retry passes (-1 = until none is left bad). */
+  retryPasses: number;
+  /** -K initial,max skip size in bytes. */
+  skipInitial: number;
+  skipMax: number;
+  /** -a: reads slower than this (bytes/s) are skipped like errors in the skipping passes. */
+  minReadRate?: number;
+  /** -T: stop when no read has succeeded for this many ms. */
+  timeoutMs?: number;
+  /** -S: do not write all-zero blocks (the destination reads zeros already). */
+  sparse: boolean;
+  /** -m: only these ranges (finished blocks of a domain mapfile) are rescued. */
+  domain?: Array<{ pos: number; size: number }>;
+  /** Persist the map (atomically); `finished` at the very end. */
+  saveMap(map: RescueMap, finished: boolean): Promise<void>;
+  /** Minimum ms between periodic saves. */
+  saveIntervalMs?: number;
+  onStatus?(s: RescueStatus): void;
+  now?(): number;
+}
+
+export interface RescueStatus {
+  phase: 'copying' | 'trimming' | 'scraping' | 'retrying' | 'finished';
+  pass: number;
+  /** Position of the read in progress. */
+  pos: number;
+  rescued: number;
+  nonTried: number;
+  nonTrimmed: number;
+  nonScraped: number;
+  badSize: number;
+  badAreas: number;
+  readErrors: number;
+  /** Bytes successfully read in this run. */
+  readBytes: number;
+  /** ms since the run started / since the last successful read. */
+  elapsedMs: number;
+  sinceLastGoodMs: number;
+  domainSize: number;
+}
+
+export interface RescueResult extends RescueStatus {
+  finished: boolean;
+}
+
+const PHASE_STATUS: Record<RescueStatus['phase'], CurrentStatus> = {
+  copying: '?',
+  trimming: '*',
+  scraping: '/',
+  retrying: '-',
+  finished: '+',
+};
+
+export async function rescue(
+  src: Storage,
+  dst: Disk,
+  map: RescueMap,
+  o: RescueOptions,
+): Promise<RescueResult> {
+  const now = o.now ?? Date.now;
+  const ss = o.sectorSize;
+  const cluster = ss * o.clusterSectors;
+  const t0 = now();
+  let lastGood = t0;
+  let lastSave = t0;
+  let readErrors = 0;
+  let readBytes = 0;
+  let phase: RescueStatus['phase'] = 'copying';
+  const domainEnd = map.end;
+  const buf = new Uint8Array(cluster);
+  const domain = o.domain ?? [{ pos: map.start, size: map.end - map.start }];
+
+  const status = (): RescueStatus => {
+    const t = map.totals();
+    return {
+      phase,
+      pass: map.currentPass,
+      pos: map.currentPos,
+      rescued: t['+'],
+      nonTried: t['?'],
+      nonTrimmed: t['*'],
+      nonScraped: t['/'],
+      badSize: t['-'],
+      badAreas: t.areas['-'],
+      readErrors,
+      readBytes,
+      elapsedMs: now() - t0,
+      sinceLastGoodMs: now() - lastGood,
+      domainSize: map.end - map.start,
+    };
+  };
+
+  const save = async (finished = false): Promise<void> => {
+    await dst.flush();
+    await o.saveMap(map, finished);
+    lastSave = now();
+  };
+
+  const tick = async (): Promise<void> => {
+    if (o.signal?.aborted) {
+      await save();
+      throw new PlatterError('ECANCELED', 'interrupted: mapfile saved; run the same command again to resume');
+    }
+    if (o.timeoutMs !== undefined && now() - lastGood > o.timeoutMs) {
+      await save();
+      throw new PlatterError(
+        'EIO',
+        `no successful read for ${Math.round(o.timeoutMs / 1000)} s (-T): stopped, mapfile saved`,
+      );
+    }
+    if (now() - lastSave >= (o.saveIntervalMs ?? 5000)) await save();
+    o.onStatus?.(status());
+  };
+
+  /** Reads [pos, pos+len) of the source; true on success (and writes it out). */
+  const attempt = async (pos: number, len: number): Promise<{ ok: boolean; slow: boolean }> => {
+    map.currentPos = pos;
+    const b = buf.subarray(0, len);
+    const start = now();
+    try {
+      await src.read(b, pos);
+    } catch (e) {
+      if (!(e instanceof PlatterError) || e.code === 'ECLOSED') throw e;
+      readErrors++;
+      await checkSource(pos);
+      return { ok: false, slow: false };
+    }
+    const t = now();
+    lastGood = t;
+    readBytes += len;
+    if (!(o.sparse && isAllZero(b))) await dst.write(b, pos - o.inputPos + o.outputPos);
+    const slow = o.minReadRate !== undefined && t > start && (len * 1000) / (t - start) < o.minReadRate;
+    return { ok: true, slow };
+  };
+
+  /** After a failed read: stop cleanly if the source shrank or vanished. */
+  const checkSource = async (pos: number): Promise<void> => {
+    let size: number;
+    try {
+      size = await src.size();
+    } catch (e) {
+      await save();
+      throw new PlatterError(
+        'EIO',
+        `${src.name}: source vanished at offset ${pos} (${(e as Error).message}); mapfile saved`,
+      );
+    }
+    if (size < domainEnd) {
+      await save();
+      throw new PlatterError(
+        'EIO',
+        `${src.name}: source shrank to ${size} bytes (rescue domain ends at ${domainEnd}); mapfile saved`,
+      );
+    }
+  };
+
+  /** Work blocks of the given status, clipped to the domain, in the pass direction. */
+  const work = (st: BlockStatus, forward: boolean): Block[] => {
+    const out: Block[] = [];
+    for (const b of map.find(st)) {
+      for (const d of domain) {
+        const a = Math.max(b.pos, d.pos);
+        const z = Math.min(b.pos + b.size, d.pos + d.size);
+        if (z > a) out.push({ pos: a, size: z - a, status: st });
+      }
+    }
+    return forward ? out : out.reverse();
+  };
+
+  const enter = (p: RescueStatus['phase'], pass: number): void => {
+    phase = p;
+    map.currentStatus = PHASE_STATUS[p];
+    map.currentPass = pass;
+  };
+
+  // --- copying ---------------------------------------------------------------
+  const copyPass = async (pass: number, forward: boolean, skipping: boolean): Promise<void> => {
+    enter('copying', pass);
+    let skip = o.skipInitial;
+    // In a skipping pass, `resumeAt` is where reading continues after a skip.
+    let resumeAt = forward ? -1 : Number.POSITIVE_INFINITY;
+    for (const blk of work('?', forward)) {
+      const bEnd = blk.pos + blk.size;
+      if (forward) {
+        let pos = Math.max(blk.pos, resumeAt);
+        while (pos < bEnd) {
+          await tick();
+          const end = Math.min(bEnd, Math.floor(pos / cluster) * cluster + cluster);
+          const r = await attempt(pos, end - pos);
+          if (r.ok) {
+            map.set(pos, end - pos, '+');
+            skip = Math.max(o.skipInitial, Math.floor(skip / 2));
+          } else map.set(pos, end - pos, '*');
+          pos = end;
+          if (skipping && (!r.ok || r.slow)) {
+            pos = alignUp(end + skip, ss);
+            resumeAt = pos;
+            if (!r.ok) skip = Math.min(skip * 2, o.skipMax);
+          }
+        }
+      } else {
+        let pos = Math.min(bEnd, resumeAt);
+        while (pos > blk.pos) {
+          await tick();
+          const start = Math.max(blk.pos, Math.ceil(pos / cluster) * cluster - cluster);
+          const r = await attempt(start, pos - start);
+          if (r.ok) {
+            map.set(start, pos - start, '+');
+            skip = Math.max(o.skipInitial, Math.floor(skip / 2));
+          } else map.set(start, pos - start, '*');
+          pos = start;
+          if (skipping && (!r.ok || r.slow)) {
+            pos = Math.max(0, alignDown(start - skip, ss));
+            resumeAt = pos;
+            if (!r.ok) skip = Math.min(skip * 2, o.skipMax);
+          }
+        }
+      }
+    }
+  };
+
+  // --- sector-by-sector helpers ---------------------------------------------------
+  /** Reads the sector-aligned piece [pos, end) (at most one sector). */
+  const sector = async (pos: number, end: number): Promise<boolean> => {
+    await tick();
+    const len = end - pos;
+    const r = await attempt(pos, len);
+    map.set(pos, len, r.ok ? '+' : '-');
+    return r.ok;
+  };
+
+  const trim = async (): Promise<void> => {
+    enter('trimming', 1);
+    for (const blk of work('*', !o.reverse)) {
+      const end = blk.pos + blk.size;
+      // Leading edge forward (trailing edge backward with -R), then the other edge.
+      let lo = blk.pos;
+      let hi = end;
+      const edges = o.reverse ? ['back', 'front'] : ['front', 'back'];
+      for (const edge of edges) {
+        if (edge === 'front') {
+          while (lo < hi) {
+            const next = Math.min(alignDown(lo, ss) + ss, hi);
+            const ok = await sector(lo, next);
+            lo = next;
+            if (!ok) break;
+          }
+        } else {
+          while (hi > lo) {
+            const s = Math.max(lo, alignDown(hi - 1, ss));
+            const ok = await sector(s, hi);
+            hi = s;
+            if (!ok) break;
+          }
+        }
+      }
+      if (hi > lo) map.set(lo, hi - lo, '/');
+    }
+  };
+
+  /** Every sector of [from, to) one by one, in the given direction (sectors aligned to the source). */
+  const eachSector = async (from: number, to: number, forward: boolean): Promise<void> => {
+    if (forward) {
+      for (let p = from; p < to; ) {
+        const next = Math.min(alignDown(p, ss) + ss, to);
+        await sector(p, next);
+        p = next;
+      }
+    } else {
+      for (let p = to; p > from; ) {
+        const s = Math.max(from, alignDown(p - 1, ss));
+        await sector(s, p);
+        p = s;
+      }
+    }
+  };
+
+  const scrape = async (): Promise<void> => {
+    enter('scraping', 1);
+    for (const blk of work('/', !o.reverse)) await eachSector(blk.pos, blk.pos + blk.size, !o.reverse);
+  };
+
+  const retry = async (pass: number): Promise<void> => {
+    enter('retrying', pass);
+    const forward = o.reverse ? pass % 2 === 0 : pass % 2 === 1;
+    for (const blk of work('-', forward)) await eachSector(blk.pos, blk.pos + blk.size, forward);
+  };
+
+  const fwd = !o.reverse;
+  const has = (st: BlockStatus): boolean => work(st, true).length > 0;
+  await save();
+  if (has('?')) {
+    await copyPass(1, fwd, true);
+    if (has('?')) await copyPass(2, !fwd, true);
+    if (has('?')) await copyPass(3, fwd, false);
+    await save();
+  }
+  if (!o.noTrim && has('*')) {
+    await trim();
+    await save();
+  }
+  if (!o.noScrape && has('/')) {
+    await scrape();
+    await save();
+  }
+  for (let pass = 1; (o.retryPasses < 0 || pass <= o.retryPasses) && has('-'); pass++) {
+    await retry(pass);
+    await save();
+  }
+  enter('finished', map.currentPass);
+  const finished = !has('?') && (o.noTrim || !has('*')) && (o.noScrape || !has('/'));
+  await save(finished);
+  const s = status();
+  o.onStatus?.(s);
+  return { ...s, finished };
+}
+
+function alignUp(n: number, a: number): number {
+  return Math.ceil(n / a) * a;
+}
+
+function alignDown(n: number, a: number): number {
+  return Math.floor(n / a) * a;
+}

@@ -1,0 +1,68 @@
+/**
+ * A failing drive as a file: nbdkit (with the `ddrescue` filter and optionally
+ * `delay`) behind nbdfuse. Reads of non-finished areas of the truth map fail
+ * with EIO, exactly like a bad disk.
+ */
+import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
+import { existsSync, mkdirSync } from 'node:fs';
+import { join } from 'node:path';
+
+export interface FailingFile {
+  path: string;
+  unmount(): Promise<void>;
+}
+
+export async function failingFile(
+  dir: string,
+  image: string,
+  truthMap: string,
+  opts: { delayReadMs?: number } = {},
+): Promise<FailingFile> {
+  const mnt = join(dir, `mnt-${Math.random().toString(36).slice(2)}`);
+  mkdirSync(mnt);
+  const filters = ['--filter=ddrescue', ...(opts.delayReadMs ? ['--filter=delay'] : [])];
+  const args = [
+    join(mnt, 'disk'),
+    '--command',
+    'nbdkit',
+    '-s',
+    '--exit-with-parent',
+    ...filters,
+    'file',
+    image,
+    `ddrescue-mapfile=${truthMap}`,
+    ...(opts.delayReadMs ? [`delay-read=${opts.delayReadMs}ms`] : []),
+  ];
+  const child: ChildProcess = spawn('nbdfuse', args, { stdio: ['ignore', 'ignore', 'pipe'] });
+  let stderr = '';
+  child.stderr?.on('data', (d) => {
+    stderr += d;
+  });
+  const path = join(mnt, 'disk');
+  for (let i = 0; i < 100 && !existsSync(path); i++) {
+    if (child.exitCode !== null) break;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  if (!existsSync(path)) {
+    child.kill('SIGKILL');
+    throw new Error(`nbdfuse did not come up: ${stderr}`);
+  }
+  return {
+    path,
+    async unmount() {
+      spawnSync('fusermount3', ['-u', mnt]);
+      if (child.exitCode === null) {
+        await new Promise<void>((resolve) => {
+          const t = setTimeout(() => {
+            child.kill('SIGKILL');
+            resolve();
+          }, 5000);
+          child.once('exit', () => {
+            clearTimeout(t);
+            resolve();
+          });
+        });
+      }
+    },
+  };
+}
