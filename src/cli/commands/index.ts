@@ -1,14 +1,19 @@
 /** Every command, one file each; a new command adds its file and one line here. */
 import type { Command } from 'commander';
 import type { CliContext } from '../context.js';
+import { registerCheck } from './check.js';
+import { registerCommit } from './commit.js';
 import { registerCompare } from './compare.js';
 import { registerConvert } from './convert.js';
 import { registerCreate } from './create.js';
 import { registerHash } from './hash.js';
 import { registerInfo } from './info.js';
 import { registerMap } from './map.js';
+import { registerRebase } from './rebase.js';
 import { registerRescue } from './rescue.js';
+import { registerResize } from './resize.js';
 import { registerServe } from './serve.js';
+import { registerSnapshot } from './snapshot.js';
 
 export type RegisterCommand = (program: Command, ctx: CliContext, run: Runner) => void;
 /** Wraps an action so its errors print as one line and its result becomes the exit status. */
@@ -24,6 +29,11 @@ export const commands: RegisterCommand[] = [
   registerCompare,
   registerMap,
   registerHash,
+  registerCheck,
+  registerSnapshot,
+  registerCommit,
+  registerRebase,
+  registerResize,
   registerRescue,
   registerServe,
 ];

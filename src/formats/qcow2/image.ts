@@ -268,7 +268,7 @@ export class Qcow2Image implements RefcountHost {
 
   // ---- writing --------------------------------------------------------------
 
-  private checkWritable(): void {
+  checkWritable(): void {
     if (this.h.incompatible & INCOMPAT_CORRUPT) {
       throw new PlatterError(
         'ECORRUPT',

@@ -314,6 +314,7 @@ async function deleteSnapshot(img: Qcow2Image, key: string): Promise<void> {
 export function snapshotFeature(img: Qcow2Image): NonNullable<DiskFeatures['snapshots']> {
   const writing = async (fn: () => Promise<void>): Promise<void> => {
     if (img.readOnly) throw new PlatterError('EREADONLY', `${img.file}: image is open read-only`);
+    img.checkWritable();
     await img.lock.run(fn);
   };
   return {

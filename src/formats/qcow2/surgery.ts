@@ -12,6 +12,7 @@ export async function setBacking(
   img: Qcow2Image,
   backing: { name: string; format?: string } | null,
 ): Promise<void> {
+  img.checkWritable();
   await img.lock.run(async () => {
     const prev = img.h.backing;
     img.h.backing = backing ? { name: backing.name, format: backing.format } : undefined;
@@ -27,6 +28,7 @@ export async function setBacking(
 
 /** Every cluster of the active image becomes unallocated (reads fall through to the backing). */
 export async function makeEmpty(img: Qcow2Image): Promise<void> {
+  img.checkWritable();
   await img.lock.run(async () => {
     await img.beginChange();
     const old = img.l1.slice();
@@ -55,7 +57,8 @@ export async function resize(img: Qcow2Image, newSize: number, opts: { shrink: b
           `${img.file}: shrinking from ${old} to ${newSize} bytes may lose data; use --shrink to allow it`,
         );
       }
-      const busy = (await img.map(newSize, old - newSize)).find((s) => s.kind !== 'hole');
+      // Zero clusters may go (the tail reads zeros if it grows back); stored data may not.
+      const busy = (await img.map(newSize, old - newSize)).find((s) => s.kind === 'data' || s.kind === 'compressed');
       if (busy) {
         throw new PlatterError(
           'EUNSUPPORTED',
