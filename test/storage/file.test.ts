@@ -13,6 +13,13 @@ import { needPeers, run } from '../helpers/peers.js';
 import { tempDir } from '../helpers/tmp.js';
 
 const dir = tempDir();
+
+/** Skips a test that needs the native addon (holes, fallocate, locks, O_DIRECT) when it is not loaded. */
+function needNative(t: { skip(msg: string): void }): boolean {
+  if (native.available) return true;
+  t.skip('native addon not loaded (PLATTER_NO_NATIVE=1 or not built): fallback path has no such capability');
+  return false;
+}
 const KiB = 1024;
 const MiB = 1024 * KiB;
 
@@ -94,7 +101,7 @@ describe('file storage: I/O and capabilities', () => {
   });
 
   it('extents from SEEK_HOLE agree with qemu-img map on sparse files made with truncate + dd', async (t) => {
-    if (!needPeers(t, 'qemu-img')) return;
+    if (!needPeers(t, 'qemu-img') || !needNative(t)) return;
     const cases: Array<[string, number, Array<[number, number]>]> = [
       ['all-hole.img', 4 * MiB, []],
       [
@@ -134,7 +141,8 @@ describe('file storage: I/O and capabilities', () => {
     }
   });
 
-  it('discard punches a hole, zeroRange keeps space, allocate reserves it', async () => {
+  it('discard punches a hole, zeroRange keeps space, allocate reserves it', async (t) => {
+    if (!needNative(t)) return;
     const p = join(dir, 'caps.img');
     writeFileSync(p, randomBytes(1 * MiB));
     const s = await openFile(p, { write: true });
@@ -170,7 +178,8 @@ describe('file storage: I/O and capabilities', () => {
     }
   });
 
-  it('O_DIRECT reads at unaligned offsets and lengths through a bounce buffer', async () => {
+  it('O_DIRECT reads at unaligned offsets and lengths through a bounce buffer', async (t) => {
+    if (!needNative(t)) return;
     const p = join(dir, 'direct.img');
     const data = randomBytes(3 * MiB + 100);
     writeFileSync(p, data);
@@ -255,7 +264,8 @@ describe('file storage: bad input', () => {
     assert.equal(readFileSync(q, 'utf8'), 'x');
   });
 
-  it('create --force on an image another process holds is refused and leaves it intact', async () => {
+  it('create --force on an image another process holds is refused and leaves it intact', async (t) => {
+    if (!needNative(t)) return;
     const p = join(dir, 'held.img');
     writeFileSync(p, Buffer.alloc(4096, 9));
     const holder = await openFile(p, { write: false });
@@ -306,7 +316,7 @@ describe('file storage: QEMU-compatible locking', () => {
   };
 
   it('while platter writes, qemu-io cannot write and qemu-img info fails (-U works)', async (t) => {
-    if (!needPeers(t, 'qemu-io', 'qemu-img') || !native.available) return;
+    if (!needPeers(t, 'qemu-io', 'qemu-img') || !needNative(t)) return;
     const p = image('platter-writes.img');
     // qemu-img info takes no lock at all on a raw image (it needs no I/O), so
     // its refusal is checked on a qcow2 file, which platter's Storage holds alike.
@@ -338,7 +348,7 @@ describe('file storage: QEMU-compatible locking', () => {
   });
 
   it('while platter reads, qemu-io cannot write but qemu-img info can read', async (t) => {
-    if (!needPeers(t, 'qemu-io', 'qemu-img') || !native.available) return;
+    if (!needPeers(t, 'qemu-io', 'qemu-img') || !needNative(t)) return;
     const p = image('platter-reads.img');
     const s = await openFile(p, { write: false });
     try {
@@ -354,7 +364,7 @@ describe('file storage: QEMU-compatible locking', () => {
 
   for (const peer of ['qemu-io', 'qemu-nbd'] as const) {
     it(`while ${peer} holds the image writable, platter's opens are refused and -U reads`, async (t) => {
-      if (!needPeers(t, peer) || !native.available) return;
+      if (!needPeers(t, peer) || !needNative(t)) return;
       const p = image(`${peer}-holds.img`);
       const args =
         peer === 'qemu-io'
