@@ -7,14 +7,24 @@ import { invalid } from '../../core/errors.js';
 
 const EXT = /\.([A-Za-z])(\d\d)$/;
 
-/** True if the path ends in a first-segment extension such as .E01. */
+/**
+ * A set being written under a temporary name (`disk.E01.partial`, as convert
+ * does) names its later segments after the final name (`disk.E02`), so that
+ * renaming the first file completes the set.
+ */
+const PARTIAL = '.partial';
+const final = (path: string): string => (path.endsWith(PARTIAL) ? path.slice(0, -PARTIAL.length) : path);
+
+/** True if the path ends in a first-segment extension such as .E01 (optionally + .partial). */
 export function isFirstSegmentName(path: string): boolean {
-  const m = EXT.exec(path);
+  const m = EXT.exec(final(path));
   return !!m && m[2] === '01';
 }
 
 /** The name of segment `n` (1-based) of the set whose first file is `first`. */
-export function segmentName(first: string, n: number): string {
+export function segmentName(firstPath: string, n: number): string {
+  if (n === 1) return firstPath;
+  const first = final(firstPath);
   const m = EXT.exec(first);
   if (!m) throw invalid(`${first}: an EWF segment set's first file must end in .E01 (or .e01, .s01)`);
   const stem = first.slice(0, first.length - 4);

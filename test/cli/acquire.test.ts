@@ -1,0 +1,145 @@
+import assert from 'node:assert/strict';
+import { createHash, randomBytes } from 'node:crypto';
+import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { describe, it } from 'node:test';
+import { must, needPeers, platter, run } from '../helpers/peers.js';
+import { tempDir } from '../helpers/tmp.js';
+
+const dir = tempDir('platter-cli-acquire-');
+// random, zeros, a repeated pattern, and 300 bytes past the last whole sector
+const data = Buffer.concat([
+  randomBytes(1 << 20),
+  Buffer.alloc(1 << 20),
+  Buffer.alloc(1 << 20, 'xyz'),
+  randomBytes(300),
+]);
+const src = join(dir, 'src.bin');
+writeFileSync(src, data);
+const hex = (alg: string, b: Uint8Array): string => createHash(alg).update(b).digest('hex');
+
+describe('platter acquire', () => {
+  it('-O raw: hashes equal md5sum/sha256sum, every byte kept, log written, verify exits 0 then 4', async (t) => {
+    if (!needPeers(t, 'md5sum', 'sha256sum')) return;
+    const dst = join(dir, 'r.raw');
+    const r = platter(['acquire', '--json', '--case-number', 'C-1', src, dst]);
+    assert.equal(r.status, 0, r.stderr);
+    const rec = JSON.parse(r.stdout);
+    assert.equal(rec.hashes.md5, must('md5sum', [src]).split(' ')[0]);
+    assert.equal(rec.hashes.sha256, must('sha256sum', [src]).split(' ')[0]);
+    assert.equal(rec.source.size, data.length);
+    assert.deepEqual(rec.unreadable, []);
+    assert.equal(rec.verification.result, 'match');
+    assert.equal(rec.caseMetadata.caseNumber, 'C-1');
+    assert.equal(rec.tool.name, 'platter');
+    assert.ok(readFileSync(dst).equals(data), 'raw image holds every byte, the partial sector too');
+    const log = readFileSync(`${dst}.log`, 'utf8');
+    assert.match(log, new RegExp(`md5:\\s+${rec.hashes.md5}`));
+    assert.match(log, /Verification: match/);
+
+    assert.equal(platter(['verify', dst]).status, 0);
+    const bytes = readFileSync(dst);
+    bytes[2 * (1 << 20) + 5] ^= 1;
+    writeFileSync(dst, bytes);
+    const v = platter(['verify', dst]);
+    assert.equal(v.status, 4, v.stderr);
+    assert.match(v.stderr, /verification failed: md5/);
+  });
+
+  it('refuses to overwrite evidence, even an existing log, and has no --force', () => {
+    const dst = join(dir, 'exists.raw');
+    writeFileSync(dst, 'keep');
+    let r = platter(['acquire', src, dst]);
+    assert.equal(r.status, 1);
+    assert.match(r.stderr, /already exists; acquire never overwrites/);
+    assert.equal(readFileSync(dst, 'utf8'), 'keep');
+    writeFileSync(join(dir, 'n.raw.log'), 'old log');
+    r = platter(['acquire', src, join(dir, 'n.raw')]);
+    assert.equal(r.status, 1);
+    assert.ok(!existsSync(join(dir, 'n.raw')));
+    r = platter(['acquire', '--force', src, join(dir, 'f.raw')]);
+    assert.equal(r.status, 1);
+  });
+
+  it('-O split: DEST.001.. at --segment-size; verify names the bad segment', () => {
+    const dst = join(dir, 's.001');
+    const r = platter(['acquire', '-q', '-O', 'split', '--segment-size', '1M', src, dst]);
+    assert.equal(r.status, 0, r.stderr);
+    const segs = readdirSync(dir)
+      .filter((f) => /^s\.\d{3}$/.test(f))
+      .sort();
+    assert.deepEqual(segs, ['s.001', 's.002', 's.003', 's.004']);
+    assert.ok(Buffer.concat(segs.map((f) => readFileSync(join(dir, f)))).equals(data));
+    assert.equal(platter(['verify', dst]).status, 0);
+    const p = join(dir, 's.003');
+    const b = readFileSync(p);
+    b[77] ^= 0x80;
+    writeFileSync(p, b);
+    const v = platter(['verify', dst]);
+    assert.equal(v.status, 4);
+    assert.match(v.stderr, /segment .*s\.003/);
+  });
+
+  it('-O ewf: ewfverify clean, ewfinfo shows the case, SHA-256 only in the log, a flipped chunk byte makes verify exit 4', async (t) => {
+    if (!needPeers(t, 'ewfverify', 'ewfinfo')) return;
+    const dst = join(dir, 'evidence');
+    const r = platter([
+      'acquire',
+      '-O',
+      'ewf',
+      '--json',
+      '-a',
+      'md5,sha1,sha256',
+      '--compression',
+      'none',
+      '--segment-size',
+      '1M',
+      '--case-number',
+      '2026-117',
+      '--evidence-number',
+      'HD-3',
+      '--examiner',
+      'Grace',
+      '--description',
+      'laptop disk',
+      '--notes',
+      'write-blocked',
+      src,
+      dst,
+    ]);
+    assert.equal(r.status, 0, r.stderr);
+    const rec = JSON.parse(r.stdout);
+    assert.ok(rec.destination.files.length >= 3, 'several segments');
+    assert.match(rec.notes.join(' '), /no place for SHA256/);
+    assert.match(rec.notes.join(' '), /pads the last one/);
+    const e01 = `${dst}.E01`;
+    assert.ok(existsSync(`${e01}.log`));
+    const v = run('ewfverify', ['-q', e01]);
+    assert.equal(v.status, 0, v.stdout);
+    const info = must('ewfinfo', [e01]);
+    for (const re of [
+      /Case number:\s+2026-117/,
+      /Evidence number:\s+HD-3/,
+      /Examiner name:\s+Grace/,
+      /Notes:\s+write-blocked/,
+    ]) {
+      assert.match(info, re);
+    }
+    const padded = Buffer.concat([data, Buffer.alloc(512 - 300)]);
+    assert.match(info, new RegExp(`MD5:\\s+${hex('md5', padded)}`));
+    assert.equal(rec.hashes.sha256, hex('sha256', data));
+
+    const pi = platter(['info', e01]);
+    assert.equal(pi.status, 0, pi.stderr);
+    assert.match(pi.stdout, /caseNumber: 2026-117/);
+    assert.match(pi.stdout, /no place for SHA-256/);
+    assert.equal(platter(['verify', e01]).status, 0);
+    const p2 = `${dst}.E02`;
+    const b = readFileSync(p2);
+    b[4000] ^= 1; // inside the first (uncompressed) chunk of E02
+    writeFileSync(p2, b);
+    const bad = platter(['verify', e01]);
+    assert.equal(bad.status, 4, bad.stderr);
+    assert.match(bad.stderr, /evidence\.E02.*chunk \d+/);
+  });
+});
