@@ -1,6 +1,7 @@
 /** Every command, one file each; a new command adds its file and one line here. */
 import type { Command } from 'commander';
 import type { CliContext } from '../context.js';
+import { registerAcquire } from './acquire.js';
 import { registerCheck } from './check.js';
 import { registerCommit } from './commit.js';
 import { registerCompare } from './compare.js';
@@ -14,6 +15,7 @@ import { registerRescue } from './rescue.js';
 import { registerResize } from './resize.js';
 import { registerServe } from './serve.js';
 import { registerSnapshot } from './snapshot.js';
+import { registerVerify } from './verify.js';
 
 export type RegisterCommand = (program: Command, ctx: CliContext, run: Runner) => void;
 /** Wraps an action so its errors print as one line and its result becomes the exit status. */
@@ -36,4 +38,6 @@ export const commands: RegisterCommand[] = [
   registerResize,
   registerRescue,
   registerServe,
+  registerAcquire,
+  registerVerify,
 ];
