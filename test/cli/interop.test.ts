@@ -1,0 +1,133 @@
+/**
+ * platter against qemu-img on the same files: convert, compare and map must
+ * agree (random layouts from a seeded generator, written by qemu-io).
+ */
+import assert from 'node:assert/strict';
+import { readFileSync, statSync } from 'node:fs';
+import { join } from 'node:path';
+import { describe, it } from 'node:test';
+import { must, needPeers, run } from '../helpers/peers.js';
+import { tempDir } from '../helpers/tmp.js';
+import { platterIn } from './cli.js';
+
+const dir = tempDir();
+const p = (args: string[]) => platterIn(dir, args);
+const f = (name: string) => join(dir, name);
+const K = 1024;
+const M = K * K;
+
+function rng(seed: number): () => number {
+  let s = seed;
+  return () => {
+    s = (s * 1103515245 + 12345) & 0x7fffffff;
+    return s;
+  };
+}
+
+/** qemu-io commands for a random layout: data with patterns, explicit zeros, all in 4K units. */
+function randomWrites(seed: number, size: number, count: number): string[] {
+  const r = rng(seed);
+  const cmds: string[] = [];
+  for (let i = 0; i < count; i++) {
+    const len = (1 + (r() % 64)) * 4 * K;
+    const off = (r() % Math.floor((size - len) / (4 * K))) * 4 * K;
+    const kind = r() % 4;
+    if (kind === 0) cmds.push(`write -z ${off} ${len}`);
+    else if (kind === 1) cmds.push(`write -P 0 ${off} ${len}`);
+    else cmds.push(`write -P ${1 + (r() % 250)} ${off} ${len}`);
+  }
+  return cmds;
+}
+
+function qemuIoWrite(file: string, fmt: string, cmds: string[]): void {
+  must('qemu-io', ['-f', fmt, ...cmds.flatMap((c) => ['-c', c]), file]);
+}
+
+type MapRow = {
+  start: number;
+  length: number;
+  depth: number;
+  present: boolean;
+  zero: boolean;
+  data: boolean;
+};
+const qemuMap = (file: string): MapRow[] =>
+  JSON.parse(must('qemu-img', ['map', '--output=json', file])).map(
+    ({ offset: _o, compressed: _c, ...rest }: MapRow & { offset?: number; compressed?: boolean }) => rest,
+  );
+
+describe('interop with qemu-img', () => {
+  for (const seed of [1, 2, 3]) {
+    it(`raw, random layout ${seed}: convert, compare and map agree`, (t) => {
+      if (!needPeers(t, 'qemu-img', 'qemu-io')) return;
+      const src = f(`src${seed}.raw`);
+      must('qemu-img', ['create', '-f', 'raw', src, '24M']);
+      qemuIoWrite(src, 'raw', randomWrites(seed, 24 * M, 20));
+      // map: same ranges, flags and depth as qemu-img on the same sparse file.
+      assert.deepEqual(JSON.parse(p(['map', '--json', src]).stdout), qemuMap(src));
+      // convert by both; each compares identical with the other, both ways.
+      const a = f(`p${seed}.raw`);
+      const b = f(`q${seed}.raw`);
+      assert.equal(p(['convert', '-O', 'raw', src, a]).status, 0);
+      must('qemu-img', ['convert', '-O', 'raw', src, b]);
+      assert.ok(readFileSync(a).equals(readFileSync(b)), 'byte-identical results');
+      assert.equal(run('qemu-img', ['compare', a, src]).stdout, 'Images are identical.\n');
+      assert.equal(p(['compare', b, src]).stdout, 'Images are identical.\n');
+      // Sparse: platter's result allocates no more than qemu-img's (+ a few blocks).
+      assert.ok(
+        statSync(a).blocks <= statSync(b).blocks + 64,
+        `${statSync(a).blocks} vs ${statSync(b).blocks} blocks`,
+      );
+      // A change: both report the same first mismatch and exit 1.
+      must('qemu-io', ['-f', 'raw', '-c', `write -P 0x77 ${5 * M + 1234 + seed * 4096} 10`, b]);
+      const ours = p(['compare', a, b]);
+      const theirs = run('qemu-img', ['compare', a, b]);
+      assert.equal(ours.stdout, theirs.stdout);
+      assert.equal(ours.status, theirs.status);
+      assert.equal(ours.status, 1);
+    });
+  }
+
+  it('qcow2 chain: map (depth, zero clusters, holes) and hash agree with qemu-img', (t) => {
+    if (!needPeers(t, 'qemu-img', 'qemu-io')) return;
+    must('qemu-img', ['create', '-f', 'qcow2', f('base.qcow2'), '16M']);
+    qemuIoWrite(f('base.qcow2'), 'qcow2', ['write -P 1 0 64k', 'write -P 2 1M 128k', 'write -z 4M 64k']);
+    must('qemu-img', ['create', '-f', 'qcow2', '-b', 'base.qcow2', '-F', 'qcow2', f('top.qcow2')]);
+    qemuIoWrite(f('top.qcow2'), 'qcow2', ['write -P 3 32k 64k', 'write -z 1M 64k', 'write -P 0 8M 64k']);
+    assert.deepEqual(JSON.parse(p(['map', '--json', f('top.qcow2')]).stdout), qemuMap(f('top.qcow2')));
+    must('qemu-img', ['convert', '-O', 'raw', f('top.qcow2'), f('flat.raw')]);
+    const ours = p(['hash', '-a', 'md5', f('top.qcow2')]).stdout.split(' = ')[1];
+    const theirs = must('md5sum', [f('flat.raw')]).split(' ')[0];
+    assert.equal(ours.trim(), theirs);
+    // convert the chain to raw and to qcow2: qemu-img check is clean and contents compare identical.
+    assert.equal(p(['convert', '-O', 'qcow2', f('top.qcow2'), f('p.qcow2')]).status, 0);
+    must('qemu-img', ['check', f('p.qcow2')]);
+    assert.equal(
+      run('qemu-img', ['compare', f('p.qcow2'), f('top.qcow2')]).stdout,
+      'Images are identical.\n',
+    );
+    assert.equal(p(['compare', f('flat.raw'), f('top.qcow2')]).stdout, 'Images are identical.\n');
+  });
+
+  it('images of different sizes: the same verdict as qemu-img', (t) => {
+    if (!needPeers(t, 'qemu-img', 'qemu-io')) return;
+    must('qemu-img', ['create', '-f', 'raw', f('small.raw'), '4M']);
+    must('qemu-img', ['create', '-f', 'raw', f('big.raw'), '8M']);
+    qemuIoWrite(f('small.raw'), 'raw', ['write -P 5 1M 4k']);
+    qemuIoWrite(f('big.raw'), 'raw', ['write -P 5 1M 4k']);
+    for (const [a, b] of [
+      ['small.raw', 'big.raw'],
+      ['big.raw', 'small.raw'],
+    ]) {
+      const ours = p(['compare', f(a), f(b)]);
+      const theirs = run('qemu-img', ['compare', f(a), f(b)]);
+      assert.equal(ours.status, theirs.status, `${a} vs ${b}`);
+      assert.match(ours.stdout, /Images are identical\.\n$/);
+    }
+    qemuIoWrite(f('big.raw'), 'raw', ['write -P 9 6M 512']);
+    const ours = p(['compare', f('small.raw'), f('big.raw')]);
+    const theirs = run('qemu-img', ['compare', f('small.raw'), f('big.raw')]);
+    assert.equal(ours.status, theirs.status);
+    assert.equal(ours.stdout.split('\n').at(-2), theirs.stdout.split('\n').at(-2));
+  });
+});
