@@ -156,7 +156,8 @@ export async function createVmdk(ctx: CreateContext): Promise<void> {
     parentCid = parseCid(String(info.details?.cid ?? ''), 'CID', ctx.backing.name);
     hint = ctx.backing.name;
   }
-  const name = baseName(ctx.storage.name);
+  // convert fills DST.partial and renames it: the embedded extent line names the final file.
+  const name = baseName(ctx.storage.name).replace(/\.partial$/, '');
   const stem = name.replace(/\.vmdk$/i, '');
   const extents: ExtentLine[] = [];
   const desc = (ext: ExtentLine[]): Descriptor =>

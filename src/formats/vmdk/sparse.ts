@@ -168,8 +168,6 @@ export class SparseExtent implements VmdkExtent {
   header: SparseHeader;
   write?: (buf: Uint8Array, offset: number) => Promise<void>;
   writeZeroes?: (offset: number, length: number, mayUnmap: boolean) => Promise<void>;
-  /** Called before the first change of this extent (the driver updates the CID). */
-  onFirstWrite?: () => Promise<void>;
 
   private gd: Uint32Array;
   private rgd?: Uint32Array;
@@ -181,7 +179,8 @@ export class SparseExtent implements VmdkExtent {
   /** streamOptimized: where the next grain goes; undefined until the first write. */
   private appendAt?: number;
   private dirty = false;
-  private firstWriteDone = false;
+  /** streamOptimized: writes append in arrival order. */
+  private appendChain: Promise<void> = Promise.resolve();
 
   constructor(
     readonly storage: Storage,
@@ -406,16 +405,9 @@ export class SparseExtent implements VmdkExtent {
     return full;
   }
 
-  private async beforeChange(): Promise<void> {
-    if (this.firstWriteDone) return;
-    this.firstWriteDone = true;
-    await this.onFirstWrite?.();
-  }
-
   // ---- in-place writes (monolithicSparse, twoGbMaxExtentSparse) ----
 
   private async writeInPlace(buf: Uint8Array, offset: number): Promise<void> {
-    await this.beforeChange();
     await this.lock.run(() => this.writeLocked(buf, offset, false));
   }
 
@@ -520,7 +512,6 @@ export class SparseExtent implements VmdkExtent {
   }
 
   private async zeroRange(offset: number, length: number): Promise<void> {
-    await this.beforeChange();
     const zeros = new Uint8Array(Math.min(length, 1 << 20));
     for (let d = 0; d < length; d += zeros.length) {
       const n = Math.min(zeros.length, length - d);
@@ -564,42 +555,57 @@ export class SparseExtent implements VmdkExtent {
     this.dirty = true;
   }
 
-  private async writeStream(buf: Uint8Array, offset: number): Promise<void> {
-    await this.beforeChange();
+  /**
+   * Grains are compressed as soon as a write arrives (so several writes use
+   * several cores) but appended in the order the writes arrived: a caller
+   * writing in ascending order gets grains in ascending LBA order, as a
+   * sequential stream reader expects.
+   */
+  private writeStream(buf: Uint8Array, offset: number): Promise<void> {
+    const gb = this.grainBytes;
+    const end = offset + buf.length;
+    const partial = offset % gb !== 0 || (end % gb !== 0 && end !== this.size);
+    const early = partial ? undefined : this.buildGrains(buf, offset);
+    early?.catch(() => undefined); // awaited below; this only avoids an unhandled rejection meanwhile
+    const prev = this.appendChain;
+    const mine = (async () => {
+      await prev;
+      const grains = early ? await early : await this.buildGrains(buf, offset);
+      await this.lock.run(() => this.append(grains));
+    })();
+    this.appendChain = mine.catch(() => undefined);
+    return mine;
+  }
+
+  /** The grains a write touches, merged with their old content when partly covered, then deflated. */
+  private async buildGrains(
+    buf: Uint8Array,
+    offset: number,
+  ): Promise<Array<{ gi: number; data?: Uint8Array }>> {
     const gb = this.grainBytes;
     const first = Math.floor(offset / gb);
     const last = Math.floor((offset + buf.length - 1) / gb);
-    const partial =
-      offset % gb !== 0 || ((offset + buf.length) % gb !== 0 && offset + buf.length !== this.size);
-    const build = async (): Promise<Array<{ gi: number; data?: Uint8Array }>> => {
-      const grains: Array<{ gi: number; raw: Uint8Array }> = [];
-      for (let gi = first; gi <= last; gi++) {
-        const gStart = gi * gb;
-        const a = Math.max(offset, gStart);
-        const b = Math.min(offset + buf.length, gStart + gb);
-        let raw: Uint8Array;
-        if (a === gStart && (b === gStart + gb || b === this.size)) {
-          raw = buf.subarray(a - offset, b - offset);
-        } else {
-          raw = new Uint8Array(gb);
+    const grains: Array<{ gi: number; raw: Uint8Array }> = [];
+    for (let gi = first; gi <= last; gi++) {
+      const gStart = gi * gb;
+      const a = Math.max(offset, gStart);
+      const b = Math.min(offset + buf.length, gStart + gb);
+      let raw: Uint8Array;
+      if (a === gStart && b === gStart + gb) {
+        raw = buf.subarray(a - offset, b - offset);
+      } else {
+        raw = new Uint8Array(gb);
+        if (!(a === gStart && b === this.size)) {
           const e = await this.gte(gi);
           if (e > GTE_ZEROED) raw.set(await this.grain(e));
-          raw.set(buf.subarray(a - offset, b - offset), a - gStart);
         }
-        grains.push({ gi, raw });
+        raw.set(buf.subarray(a - offset, b - offset), a - gStart);
       }
-      return Promise.all(
-        grains.map(async ({ gi, raw }) => {
-          if (isAllZero(raw)) return { gi };
-          return { gi, data: await deflate(raw) };
-        }),
-      );
-    };
-    if (partial) await this.lock.run(async () => this.append(await build()));
-    else {
-      const built = await build();
-      await this.lock.run(() => this.append(built));
+      grains.push({ gi, raw });
     }
+    return Promise.all(
+      grains.map(async ({ gi, raw }) => (isAllZero(raw) ? { gi } : { gi, data: await deflate(raw) })),
+    );
   }
 
   /** Appends compressed grains with their markers (caller holds the lock). */
@@ -688,7 +694,6 @@ export class SparseExtent implements VmdkExtent {
    * bring old data back.
    */
   async resize(newSectors: number): Promise<void> {
-    await this.beforeChange();
     await this.lock.run(async () => {
       const h = this.header;
       const perGTSectors = h.grainSectors * this.perGT;
