@@ -12,6 +12,14 @@ const AT_START: ReadonlyArray<[string, Uint8Array, number]> = [
   ['vhd', new TextEncoder().encode('conectix'), 0],
   ['vdi', Uint8Array.from([0x7f, 0x10, 0xda, 0xbe]), 0x40],
   ['ewf', Uint8Array.from([0x45, 0x56, 0x46, 0x09, 0x0d, 0x0a, 0xff, 0x00]), 0],
+  // Formats platter does not open, so that they are never silently read as raw.
+  ['vmdk (ESX COWD)', new TextEncoder().encode('COWD'), 0],
+  ['ewf2 (Ex01)', Uint8Array.from([0x45, 0x56, 0x46, 0x32, 0x0d, 0x0a, 0x81, 0x00]), 0],
+  ['ewf logical (L01)', Uint8Array.from([0x4c, 0x56, 0x46, 0x09, 0x0d, 0x0a, 0xff, 0x00]), 0],
+  ['qed', Uint8Array.from([0x51, 0x45, 0x44, 0x00]), 0],
+  ['luks', Uint8Array.from([0x4c, 0x55, 0x4b, 0x53, 0xba, 0xbe]), 0],
+  ['parallels', new TextEncoder().encode('WithoutFreeSpace'), 0],
+  ['parallels', new TextEncoder().encode('WithouFreSpacExt'), 0],
 ];
 
 export async function knownSignature(storage: Storage): Promise<string | undefined> {

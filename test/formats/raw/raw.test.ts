@@ -320,6 +320,26 @@ describe('raw: probing and bad input', () => {
     }
   });
 
+  it('images qemu-img makes in any of its formats are never probed as raw', async (t) => {
+    if (!needPeers(t, 'qemu-img')) return;
+    for (const fmt of ['qcow', 'qcow2', 'qed', 'parallels', 'vdi', 'vhdx', 'vmdk', 'vpc']) {
+      const p = fresh(fmt);
+      const extra = fmt === 'vpc' ? ['-o', 'subformat=fixed'] : [];
+      execFileSync('qemu-img', ['create', '-q', '-f', fmt, ...extra, p, '4M']);
+      let disk: Disk | undefined;
+      try {
+        disk = await openImage(nodeHost, p, { readOnly: true });
+      } catch (e) {
+        assert.ok(e instanceof PlatterError, `${fmt}: ${String(e)}`);
+        assert.ok(e.message.includes(p), `${fmt}: ${e.message}`);
+        continue;
+      }
+      const got = (await disk.info()).format;
+      await disk.close();
+      assert.notEqual(got, 'raw', `${fmt} probed as raw`);
+    }
+  });
+
   it('-f raw reads a file with a signature as raw bytes', async () => {
     const p = fresh();
     const b = Buffer.alloc(4096);
