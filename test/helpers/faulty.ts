@@ -9,7 +9,11 @@ export interface FaultyStorage extends Storage {
   bad: Array<[number, number]>;
 }
 
-export function faultyStorage(data: Uint8Array, bad: Array<[number, number]>, name = 'faulty'): FaultyStorage {
+export function faultyStorage(
+  data: Uint8Array,
+  bad: Array<[number, number]>,
+  name = 'faulty',
+): FaultyStorage {
   const s: FaultyStorage = {
     name,
     readOnly: true,

@@ -9,7 +9,7 @@ import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { failingFile } from '../helpers/nbdfuse.js';
-import { PLATTER, hasPeer, must, needPeers, platter, run } from '../helpers/peers.js';
+import { hasPeer, must, needPeers, PLATTER, platter, run } from '../helpers/peers.js';
 import { tempDir } from '../helpers/tmp.js';
 
 const SIZE = 8 << 20;
@@ -38,7 +38,13 @@ const blockLines = (file: string): string[] =>
   readFileSync(file, 'utf8')
     .split('\n')
     .filter((l) => /^0x[0-9A-Fa-f]+\s+0x[0-9A-Fa-f]+\s+[?*/+-]$/.test(l.trim()))
-    .map((l) => l.trim().split(/\s+/).map((x, i) => (i < 2 ? Number(x).toString(16) : x)).join(' '));
+    .map((l) =>
+      l
+        .trim()
+        .split(/\s+/)
+        .map((x, i) => (i < 2 ? Number(x).toString(16) : x))
+        .join(' '),
+    );
 
 /** Waits until a rescue has written its first mapfile and read for a moment. */
 async function started(map: string): Promise<void> {
@@ -70,7 +76,10 @@ describe('rescue vs GNU ddrescue', { concurrency: false }, () => {
       const r = platter(['rescue', '-d', '--json', f.path, join(dir, 'out.img'), join(dir, 'out.map')]);
       assert.equal(r.status, 0, r.stderr);
       const j = JSON.parse(r.stdout);
-      assert.equal(j.badSize, BAD.reduce((n, [, l]) => n + l, 0));
+      assert.equal(
+        j.badSize,
+        BAD.reduce((n, [, l]) => n + l, 0),
+      );
       assert.deepEqual(j.bad, [
         { offset: 0x100000, length: 0x1000 },
         { offset: 0x301000, length: 0x400 },
@@ -82,15 +91,28 @@ describe('rescue vs GNU ddrescue', { concurrency: false }, () => {
       await f.unmount();
     }
     assert.deepEqual(blockLines(join(dir, 'out.map')), blockLines(join(dir, 'ref.map')));
-    assert.ok(readFileSync(join(dir, 'out.img')).equals(expected), 'rescued data equals the source, bad sectors zero');
+    assert.ok(
+      readFileSync(join(dir, 'out.img')).equals(expected),
+      'rescued data equals the source, bad sectors zero',
+    );
     const status = must('ddrescuelog', ['-t', join(dir, 'out.map')]);
     assert.match(status, /bad-sector:\s+6656 B,\s+in\s+5 area/);
     assert.match(status, /non-tried:\s+0 B/);
 
     // GNU ddrescue resumes from platter's mapfile and finds nothing left to read.
     const reads = join(dir, 'reads.log');
-    must('ddrescue', ['-q', '-H', truth, `--log-reads=${reads}`, src, join(dir, 'out.img'), join(dir, 'out.map')]);
-    const readLines = readFileSync(reads, 'utf8').split('\n').filter((l) => /^0x/.test(l));
+    must('ddrescue', [
+      '-q',
+      '-H',
+      truth,
+      `--log-reads=${reads}`,
+      src,
+      join(dir, 'out.img'),
+      join(dir, 'out.map'),
+    ]);
+    const readLines = readFileSync(reads, 'utf8')
+      .split('\n')
+      .filter((l) => /^0x/.test(l));
     assert.deepEqual(readLines, [], 'ddrescue had nothing left to read');
   });
 
@@ -100,7 +122,10 @@ describe('rescue vs GNU ddrescue', { concurrency: false }, () => {
     const map = join(dir, 'partial.map');
     const r = run('ddrescue', ['-q', '-X', '1', '-H', truth, src, img, map]);
     assert.equal(r.status, 1, 'ddrescue stops at the read-error limit');
-    assert.ok(blockLines(map).some((l) => l.endsWith('?')), 'ddrescue left non-tried areas');
+    assert.ok(
+      blockLines(map).some((l) => l.endsWith('?')),
+      'ddrescue left non-tried areas',
+    );
     const f = await failingFile(dir, src, truth);
     try {
       const p = platter(['rescue', '-q', '-d', f.path, img, map]);
@@ -118,13 +143,28 @@ describe('rescue vs GNU ddrescue', { concurrency: false }, () => {
     const map = join(dir, 'killed.map');
     const f = await failingFile(dir, src, truth, { delayReadMs: 3 });
     try {
-      const child = spawn(process.execPath, [PLATTER, 'rescue', '-q', '-d', '-c', '8', '--mapfile-interval', '0.1', f.path, img, map]);
+      const child = spawn(process.execPath, [
+        PLATTER,
+        'rescue',
+        '-q',
+        '-d',
+        '-c',
+        '8',
+        '--mapfile-interval',
+        '0.1',
+        f.path,
+        img,
+        map,
+      ]);
       await started(map);
       assert.equal(child.exitCode, null, 'still running when killed');
       child.kill('SIGKILL');
       await new Promise((r) => child.once('exit', r));
       const mid = blockLines(map);
-      assert.ok(mid.some((l) => l.endsWith('?')), 'the kill left work to do');
+      assert.ok(
+        mid.some((l) => l.endsWith('?')),
+        'the kill left work to do',
+      );
       const p = platter(['rescue', '-q', '-d', f.path, img, map]);
       assert.equal(p.status, 0, p.stderr);
     } finally {
@@ -161,7 +201,55 @@ describe('rescue vs GNU ddrescue', { concurrency: false }, () => {
     assert.deepEqual(blockLines(map), blockLines(join(dir, 'ref.map')));
   });
 
-  after(() => undefined);
+  it('from nbd:// (nbdkit ddrescue filter over a unix socket) into a sparse qcow2', async (t) => {
+    if (!needPeers(t, 'nbdkit', 'qemu-img') || !ready) return;
+    const sock = join(dir, 'nbd.sock');
+    const nbdkit = spawn(
+      'nbdkit',
+      ['-f', '-U', sock, '--filter=ddrescue', 'file', src, `ddrescue-mapfile=${truth}`],
+      {
+        stdio: 'ignore',
+      },
+    );
+    try {
+      for (let i = 0; i < 100 && !existsSync(sock); i++) await new Promise((r) => setTimeout(r, 50));
+      const out = join(dir, 'nbd.qcow2');
+      const map = join(dir, 'nbd.map');
+      const r = platter(['rescue', '-q', '-O', 'qcow2', `nbd+unix:///?socket=${sock}`, out, map]);
+      assert.equal(r.status, 0, r.stderr);
+      assert.deepEqual(blockLines(map), blockLines(join(dir, 'ref.map')));
+      must('qemu-img', ['check', '-q', out]);
+      must('qemu-img', ['convert', '-O', 'raw', out, join(dir, 'nbd.raw')]);
+      assert.ok(readFileSync(join(dir, 'nbd.raw')).equals(expected));
+    } finally {
+      nbdkit.kill('SIGTERM');
+      await new Promise((r) => nbdkit.once('exit', r));
+    }
+  });
+
+  it('from a loop device on the failing file: direct I/O records bad sectors exactly', async (t) => {
+    if (!needPeers(t, 'nbdfuse', 'nbdkit', 'losetup') || !ready) return;
+    const f = await failingFile(dir, src, truth);
+    let loop = '';
+    try {
+      const l = run('losetup', ['-f', '--show', '-r', '--direct-io=on', f.path]);
+      if (l.status !== 0) {
+        if (process.env.CI) assert.fail(`losetup failed: ${l.stderr}`);
+        t.skip(`no loop device here: ${l.stderr.trim()}`);
+        return;
+      }
+      loop = l.stdout.trim();
+      const out = join(dir, 'loop.img');
+      const map = join(dir, 'loop.map');
+      const r = platter(['rescue', '-q', loop, out, map]);
+      assert.equal(r.status, 0, r.stderr);
+      assert.deepEqual(blockLines(map), blockLines(join(dir, 'ref.map')));
+      assert.ok(readFileSync(out).equals(expected));
+    } finally {
+      if (loop) run('losetup', ['-d', loop]);
+      await f.unmount();
+    }
+  });
 });
 
 describe('rescue: bad input', () => {
@@ -219,14 +307,20 @@ describe('rescue: bad input', () => {
   });
 
   it('a missing source', () => {
-    oneError(platter(['rescue', join(dir, 'nope.img'), join(dir, 'o4.img'), join(dir, 'o4.map')]), /nope\.img/);
+    oneError(
+      platter(['rescue', join(dir, 'nope.img'), join(dir, 'o4.img'), join(dir, 'o4.map')]),
+      /nope\.img/,
+    );
   });
 });
 
 describe('mapview', () => {
   const dir = tempDir();
   it('draws a PNG of a mapfile', () => {
-    writeFileSync(join(dir, 'm.map'), '0x0 +\n0x0 0x100000 +\n0x100000 0x1000 -\n0x101000 0x1000 /\n0x102000 0xFE000 ?\n');
+    writeFileSync(
+      join(dir, 'm.map'),
+      '0x0 +\n0x0 0x100000 +\n0x100000 0x1000 -\n0x101000 0x1000 /\n0x102000 0xFE000 ?\n',
+    );
     const r = platter(['mapview', join(dir, 'm.map'), '--png', join(dir, 'm.png')]);
     assert.equal(r.status, 0, r.stderr);
     const png = readFileSync(join(dir, 'm.png'));

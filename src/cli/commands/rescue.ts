@@ -126,7 +126,8 @@ function statusPrinter(
 async function openDestination(ctx: CliContext, dest: string, f: RescueFlags, needed: number): Promise<Disk> {
   const exists = await ctx.host.exists(dest);
   const dev = isBlockDevice(dest);
-  if (dev && !f.force) throw new PlatterError('EEXIST', `${dest}: is a block device; use -f to write the rescue onto it`);
+  if (dev && !f.force)
+    throw new PlatterError('EEXIST', `${dest}: is a block device; use -f to write the rescue onto it`);
   if (!exists) await createImage(ctx.host, dest, { format: f.outputFormat ?? 'raw', size: needed });
   let disk = await openImage(ctx.host, dest, { format: dev ? 'raw' : f.outputFormat, readOnly: false });
   const info = await disk.info();
@@ -138,7 +139,10 @@ async function openDestination(ctx: CliContext, dest: string, f: RescueFlags, ne
   }
   if (disk.size < needed) {
     await disk.close();
-    throw new PlatterError('EINVAL', `${dest}: destination is ${disk.size} bytes, shorter than the ${needed} bytes the rescue needs`);
+    throw new PlatterError(
+      'EINVAL',
+      `${dest}: destination is ${disk.size} bytes, shorter than the ${needed} bytes the rescue needs`,
+    );
   }
   return disk;
 }
@@ -197,7 +201,8 @@ async function runRescue(
           `${mapfile}: mapfile covers ${existing.start}..${existing.end}, but the source ${source} has ${srcSize} bytes and the rescue domain is ${ipos}..${ipos + size} (a mapfile of another rescue or another size?)`,
         );
       }
-      if (existing.end < ipos + size) existing.blocks.push({ pos: existing.end, size: ipos + size - existing.end, status: '?' });
+      if (existing.end < ipos + size)
+        existing.blocks.push({ pos: existing.end, size: ipos + size - existing.end, status: '?' });
       map = existing;
     } else map = RescueMap.fresh(ipos, size);
 
