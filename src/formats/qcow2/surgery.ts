@@ -58,7 +58,9 @@ export async function resize(img: Qcow2Image, newSize: number, opts: { shrink: b
         );
       }
       // Zero clusters may go (the tail reads zeros if it grows back); stored data may not.
-      const busy = (await img.map(newSize, old - newSize)).find((s) => s.kind === 'data' || s.kind === 'compressed');
+      const busy = (await img.map(newSize, old - newSize)).find(
+        (s) => s.kind === 'data' || s.kind === 'compressed',
+      );
       if (busy) {
         throw new PlatterError(
           'EUNSUPPORTED',
