@@ -297,14 +297,19 @@ export class VhdxImage {
 
   // ---- headers ------------------------------------------------------------
 
-  /** The header update of [MS-VHDX] 2.2.2.1, done twice so both copies are current. */
-  async updateHeaders(change: Partial<Header>): Promise<void> {
-    for (let k = 0; k < 2; k++) {
+  /**
+   * The header update of [MS-VHDX] 2.2.2.1: write the non-current copy with the
+   * next sequence number and flush. `copies` 2 repeats it so both are current;
+   * 1 suffices when only the latest state matters (a torn write of the new copy
+   * leaves the previous state, which is always consistent).
+   */
+  async updateHeaders(change: Partial<Header>, copies = 2, sync = true): Promise<void> {
+    for (let k = 0; k < copies; k++) {
       const cur = this.header;
       const slot = 1 - this.current;
       const next: Header = { ...cur, ...change, sequence: cur.sequence + 1n };
       await this.storage.write(serializeHeader(next), HEADER_OFFSETS[slot]);
-      await this.storage.flush();
+      if (sync) await this.storage.flush();
       this.headers[slot] = next;
       this.current = slot;
     }
@@ -395,14 +400,21 @@ export class VhdxImage {
     const bs = this.geo.blockSize;
     const end = offset + length;
     const out: Extent[] = [];
+    const push = (at: number, len: number, st: 'data' | 'zero' | 'hole'): void => {
+      const last = out[out.length - 1];
+      if (last && last.status === st) last.length += len;
+      else out.push({ offset: at, length: len, status: st, depth: 0 });
+    };
     for (let pos = offset; pos < end && out.length < 4096; ) {
       const b = Math.floor(pos / bs);
       const within = pos - b * bs;
       const n = Math.min(bs - within, end - pos);
-      for (const [a, z, st] of await this.blockRuns(b, within, within + n)) {
-        const last = out[out.length - 1];
-        if (last && last.status === st) last.length += z - a;
-        else out.push({ offset: b * bs + a, length: z - a, status: st, depth: 0 });
+      const s = this.bat.state(payloadIndex(this.geo, b));
+      // Only partially present blocks need their bitmap; the rest is one status per block.
+      if (s === PARTIALLY_PRESENT) {
+        for (const [a, z, st] of await this.blockRuns(b, within, within + n)) push(b * bs + a, z - a, st);
+      } else {
+        push(pos, n, s === FULLY_PRESENT ? 'data' : s === NOT_PRESENT && this.hasParent ? 'hole' : 'zero');
       }
       pos += n;
     }
@@ -548,19 +560,21 @@ export class VhdxImage {
       );
     for (let k = 0; k < pages.length; k += per) {
       const part = pages.slice(k, k + per);
+      if (k > 0) await this.storage.flush(); // the previous entry's LogGuid clear
       const logGuid = newGuid();
       const size = alignUp(await this.storage.size(), MiB);
       const entry = buildEntry(part, logGuid, 1n, 0, size);
       await this.storage.write(entry, this.header.logOffset);
       await this.storage.flush();
-      await this.updateHeaders({ logGuid });
+      await this.updateHeaders({ logGuid }, 1);
       if (vhdxTestHooks.afterLogWritten) {
         this.dead = true;
         await vhdxTestHooks.afterLogWritten();
       }
       for (const [off, page] of part) await this.storage.write(page, off);
       await this.storage.flush();
-      await this.updateHeaders({ logGuid: new Uint8Array(16) as Guid });
+      // Durable at the next flush, which comes before any later log entry is written.
+      await this.updateHeaders({ logGuid: new Uint8Array(16) as Guid }, 1, false);
     }
   }
 
