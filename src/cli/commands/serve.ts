@@ -18,7 +18,7 @@ import { join } from 'node:path';
 import type { Command } from 'commander';
 import { stack } from '../../core/chain.js';
 import { type Disk, type DiskImpl, toDisk } from '../../core/disk.js';
-import { invalid, PlatterError } from '../../core/errors.js';
+import { invalid } from '../../core/errors.js';
 import type { Storage } from '../../core/storage.js';
 import { cow } from '../../layers/cow.js';
 import { readonly } from '../../layers/readonly.js';
@@ -95,23 +95,13 @@ async function openServed(ctx: CliContext, image: string, o: ServeOpts): Promise
       throw e;
     }
   } else {
-    try {
-      disk = await openArg(
-        ctx,
-        image,
-        { format: o.format, forceShare: o.forceShare, imageOpts: o.imageOpts },
-        !readOnly && !o.snapshot,
-      );
-    } catch (e) {
-      if (e instanceof PlatterError && e.code === 'ELOCKED') {
-        throw new PlatterError(
-          'ELOCKED',
-          `${e.message}; another program (qemu, qemu-nbd, platter) is using the image — stop it, or serve a copy; ` +
-            `-U --read-only serves it without a lock at your own risk`,
-        );
-      }
-      throw e;
-    }
+    // A locked image fails here with ELOCKED, naming the lock (storage/file.ts).
+    disk = await openArg(
+      ctx,
+      image,
+      { format: o.format, forceShare: o.forceShare, imageOpts: o.imageOpts },
+      !readOnly && !o.snapshot,
+    );
   }
   if (o.snapshot) {
     // The overlay lives in a temporary file, unlinked at once: nothing is left behind.
