@@ -100,22 +100,24 @@ export class VmdkImage {
       subformat: this.createType,
       granularity: sparse.length > 0 ? sparse[0].grainBytes : undefined,
       backing: hint ? { name: hint, format: 'vmdk' } : undefined,
-      details: {
-        cid: d.get('CID'),
-        parentCid: d.get('parentCID'),
-        adapterType: d.get('ddb.adapterType'),
-        hwVersion: d.get('ddb.virtualHWVersion'),
-        version: sparse[0]?.header.version,
-        compressed: sparse.some((s) => s.compressed) || undefined,
-        zeroedGrain: sparse.some((s) => s.zeroGrain) || undefined,
-        extents: d.extents.map((e) => ({
-          access: e.access,
-          type: e.type,
-          file: e.file,
-          size: e.sectors * SECTOR,
-          offset: e.offsetSectors * SECTOR,
-        })),
-      },
+      details: Object.fromEntries(
+        Object.entries({
+          cid: d.get('CID'),
+          parentCid: d.get('parentCID'),
+          adapterType: d.get('ddb.adapterType'),
+          hwVersion: d.get('ddb.virtualHWVersion'),
+          version: sparse[0]?.header.version,
+          compressed: sparse.some((s) => s.compressed) || undefined,
+          zeroedGrain: sparse.some((s) => s.zeroGrain) || undefined,
+          extents: d.extents.map((e) => ({
+            access: e.access,
+            type: e.type,
+            ...(e.file === undefined ? {} : { file: e.file }),
+            size: e.sectors * SECTOR,
+            offset: e.offsetSectors * SECTOR,
+          })),
+        }).filter(([, v]) => v !== undefined),
+      ),
     };
   }
 
