@@ -10,9 +10,10 @@ import { PlatterError } from '../../../src/core/errors.js';
 import { zeroDisk } from '../../../src/core/zeros.js';
 import { createImage, openImage } from '../../../src/formats/open.js';
 import { raw } from '../../../src/formats/raw/index.js';
+import { openFile } from '../../../src/storage/file.js';
 import { nodeHost } from '../../../src/storage/host.js';
 import { memoryStorage } from '../../../src/storage/memory.js';
-import { native } from '../../../src/storage/native.js';
+import { fallback, native } from '../../../src/storage/native.js';
 import { createSplit } from '../../../src/storage/split.js';
 import { testDisk } from '../../conformance/disk.js';
 import { needPeers, run } from '../../helpers/peers.js';
@@ -61,17 +62,32 @@ testDisk('raw on a split set (1 MiB segments)', async (size) => {
   return { disk, reopen: () => openRaw(first, true) };
 });
 
-testDisk('raw on memory', async (size) => {
-  const mem = memoryStorage('mem', new Uint8Array(size));
-  const ctx = (readOnly: boolean) => ({
+testDisk('raw on a file without the native addon (fallback)', async (size) => {
+  const p = fresh();
+  writeFileSync(p, '');
+  truncateSync(p, size);
+  const make = async (readOnly: boolean): Promise<Disk> => {
+    const storage = await openFile(p, { write: !readOnly }, { native: fallback });
+    const { disk } = await raw.open(storage, { ...ctxFor(readOnly) });
+    return stack(toDisk(disk, { name: p, readOnly }), zeroDisk(size));
+  };
+  return { disk: await make(false), reopen: () => make(true), cleanup: async () => rmSync(p) };
+});
+
+function ctxFor(readOnly: boolean) {
+  return {
     host: nodeHost,
     readOnly,
     forceShare: false,
     options: {},
     openSibling: () => Promise.reject(new Error('no siblings')),
-  });
+  };
+}
+
+testDisk('raw on memory', async (size) => {
+  const mem = memoryStorage('mem', new Uint8Array(size));
   const make = async (readOnly: boolean): Promise<Disk> => {
-    const { disk } = await raw.open(mem, ctx(readOnly));
+    const { disk } = await raw.open(mem, ctxFor(readOnly));
     return stack(toDisk(disk, { name: 'mem', readOnly }), zeroDisk(size));
   };
   return { disk: await make(false), reopen: () => make(true) };
@@ -235,6 +251,27 @@ describe('raw: create -o preallocation', () => {
       assert.equal(run('qemu-img', ['compare', '-f', 'raw', '-F', 'raw', p, q]).status, 0);
     });
   }
+
+  it('preallocation=falloc without the native addon writes zeros instead (still thick)', async () => {
+    const p = fresh();
+    writeFileSync(p, '');
+    const storage = await openFile(p, { write: true }, { native: fallback });
+    try {
+      assert.equal(storage.allocate, undefined);
+      await raw.create!({
+        host: nodeHost,
+        storage,
+        size: 2 * MiB,
+        options: { preallocation: 'falloc' },
+        createSibling: () => Promise.reject(new Error('no siblings')),
+      });
+    } finally {
+      await storage.close();
+    }
+    assert.equal(statSync(p).size, 2 * MiB);
+    assert.ok(statSync(p).blocks * 512 >= 2 * MiB);
+    assert.ok(readFileSync(p).every((b) => b === 0));
+  });
 
   it('refuses unknown options and preallocation modes; nothing is left behind', async () => {
     const p = fresh();
