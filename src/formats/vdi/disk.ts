@@ -15,7 +15,7 @@
  */
 import { alignUp, isAllZero, viewOf } from '../../core/bytes.js';
 import type { CheckResult, DiskFeatures, DiskImpl, Extent, FormatInfo } from '../../core/disk.js';
-import { invalid, PlatterError, unsupported } from '../../core/errors.js';
+import { corrupt, invalid, PlatterError, unsupported } from '../../core/errors.js';
 import { Mutex } from '../../core/mutex.js';
 import type { Storage } from '../../core/storage.js';
 import {
@@ -41,6 +41,8 @@ export interface VdiOptions {
   storage: Storage;
   header: VdiHeader;
   bmap: Uint32Array;
+  /** Entries that point past the end of the file: any access is a corrupt-image error. */
+  bad: Map<number, string>;
   readOnly: boolean;
   backing?: { name: string; format?: string };
   /** Reads another VDI's identity, for setBacking. */
@@ -85,6 +87,8 @@ export class VdiDisk implements DiskImpl {
   }
 
   private dataAt(b: number): number {
+    const why = this.o.bad.get(b);
+    if (why) throw corrupt(this.name, why);
     return this.h.offsetData + this.bmap[b] * this.bs;
   }
 
@@ -114,6 +118,7 @@ export class VdiDisk implements DiskImpl {
       const b = Math.floor(pos / this.bs);
       const n = Math.min((b + 1) * this.bs, end) - pos;
       const e = this.bmap[b];
+      if (this.o.bad.has(b)) this.dataAt(b);
       const status = e < ZERO_BLOCK ? 'data' : e === ZERO_BLOCK ? 'zero' : 'hole';
       const last = out[out.length - 1];
       if (last && last.status === status) last.length += n;
@@ -216,6 +221,7 @@ export class VdiDisk implements DiskImpl {
       subformat: sub,
       granularity: this.bs,
       backing: this.backing,
+      corrupt: this.o.bad.size > 0,
       details: {
         uuid: uuidText(this.h.uuidImage),
         modificationUuid: uuidText(this.h.uuidModify),
@@ -336,6 +342,7 @@ export class VdiDisk implements DiskImpl {
     this.ensureWritable();
     await this.meta.run(async () => {
       this.bmap.fill(UNALLOCATED);
+      this.o.bad.clear();
       this.h.blocksAllocated = 0;
       await this.writeMap(0, this.bmap.length);
       await this.writeHeader();

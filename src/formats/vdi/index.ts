@@ -167,14 +167,16 @@ async function open(storage: Storage, ctx: OpenContext): Promise<OpenedImage> {
   await storage.read(raw, h.offsetBmap);
   const v = viewOf(raw);
   const bmap = new Uint32Array(h.blocksInImage);
+  const bad = new Map<number, string>();
   for (let b = 0; b < bmap.length; b++) {
     const e = v.getUint32(b * 4, true);
     bmap[b] = e;
     if (e >= ZERO_BLOCK) continue;
     const end = h.offsetData + (e + 1) * h.blockSize;
+    // Reported by check and by any access to the block, so that check can still run.
     if (end > fileSize) {
-      throw corrupt(
-        file,
+      bad.set(
+        b,
         `block map entry ${b} (index ${e}) points past the end of file (block ends at ${end}, file size ${fileSize})`,
       );
     }
@@ -197,7 +199,15 @@ async function open(storage: Storage, ctx: OpenContext): Promise<OpenedImage> {
       await s.close().catch(() => undefined);
     }
   };
-  const disk = new VdiDisk({ storage, header: h, bmap, readOnly: ctx.readOnly, backing, parentIdentity });
+  const disk = new VdiDisk({
+    storage,
+    header: h,
+    bmap,
+    bad,
+    readOnly: ctx.readOnly,
+    backing,
+    parentIdentity,
+  });
   return { disk, backing };
 }
 

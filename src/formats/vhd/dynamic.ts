@@ -23,7 +23,7 @@
  */
 import { alignUp, isAllZero, viewOf } from '../../core/bytes.js';
 import type { CheckResult, DiskFeatures, DiskImpl, Extent, FormatInfo } from '../../core/disk.js';
-import { assert, invalid, PlatterError } from '../../core/errors.js';
+import { assert, corrupt, invalid, PlatterError } from '../../core/errors.js';
 import { Mutex } from '../../core/mutex.js';
 import type { Storage } from '../../core/storage.js';
 import {
@@ -55,6 +55,8 @@ export interface DynamicOptions {
   footer: Footer;
   header: DynamicHeader;
   bat: Uint32Array;
+  /** BAT entries that point past the end of the file: any access to them is a corrupt-image error. */
+  bad: Map<number, string>;
   size: number;
   fileSize: number;
   /** Whether the footer at the end of the file is present (else the block area ends at fileSize). */
@@ -98,7 +100,9 @@ export class DynamicVhd implements DiskImpl {
     this.backing = o.backing;
     let end = alignUp(this.header.tableOffset + this.bat.length * 4, 512);
     end = Math.max(end, this.footer.dataOffset + HEADER_SIZE);
-    for (const e of this.bat) if (e !== UNUSED) end = Math.max(end, e * 512 + this.bitmapSize + this.bs);
+    this.bat.forEach((e, b) => {
+      if (e !== UNUSED && !o.bad.has(b)) end = Math.max(end, e * 512 + this.bitmapSize + this.bs);
+    });
     for (const l of this.header.locators) if (l.code !== 0) end = Math.max(end, l.dataOffset + l.dataLength);
     this.nextFree = alignUp(Math.max(end, o.tailFooter ? o.fileSize - FOOTER_SIZE : o.fileSize), 512);
     const f: DiskFeatures = {
@@ -119,6 +123,8 @@ export class DynamicVhd implements DiskImpl {
   }
 
   private blockOffset(b: number): number {
+    const why = this.o.bad.get(b);
+    if (why) throw corrupt(this.name, why);
     const e = this.bat[b];
     return e === undefined || e === UNUSED ? -1 : e * 512;
   }
@@ -328,6 +334,7 @@ export class DynamicVhd implements DiskImpl {
       subformat: f.diskType === DISK_DIFFERENCING ? 'differencing' : 'dynamic',
       granularity: this.bs,
       backing: this.backing,
+      corrupt: this.o.bad.size > 0 || !this.o.checksumOk,
       details: {
         creatorApplication: f.creatorApp.replace(/\0/g, ''),
         currentSize: f.currentSize,
@@ -408,6 +415,7 @@ export class DynamicVhd implements DiskImpl {
     if (!this.write) throw new PlatterError('EREADONLY', `${this.name}: image is open read-only`);
     await this.meta.run(async () => {
       this.bat.fill(UNUSED);
+      this.o.bad.clear();
       await this.writeBatEntries(0, this.bat.length);
       this.bitmaps.clear();
       let end = Math.max(
@@ -510,6 +518,10 @@ export class DynamicVhd implements DiskImpl {
           `BAT entries ${blocks[i - 1][2]} and ${blocks[i][2]} overlap (offsets ${blocks[i - 1][0]} and ${blocks[i][0]})`,
         );
       }
+    }
+    if (!this.o.checksumOk) {
+      corruptions++;
+      messages.push('footer or dynamic header checksum does not match (opened with force=on)');
     }
     if (chsSectors(this.footer.geometry) * 512 > this.footer.currentSize && this.footer.currentSize > 0) {
       messages.push(`note: CHS geometry covers more than the current size ${this.footer.currentSize}`);

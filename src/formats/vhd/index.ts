@@ -259,15 +259,17 @@ async function open(storage: Storage, ctx: OpenContext): Promise<OpenedImage> {
   const batBytes = await readAt(storage, header.tableOffset, header.maxTableEntries * 4);
   const bv = viewOf(batBytes);
   const bat = new Uint32Array(header.maxTableEntries);
+  const bad = new Map<number, string>();
   const bitmapSize = alignUp(Math.ceil(header.blockSize / 512 / 8), 512);
   for (let i = 0; i < bat.length; i++) {
     const e = bv.getUint32(i * 4, false);
     bat[i] = e;
     if (e === UNUSED) continue;
     const end = e * 512 + bitmapSize + header.blockSize;
+    // Reported by check and by any access to the block, so that check can still run.
     if (end > fileSize) {
-      throw corrupt(
-        file,
+      bad.set(
+        i,
         `BAT entry ${i} (sector ${e}) points past the end of file (block ends at ${end}, file size ${fileSize})`,
       );
     }
@@ -294,6 +296,7 @@ async function open(storage: Storage, ctx: OpenContext): Promise<OpenedImage> {
     footer,
     header,
     bat,
+    bad,
     size,
     fileSize,
     tailFooter: tailCookie,
