@@ -105,7 +105,25 @@ export async function rescue(
   let readBytes = 0;
   let phase: RescueStatus['phase'] = 'copying';
   const domainEnd = map.end;
-  const buf = new Uint8Array(cluster);
+  // Write-behind: the next read proceeds while earlier blocks are written. Each
+  // write owns its buffer; at most WRITES_IN_FLIGHT are pending, and every save
+  // waits for them (the map never claims data that is not written).
+  const WRITES_IN_FLIGHT = 4;
+  const pending = new Set<Promise<void>>();
+  const free: Uint8Array[] = [];
+  const drain = async (): Promise<void> => {
+    while (pending.size > 0) await Promise.race(pending);
+  };
+  const writeBehind = async (b: Uint8Array, at: number): Promise<void> => {
+    while (pending.size >= WRITES_IN_FLIGHT) await Promise.race(pending);
+    const p: Promise<void> = dst.write(b, at).finally(() => {
+      pending.delete(p);
+      if (b.buffer.byteLength === cluster) free.push(new Uint8Array(b.buffer));
+    });
+    pending.add(p);
+    // A failed write surfaces at the next race/drain; keep it from being unhandled meanwhile.
+    p.catch(() => undefined);
+  };
   const domain = o.domain ?? [{ pos: map.start, size: map.end - map.start }];
 
   const status = (): RescueStatus => {
@@ -129,6 +147,7 @@ export async function rescue(
   };
 
   const save = async (finished = false): Promise<void> => {
+    await drain();
     await dst.flush();
     await o.saveMap(map, finished);
     lastSave = now();
@@ -153,20 +172,22 @@ export async function rescue(
   /** Reads [pos, pos+len) of the source; true on success (and writes it out). */
   const attempt = async (pos: number, len: number): Promise<{ ok: boolean; slow: boolean }> => {
     map.currentPos = pos;
-    const b = buf.subarray(0, len);
+    const b = (free.pop() ?? new Uint8Array(cluster)).subarray(0, len);
     const start = now();
     try {
       await src.read(b, pos);
     } catch (e) {
       if (!(e instanceof PlatterError) || e.code === 'ECLOSED') throw e;
       readErrors++;
+      free.push(new Uint8Array(b.buffer));
       await checkSource(pos);
       return { ok: false, slow: false };
     }
     const t = now();
     lastGood = t;
     readBytes += len;
-    if (!(o.sparse && isAllZero(b))) await dst.write(b, pos - o.inputPos + o.outputPos);
+    if (!(o.sparse && isAllZero(b))) await writeBehind(b, pos - o.inputPos + o.outputPos);
+    else free.push(new Uint8Array(b.buffer));
     const slow = o.minReadRate !== undefined && t > start && (len * 1000) / (t - start) < o.minReadRate;
     return { ok: true, slow };
   };
