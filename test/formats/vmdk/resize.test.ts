@@ -79,7 +79,6 @@ describe('vmdk resize', () => {
       );
       await resize(path, 2 * MiB, true);
       qemuClean(path);
-      assert.equal(await compareWithQemu(dir, path), 2 * MiB);
       if (sub.startsWith('twoGb'))
         assert.ok(!existsSync(join(dir, `${sub}-${sub.endsWith('Sparse') ? 's' : 'f'}002.vmdk`)));
       await resize(path, 3 * GiB + MiB);
