@@ -205,10 +205,15 @@ export function newFooter(size: number, diskType: number, dataOffset: number, uu
   };
 }
 
-/** A footer after a resize: new sizes and geometry; the creator becomes platter's so the size is trusted. */
+/**
+ * A footer after a resize: new sizes and geometry; the creator becomes platter's
+ * so the size is trusted. The original size changes too: libvhdi takes the disk
+ * size from that field, qemu and Hyper-V from the current size.
+ */
 export function resizedFooter(f: Footer, size: number): Footer {
   return {
     ...f,
+    originalSize: size,
     currentSize: size,
     geometry: chsGeometry(size / 512),
     creatorApp: CREATOR_APP,
