@@ -477,18 +477,23 @@ export class VhdxImage {
   }
 
   async write(buf: Uint8Array, offset: number): Promise<void> {
-    await this.lock.run(async () => {
-      await this.beginWrite();
-      const bs = this.geo.blockSize;
-      const end = offset + buf.length;
-      for (let pos = offset; pos < end; ) {
-        const b = Math.floor(pos / bs);
-        const within = pos - b * bs;
-        const n = Math.min(bs - within, end - pos);
-        await this.writeInBlock(b, within, buf.subarray(pos - offset, pos - offset + n));
-        pos += n;
-      }
-    });
+    if (!this.began) await this.lock.run(() => this.beginWrite());
+    const bs = this.geo.blockSize;
+    const end = offset + buf.length;
+    const jobs: Promise<void>[] = [];
+    for (let pos = offset; pos < end; ) {
+      const b = Math.floor(pos / bs);
+      const within = pos - b * bs;
+      const n = Math.min(bs - within, end - pos);
+      const data = buf.subarray(pos - offset, pos - offset + n);
+      const i = payloadIndex(this.geo, b);
+      // Writes into allocated blocks need no metadata and run in parallel; the rest allocate under the lock.
+      if (this.bat.state(i) === FULLY_PRESENT)
+        jobs.push(this.storage.write(data, this.bat.offset(i) + within));
+      else jobs.push(this.lock.run(() => this.writeInBlock(b, within, data)));
+      pos += n;
+    }
+    await Promise.all(jobs);
   }
 
   private async writeInBlock(b: number, within: number, data: Uint8Array): Promise<void> {
