@@ -191,6 +191,16 @@ describe('qcow2 read: images made by qemu-img', () => {
     );
   });
 
+  it('a backing chain that loops is a clear error', async (t) => {
+    if (!needPeers(t, 'qemu-img')) return;
+    const a = join(dir, 'loop-a.qcow2');
+    const b = join(dir, 'loop-b.qcow2');
+    must('qemu-img', ['create', '-q', '-f', 'qcow2', a, String(MiB)]);
+    must('qemu-img', ['create', '-q', '-f', 'qcow2', '-b', 'loop-a.qcow2', '-F', 'qcow2', b]);
+    must('qemu-img', ['rebase', '-u', '-b', 'loop-b.qcow2', '-F', 'qcow2', a]);
+    await assert.rejects(openRead(b), (e: unknown) => e instanceof PlatterError && /loops/.test(e.message));
+  });
+
   it('internal snapshots made by qemu-img are listed', async (t) => {
     if (!needPeers(t, 'qemu-img', 'qemu-io')) return;
     const path = join(dir, 'snaps.qcow2');

@@ -57,6 +57,8 @@ describe('qcow2 write: platter creates, qemu-img checks', () => {
     'preallocation=falloc,cluster_size=32768',
     'preallocation=full,cluster_size=4096',
     'compression_type=zstd',
+    // 64 refcounts per block, 64 blocks per table cluster: the refcount table must grow.
+    'cluster_size=512,refcount_bits=64,preallocation=metadata',
   ];
   for (const o of combos) {
     it(`create -o ${o}, write, check, compare`, async (t) => {
