@@ -121,6 +121,31 @@ export class VmdkImage {
     };
   }
 
+  /** Records a new parent (its CID becomes our parentCID) or none. */
+  async setBacking(backing: { name: string; format?: string } | null): Promise<void> {
+    const d = this.descriptor;
+    if (backing === null) {
+      d.delete('parentFileNameHint');
+      d.set('parentCID', hex8(NO_PARENT), false);
+    } else {
+      if (backing.format !== undefined && backing.format !== 'vmdk') {
+        throw invalid(`${this.file}: a VMDK's parent must be a VMDK, not ${backing.format}`);
+      }
+      const parent = await this.ctx.openSibling(backing.name, { write: false });
+      let cid: number | undefined;
+      try {
+        cid = await readCid(parent);
+      } finally {
+        await parent.close();
+      }
+      if (cid === undefined)
+        throw invalid(`${backing.name}: not a VMDK (no CID), cannot be the parent of ${this.file}`);
+      d.set('parentCID', hex8(cid), false);
+      d.set('parentFileNameHint', backing.name);
+    }
+    await this.saveDescriptor();
+  }
+
   async close(): Promise<void> {
     try {
       await this.table.close();

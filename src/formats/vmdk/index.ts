@@ -14,22 +14,33 @@
  * ZERO), table.ts (one Disk over the extents), image.ts (open), create.ts,
  * check.ts, resize.ts.
  */
+import type { DiskFeatures } from '../../core/disk.js';
 import type { FormatDriver } from '../driver.js';
 import { checkImage } from './check.js';
 import { createVmdk } from './create.js';
 import { openVmdk, probeVmdk } from './image.js';
 import { resizeImage } from './resize.js';
+import { SparseExtent } from './sparse.js';
 
 export const vmdk: FormatDriver = {
   name: 'vmdk',
   probe: probeVmdk,
   async open(storage, ctx) {
     const { image, disk, backing } = await openVmdk(storage, ctx);
-    const features = {
-      check: (opts: { repair: 'none' | 'leaks' | 'all' }) => checkImage(image, opts),
-      resize: ctx.readOnly
-        ? undefined
-        : (size: number, opts: { shrink: boolean }) => resizeImage(image, size, opts),
+    const writable = !ctx.readOnly;
+    const allSparse = image.table.placed.every(
+      (p) => p.extent instanceof SparseExtent && !p.extent.compressed,
+    );
+    const features: DiskFeatures = {
+      check: (opts) => checkImage(image, opts),
+      resize: writable ? (size, opts) => resizeImage(image, size, opts) : undefined,
+      setBacking: writable ? (b) => image.setBacking(b) : undefined,
+      makeEmpty:
+        writable && allSparse
+          ? async () => {
+              for (const s of image.sparse) await s.makeEmpty();
+            }
+          : undefined,
     };
     return { disk: { ...disk, features }, backing };
   },

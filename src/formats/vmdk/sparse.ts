@@ -227,6 +227,10 @@ export class SparseExtent implements VmdkExtent {
       h.flags & FLAG_RGD && h.rgdOffsetSectors !== 0 && !(h.flags & FLAG_MARKERS)
         ? await readU32s(storage, h.rgdOffsetSectors * SECTOR, numGTs)
         : undefined;
+    const compressed = h.compressAlgorithm === COMPRESS_DEFLATE || (h.flags & FLAG_COMPRESSED) !== 0;
+    if (writable && compressed && !(h.flags & FLAG_MARKERS)) {
+      throw unsupported(`${file}: compressed sparse extents without markers can only be opened read-only`);
+    }
     if (writable && h.version === 3 && h.compressAlgorithm !== COMPRESS_DEFLATE) {
       throw unsupported(
         `${file}: version 3 sparse extents (changed block tracking) can only be opened read-only`,
@@ -769,6 +773,19 @@ export class SparseExtent implements VmdkExtent {
       this.header = { ...h, capacitySectors: newSectors, gdOffsetSectors: gdAt, rgdOffsetSectors: rgdAt };
       this.size = newSectors * SECTOR;
       await this.storage.write(serializeHeader(this.header), 0);
+    });
+  }
+
+  /** Every GTE back to 0 (after commit): the extent reads as one big hole; the old grains leak. */
+  async makeEmpty(): Promise<void> {
+    if (this.compressed) throw unsupported(`${this.file}: a streamOptimized image cannot be emptied`);
+    await this.lock.run(async () => {
+      for (let i = 0; i < this.numGTs; i++) {
+        const t = await this.gt(i);
+        if (!t?.some((e) => e !== 0)) continue;
+        t.fill(0);
+        await this.writeGTEs(i, 0, this.perGT);
+      }
     });
   }
 

@@ -139,4 +139,47 @@ describe('vmdk delta links', () => {
       (e: unknown) => e instanceof PlatterError && e.code === 'EINVAL',
     );
   });
+
+  it('setBacking records a new parent with its CID (rebase -u), or none; makeEmpty empties a child', async (t) => {
+    if (!needPeers(t, 'qemu-img', 'qemu-io')) return;
+    const a = join(dir, 'r-a.vmdk');
+    const b = join(dir, 'r-b.vmdk');
+    const child = join(dir, 'r-child.vmdk');
+    must('qemu-img', ['create', '-q', '-f', 'vmdk', a, '8M']);
+    must('qemu-img', ['create', '-q', '-f', 'vmdk', b, '8M']);
+    qemuWrite(b, [[0, MiB, 0x66]]);
+    must('qemu-img', ['create', '-q', '-f', 'vmdk', '-b', 'r-a.vmdk', '-F', 'vmdk', child]);
+    qemuWrite(child, [[4 * MiB, 4096, 0x67]]);
+    let disk = await openImage(nodeHost, child, { readOnly: false, backing: false });
+    try {
+      assert.ok(disk.features.setBacking);
+      await disk.features.setBacking({ name: 'r-b.vmdk', format: 'vmdk' });
+    } finally {
+      await disk.close();
+    }
+    const text = readFileSync(child, 'latin1');
+    assert.match(text, /parentFileNameHint="r-b.vmdk"/);
+    assert.match(text, new RegExp(`parentCID=${cidOf(b)}`));
+    assert.match(must('qemu-img', ['info', child]), /backing file: r-b.vmdk/);
+    await compareWithQemu(dir, child);
+    disk = await openImage(nodeHost, child, { readOnly: false, backing: false });
+    try {
+      assert.ok(disk.features.makeEmpty);
+      await disk.features.makeEmpty();
+      await disk.features.setBacking?.(null);
+    } finally {
+      await disk.close();
+    }
+    assert.doesNotMatch(readFileSync(child, 'latin1'), /parentFileNameHint/);
+    assert.equal(run('qemu-img', ['check', child]).status, 0);
+    disk = await openImage(nodeHost, child, { readOnly: true });
+    try {
+      assert.deepEqual(
+        (await disk.extents(0, disk.size)).map((e) => e.status),
+        ['hole'],
+      );
+    } finally {
+      await disk.close();
+    }
+  });
 });

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import { createImage, openImage } from '../../../src/formats/open.js';
@@ -8,7 +8,7 @@ import { nodeHost } from '../../../src/storage/host.js';
 import { testDisk } from '../../conformance/disk.js';
 import { must, needPeers, run } from '../../helpers/peers.js';
 import { tempDir } from '../../helpers/tmp.js';
-import { GiB, MiB } from './util.js';
+import { GiB, MiB, qemuWrite } from './util.js';
 
 const SUBFORMATS = [
   'monolithicSparse',
@@ -92,4 +92,44 @@ describe('vmdk: platter writes, qemu-img checks and reads', () => {
       }
     });
   }
+
+  it('streamOptimized reopened for writing (qemu-made and platter-made): grains appended, footer rewritten', async (t) => {
+    if (!needPeers(t, 'qemu-img', 'qemu-io')) return;
+    const ref = join(dir, 'sa.raw');
+    must('qemu-img', ['create', '-q', '-f', 'raw', ref, '16M']);
+    qemuWrite(ref, [[0, 3 * MiB, 0x41]], 'raw');
+    for (const maker of ['qemu', 'platter']) {
+      const path = join(dir, `sa-${maker}.vmdk`);
+      must('qemu-img', ['convert', '-O', 'vmdk', '-o', 'subformat=streamOptimized', ref, path]);
+      if (maker === 'platter') {
+        // Rewrite it once through platter so the layout is platter's (GD_AT_END).
+        const d0 = await openImage(nodeHost, path, { readOnly: false });
+        await d0.write(new Uint8Array(65536).fill(0x41), 0);
+        await d0.close();
+      }
+      const d = await openImage(nodeHost, path, { readOnly: false });
+      try {
+        await d.write(new Uint8Array(100).fill(0x42), MiB + 5); // partial: old grain merged
+        await d.write(new Uint8Array(2 * 65536).fill(0x43), 10 * MiB); // new grains
+      } finally {
+        await d.close();
+      }
+      const want = join(dir, `sa-${maker}-want.raw`);
+      must('qemu-img', ['convert', '-O', 'raw', ref, want]);
+      qemuWrite(
+        want,
+        [
+          [MiB + 5, 100, 0x42],
+          [10 * MiB, 2 * 65536, 0x43],
+        ],
+        'raw',
+      );
+      const head = readFileSync(path).subarray(0, 64);
+      assert.equal(head.readBigUInt64LE(56), 0xffffffffffffffffn, 'header says GD_AT_END');
+      assert.equal(run('qemu-img', ['check', path]).status, 0);
+      const cmp = run('qemu-img', ['compare', '-f', 'raw', '-F', 'vmdk', want, path]);
+      assert.equal(cmp.status, 0, cmp.stdout + cmp.stderr);
+      assert.equal(run('vmdkinfo', [path]).status, 0);
+    }
+  });
 });
