@@ -63,10 +63,29 @@ export const nodeHost: Host = {
     return resolve(dirname(base), name);
   },
   async rename(from, to) {
+    // Replacing an image: never a device node, and never one another process
+    // holds (its lock is taken, as a writer's, for the moment of the rename).
+    let st: Awaited<ReturnType<typeof fsp.stat>> | undefined;
+    try {
+      st = await fsp.stat(to);
+    } catch {
+      st = undefined;
+    }
+    if (st?.isBlockDevice()) {
+      throw new PlatterError(
+        'EINVAL',
+        `${to}: is a block device; it cannot be replaced by a file (write to it directly)`,
+      );
+    }
+    const held = st?.isFile()
+      ? await openFile(to, { write: true }, { flags: constants.O_RDONLY })
+      : undefined;
     try {
       await fsp.rename(from, to);
     } catch (e) {
       throw hostError(e, from, `rename to ${to}`);
+    } finally {
+      await held?.close();
     }
   },
 };
