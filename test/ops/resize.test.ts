@@ -29,6 +29,23 @@ describe('platter resize', () => {
     assert.equal(run('qemu-img', ['compare', '-f', 'raw', '-F', 'raw', head, want]).status, 0);
   });
 
+  it('grows an image with snapshots; the snapshot keeps its size', (t) => {
+    if (!needPeers(t, 'qemu-img', 'qemu-io')) return;
+    const p = join(dir, 'snap.qcow2');
+    must('qemu-img', ['create', '-q', '-f', 'qcow2', p, '1M']);
+    must('qemu-io', ['-c', 'write -P 0x44 0 64k', p]);
+    must('qemu-img', ['snapshot', '-c', 'small', p]);
+    assert.equal(platter(['resize', p, '2M']).status, 0);
+    assert.equal(vsize(p), 2 * 2 ** 20);
+    assert.equal(run('qemu-img', ['check', p]).status, 0);
+    assert.equal(platter(['snapshot', '-a', 'small', p]).status, 0);
+    assert.equal(vsize(p), 2 ** 20);
+    assert.equal(run('qemu-img', ['check', p]).status, 0);
+    const shrink = platter(['resize', '--shrink', p, '512K']);
+    assert.equal(shrink.status, 1);
+    assert.match(shrink.stderr, /internal snapshots/);
+  });
+
   it('shrinks only with --shrink and only an unallocated tail', (t) => {
     if (!needPeers(t, 'qemu-img', 'qemu-io')) return;
     const p = join(dir, 's.qcow2');

@@ -555,27 +555,57 @@ export class Qcow2Image implements RefcountHost {
         return;
       }
       if (offset < a) await this.writeLocked(new Uint8Array(a - offset), offset);
-      for (let c = a / cs; c < b / cs; ) {
-        const l1i = Math.floor(c / this.l2Entries);
-        const stop = Math.min(b / cs, (l1i + 1) * this.l2Entries);
-        const { offset: l2off, table } = await this.l2ForWrite(l1i);
-        const i0 = c % this.l2Entries;
-        const released: L2Entry[] = [];
-        for (let k = c; k < stop; k++) {
-          const e = this.entry(table, k % this.l2Entries);
-          const keep =
-            !opts.mayUnmap && e.kind !== 'compressed' && e.offset !== 0 && (await this.ownsCluster(e));
-          const [hi, lo] = keep ? standardEntry(e.offset, true, true) : [0, 1];
-          writeHiLo(table, k % this.l2Entries, hi, lo);
-          if (!keep) released.push(e);
-        }
-        await this.writeL2Entries(l2off, table, i0, i0 + (stop - c));
-        for (const e of released) await this.release(e);
-        c = stop;
-      }
+      await this.remapClusters(a / cs, Math.ceil(b / cs), opts.mayUnmap ? 'zero' : 'zero-keep');
       const tail = Math.min(b, end);
       if (tail < end) await this.writeLocked(new Uint8Array(end - tail), tail);
     });
+  }
+
+  /**
+   * Discard: whole clusters become unallocated (they read from the backing
+   * again, or zeros); partial clusters are left alone, as the contract allows.
+   */
+  async discard(offset: number, length: number): Promise<void> {
+    this.checkWritable();
+    const cs = this.cs;
+    const end = offset + length;
+    const a = Math.ceil(offset / cs);
+    const b = end === this.h.size ? Math.ceil(end / cs) : Math.floor(end / cs);
+    if (a >= b) return;
+    await this.lock.run(async () => {
+      await this.beginChange();
+      await this.remapClusters(a, b, 'hole');
+    });
+  }
+
+  /**
+   * Rewrites the L2 entries of guest clusters [c0, c1): `zero` (flag only),
+   * `zero-keep` (flag, keeping an owned allocation) or `hole`; then drops the
+   * references that went away.
+   */
+  private async remapClusters(c0: number, c1: number, to: 'zero' | 'zero-keep' | 'hole'): Promise<void> {
+    for (let c = c0; c < c1; ) {
+      const l1i = Math.floor(c / this.l2Entries);
+      const stop = Math.min(c1, (l1i + 1) * this.l2Entries);
+      if (to === 'hole' && this.l2Offset(l1i) === 0) {
+        c = stop;
+        continue;
+      }
+      const { offset: l2off, table } = await this.l2ForWrite(l1i);
+      const i0 = c % this.l2Entries;
+      const released: L2Entry[] = [];
+      for (let k = c; k < stop; k++) {
+        const e = this.entry(table, k % this.l2Entries);
+        const keep =
+          to === 'zero-keep' && e.kind !== 'compressed' && e.offset !== 0 && (await this.ownsCluster(e));
+        const [hi, lo] = keep ? standardEntry(e.offset, true, true) : [0, to === 'hole' ? 0 : 1];
+        writeHiLo(table, k % this.l2Entries, hi, lo);
+        if (!keep) released.push(e);
+      }
+      await this.writeL2Entries(l2off, table, i0, i0 + (stop - c));
+      for (const e of released) await this.release(e);
+      c = stop;
+    }
   }
 
   async flush(): Promise<void> {

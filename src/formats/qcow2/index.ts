@@ -98,6 +98,7 @@ function diskOf(img: Qcow2Image): DiskImpl {
     read: (buf, offset) => img.read(buf, offset),
     write: writable ? (buf, offset) => img.write(buf, offset) : undefined,
     writeZeroes: writable ? (offset, length, opts) => img.writeZeroes(offset, length, opts) : undefined,
+    discard: writable ? (offset, length) => img.discard(offset, length) : undefined,
     extents: (offset, length) => img.extents(offset, length),
     flush: () => img.flush(),
     close: () => img.close(),

@@ -43,14 +43,16 @@ export async function makeEmpty(img: Qcow2Image): Promise<void> {
 export async function resize(img: Qcow2Image, newSize: number, opts: { shrink: boolean }): Promise<void> {
   if (newSize % 512 !== 0)
     throw invalid(`${img.file}: qcow2 image size must be a multiple of 512 bytes (got ${newSize})`);
+  img.checkWritable();
   await img.lock.run(async () => {
-    if ((await readSnapshots(img)).length > 0) {
+    const old = img.size;
+    // Snapshots keep their own L1 table and size: growing leaves them intact.
+    if (newSize < old && (await readSnapshots(img)).length > 0) {
       throw new PlatterError(
         'EUNSUPPORTED',
-        `${img.file}: cannot resize an image that has internal snapshots`,
+        `${img.file}: cannot shrink an image that has internal snapshots`,
       );
     }
-    const old = img.size;
     if (newSize < old) {
       if (!opts.shrink) {
         throw invalid(

@@ -131,6 +131,32 @@ describe('qcow2 write: platter creates, qemu-img checks', () => {
     assert.ok(map.some((m: { start: number; depth: number }) => m.start === 65536 && m.depth === 0));
   });
 
+  it('discard unmaps whole clusters (the backing shows through again), keeps partial ones', async (t) => {
+    if (!needPeers(t, 'qemu-img', 'qemu-io')) return;
+    const base = join(dir, 'dbase.qcow2');
+    must('qemu-img', ['create', '-q', '-f', 'qcow2', base, String(MiB)]);
+    must('qemu-io', ['-c', 'write -P 0x44 0 1M', base]);
+    const top = join(dir, 'dtop.qcow2');
+    await create(top, undefined, {}, { name: 'dbase.qcow2', format: 'qcow2' });
+    const d = await openWrite(top);
+    await d.write(new Uint8Array(4 * 65536).fill(1), 0);
+    await d.discard(1000, 2 * 65536);
+    const exts = await d.extents(0, 4 * 65536);
+    assert.deepEqual(
+      exts.map((e) => [e.offset, e.status, e.depth]),
+      [
+        [0, 'data', 0],
+        [65536, 'data', 1],
+        [131072, 'data', 0],
+      ],
+    );
+    await d.close();
+    const model = new Uint8Array(MiB).fill(0x44);
+    model.fill(1, 0, 65536);
+    model.fill(1, 131072, 4 * 65536);
+    peersAgree(top, model);
+  });
+
   it('qcowinfo opens a platter-made image', async (t) => {
     if (!needPeers(t, 'qcowinfo')) return;
     const path = join(dir, 'libqcow.qcow2');
