@@ -16,9 +16,9 @@ import type { OpOptions } from './progress.js';
 export interface CompareOptions extends OpOptions {
   /** Find every differing range instead of stopping at the first. */
   all?: boolean;
-  /** Bytes per read. Default 4 MiB. */
+  /** Bytes per read. Default 1 MiB. */
   chunkSize?: number;
-  /** Chunks read ahead. Default 2. */
+  /** Chunks read ahead. Default 8. */
   readAhead?: number;
 }
 
@@ -85,8 +85,8 @@ async function* segments(a: Disk, b: Disk, total: number, chunk: number): AsyncG
 }
 
 export async function compareDisks(a: Disk, b: Disk, opts: CompareOptions = {}): Promise<CompareResult> {
-  const chunk = Math.max(SECTOR, alignDown(opts.chunkSize ?? 4 * MiB, SECTOR));
-  const ahead = Math.max(1, opts.readAhead ?? 2);
+  const chunk = Math.max(SECTOR, alignDown(opts.chunkSize ?? MiB, SECTOR));
+  const ahead = Math.max(1, opts.readAhead ?? 8);
   const total = Math.max(a.size, b.size);
   const { signal, onProgress } = opts;
   const phase = 'comparing';

@@ -12,7 +12,8 @@
  *     runs are not written when the destination already reads zeros
  *     (`dstZeroed`), and are written with writeZeroes({mayUnmap:true}) otherwise.
  *   - `parallel` chunks are in flight at once, each with its own buffer, so
- *     memory is parallel × chunkSize whatever the size of the disk.
+ *     memory is parallel × chunkSize whatever the size of the disk. 1 MiB × 8
+ *     measured faster than 4 MiB × 4 when reading from the page cache here.
  *   - `onData`, if given, sees every byte of the source exactly once and in
  *     offset order (zeros as `data: undefined`), e.g. to hash while copying.
  *   - The signal stops it between chunks with ECANCELED; chunks in flight finish
@@ -27,9 +28,9 @@ import type { OpOptions } from './progress.js';
 export interface CopyOptions extends OpOptions {
   /** The destination already reads zeros everywhere (freshly created): zero ranges are skipped. */
   dstZeroed?: boolean;
-  /** Bytes per read/write; rounded to a multiple of dst.granularity. Default 4 MiB. */
+  /** Bytes per read/write; rounded to a multiple of dst.granularity. Default 1 MiB. */
   chunkSize?: number;
-  /** Chunks in flight. Default 4. */
+  /** Chunks in flight. Default 8. */
   parallel?: number;
   /** Zero-detection unit in bytes (a power of two). Default max(4096, dst.granularity). */
   zeroBlock?: number;
@@ -118,8 +119,8 @@ export async function copyDisk(src: Disk, dst: Disk, opts: CopyOptions = {}): Pr
   const g = Math.max(1, dst.granularity);
   const zeroBlock = opts.zeroBlock ?? Math.max(4096, g);
   const unit = lcmPow2(g, zeroBlock);
-  const chunk = Math.max(unit, alignDown(opts.chunkSize ?? 4 * MiB, unit));
-  const parallel = Math.max(1, Math.floor(opts.parallel ?? 4));
+  const chunk = Math.max(unit, alignDown(opts.chunkSize ?? MiB, unit));
+  const parallel = Math.max(1, Math.floor(opts.parallel ?? 8));
   const dstZeroed = opts.dstZeroed ?? false;
   const phase = opts.phase ?? 'copying';
   const { signal, onProgress, onData } = opts;

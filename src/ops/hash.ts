@@ -69,7 +69,7 @@ export interface MultiHashOptions {
   threads?: number;
   /** Bytes per shared slot (larger updates are split). Default 4 MiB. */
   slotSize?: number;
-  /** Slots in flight to the workers. Default 4. */
+  /** Slots in flight to the workers. Default 8. */
   slots?: number;
 }
 
@@ -129,7 +129,7 @@ export function createMultiHash(
   const plan = planLanes(algorithms, opts.threads ?? availableParallelism());
   const inline: Array<[HashAlgorithm, Hash]> = plan[0].map((a) => [a, createHash(a)]);
   const slotSize = opts.slotSize ?? 4 * MiB;
-  const nSlots = Math.max(1, opts.slots ?? 4);
+  const nSlots = Math.max(1, opts.slots ?? 8);
   const remote = plan.slice(1);
   const sab = remote.length ? new SharedArrayBuffer(slotSize * nSlots) : undefined;
   const mem = sab ? new Uint8Array(sab) : undefined;
@@ -244,9 +244,9 @@ export function createMultiHash(
 }
 
 export interface HashOptions extends OpOptions, MultiHashOptions {
-  /** Bytes per read. Default 4 MiB. */
+  /** Bytes per read. Default 1 MiB. */
   chunkSize?: number;
-  /** Reads in flight ahead of the hashing. Default 3. */
+  /** Reads in flight ahead of the hashing. Default 8. */
   readAhead?: number;
   /** Progress phase. Default 'hashing'. */
   phase?: string;
@@ -260,8 +260,8 @@ export async function hashDisk(
   algorithms: readonly HashAlgorithm[],
   opts: HashOptions = {},
 ): Promise<Digests> {
-  const chunk = Math.max(4096, alignDown(opts.chunkSize ?? 4 * MiB, 4096));
-  const ahead = Math.max(1, opts.readAhead ?? 3);
+  const chunk = Math.max(4096, alignDown(opts.chunkSize ?? MiB, 4096));
+  const ahead = Math.max(1, opts.readAhead ?? 8);
   const phase = opts.phase ?? 'hashing';
   const { signal, onProgress } = opts;
   const mh = createMultiHash(algorithms, { ...opts, slotSize: opts.slotSize ?? chunk });

@@ -2,7 +2,7 @@
  * platter convert [-f FMT] -O FMT [-o K=V,...] [-c] [-p] [--verify] [--force] [-U] SRC DST
  *
  * The destination appears only when it is complete: the image is created as
- * DST.partial, filled, flushed, closed and then renamed to DST. Any failure,
+ * DST.partial, filled, closed and then renamed to DST (no fsync, as qemu-img). Any failure,
  * Ctrl-C included, removes DST.partial; a crash or SIGKILL leaves it behind,
  * visibly incomplete. An image of several files (split sets, VMDK extents)
  * names its other files after the main one, so it cannot be renamed: it is
@@ -76,10 +76,13 @@ async function convert(ctx: CliContext, srcPath: string, dstPath: string, o: Con
       dst = await openImage(ctx.host, target, { format: driver.name, readOnly: false, options: openOpts });
       created = filesOf(dst);
     }
+    // No fsync at the end, like qemu-img convert and cp: a killed process loses nothing (the page
+    // cache keeps what was written) and DST.partial is renamed only after the last write.
     const r = await convertDisk(src, dst, {
       signal: ctx.signal,
       onProgress: progress.onProgress,
       verify: o.verify,
+      flush: false,
     });
     await dst.close();
     dst = undefined;
