@@ -240,6 +240,49 @@ describe('split storage: createSplit', () => {
   });
 });
 
+describe('split storage: seeded damage to sets', () => {
+  it('trimmed, removed, grown or emptied segments: a whole read or a PlatterError, never anything else', async () => {
+    let seed = 0x5eed;
+    const rnd = (n: number): number => {
+      seed = (seed * 1103515245 + 12345) & 0x7fffffff;
+      return seed % n;
+    };
+    const seg = 64 * 1024;
+    for (let round = 0; round < 40; round++) {
+      const n = 2 + rnd(5);
+      const name = `dmg${round}`;
+      const files = Array.from({ length: n }, (_, i) =>
+        join(dir, `${name}.${String(i + 1).padStart(3, '0')}`),
+      );
+      for (const f of files) writeFileSync(f, Buffer.alloc(seg, round));
+      const victim = rnd(n);
+      const what = rnd(4);
+      if (what === 0) rmSync(files[victim]);
+      else if (what === 1) truncateSync(files[victim], rnd(seg));
+      else if (what === 2) truncateSync(files[victim], seg + rnd(seg));
+      else writeFileSync(files[victim], '');
+      let s: Awaited<ReturnType<typeof nodeHost.open>> | undefined;
+      try {
+        s = await nodeHost.open(files[0], { write: false });
+      } catch (e) {
+        assert.ok(e instanceof PlatterError, `round ${round}: ${String(e)}`);
+        assert.ok(e.message.includes(name), `round ${round}: the message names a file: ${e.message}`);
+        continue;
+      }
+      try {
+        const size = await s.size();
+        const expect = files.filter(existsSync).reduce((a, f) => a + statSync(f).size, 0);
+        assert.equal(size, expect, `round ${round}`);
+        const buf = Buffer.alloc(size);
+        await s.read(buf, 0);
+        assert.ok(buf.every((b) => b === (round & 0xff)));
+      } finally {
+        await s.close();
+      }
+    }
+  });
+});
+
 describe('split storage over memory segments', () => {
   it('concatenates, grows only the last segment, and reports all data without extents', async () => {
     const a = memoryStorage('a', new Uint8Array(100).fill(1));
