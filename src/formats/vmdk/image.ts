@@ -34,7 +34,23 @@ export function baseName(path: string): string {
 }
 
 /** Where the descriptor lives, for rewriting it. */
-type DescriptorHome = { embedded: true; offset: number; space: number } | { embedded: false };
+type DescriptorHome = ({ embedded: true; offset: number; space: number } | { embedded: false }) & {
+  /** The text was valid UTF-8 (else it is kept byte for byte as Latin-1). */
+  utf8: boolean;
+};
+
+/** Descriptors are UTF-8 (encoding="UTF-8") or, in old ones, a single-byte code page: keep those bytes as they are. */
+function decodeText(raw: Uint8Array): { text: string; utf8: boolean } {
+  try {
+    return { text: new TextDecoder('utf-8', { fatal: true }).decode(raw), utf8: true };
+  } catch {
+    return { text: Buffer.from(raw.buffer, raw.byteOffset, raw.byteLength).toString('latin1'), utf8: false };
+  }
+}
+
+function encodeText(text: string, utf8: boolean): Uint8Array {
+  return utf8 ? new TextEncoder().encode(text) : Buffer.from(text, 'latin1');
+}
 
 export class VmdkImage {
   readonly table: ExtentTable;
@@ -64,7 +80,7 @@ export class VmdkImage {
 
   /** Writes the descriptor back where it came from. */
   async saveDescriptor(): Promise<void> {
-    const text = new TextEncoder().encode(this.descriptor.serialize());
+    const text = encodeText(this.descriptor.serialize(), this.home.utf8);
     if (this.home.embedded) {
       if (text.length > this.home.space) {
         throw unsupported(
@@ -176,7 +192,7 @@ async function readDescriptorText(
     const off = Number(v.getBigUint64(28, true)) * SECTOR;
     const space = Number(v.getBigUint64(36, true)) * SECTOR;
     if (off === 0 || space === 0)
-      return { text: '', home: { embedded: true, offset: 0, space: 0 }, sparse: true };
+      return { text: '', home: { embedded: true, offset: 0, space: 0, utf8: true }, sparse: true };
     if (space > MAX_DESCRIPTOR || off + space > size) {
       throw corrupt(
         storage.name,
@@ -186,18 +202,16 @@ async function readDescriptorText(
     const raw = new Uint8Array(space);
     await storage.read(raw, off);
     const nul = raw.indexOf(0);
-    return {
-      text: new TextDecoder('latin1').decode(nul < 0 ? raw : raw.subarray(0, nul)),
-      home: { embedded: true, offset: off, space },
-      sparse: true,
-    };
+    const { text, utf8 } = decodeText(nul < 0 ? raw : raw.subarray(0, nul));
+    return { text, home: { embedded: true, offset: off, space, utf8 }, sparse: true };
   }
   if (!looksLikeDescriptor(head)) return undefined;
   if (size > MAX_DESCRIPTOR)
     throw corrupt(storage.name, `descriptor file is ${size} bytes (limit ${MAX_DESCRIPTOR})`);
   const raw = new Uint8Array(size);
   await storage.read(raw, 0);
-  return { text: new TextDecoder('latin1').decode(raw), home: { embedded: false }, sparse: false };
+  const { text, utf8 } = decodeText(raw);
+  return { text, home: { embedded: false, utf8 }, sparse: false };
 }
 
 export async function probeVmdk(storage: Storage): Promise<number> {

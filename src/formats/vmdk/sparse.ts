@@ -454,6 +454,7 @@ export class SparseExtent implements VmdkExtent {
         data = new Uint8Array(gb);
         data.set(sub, within);
       }
+      if (end / SECTOR >= 2 ** 32) throw tooBig(this.file);
       pieces.push({ file: end, data });
       mark(gi, end / SECTOR, table);
       end += gb;
@@ -461,6 +462,7 @@ export class SparseExtent implements VmdkExtent {
     await this.writePieces(pieces);
     if (end > this.fileSize) this.fileSize = end;
     for (const [table, j, value] of marks) table[j] = value;
+
     for (const [ti, [a, b]] of touched) await this.writeGTEs(ti, a, b);
   }
 
@@ -618,14 +620,16 @@ export class SparseExtent implements VmdkExtent {
     let at = this.appendAt as number;
     const parts: Uint8Array[] = [];
     const start = at;
+    // GTEs change after the grains are written (a concurrent read never sees unwritten space).
+    const marks: Array<[Uint32Array, number, number]> = [];
     for (const { gi, data } of grains) {
       const table = (await this.gt(Math.floor(gi / this.perGT))) as Uint32Array;
       const j = gi % this.perGT;
-      this.grainCache.delete(table[j]);
       if (!data) {
-        table[j] = 0;
+        marks.push([table, j, 0]);
         continue;
       }
+      if (at / SECTOR >= 2 ** 32) throw tooBig(this.file);
       const len = alignUp(GRAIN_MARKER + data.length, SECTOR);
       const rec = new Uint8Array(len);
       const v = viewOf(rec);
@@ -633,13 +637,17 @@ export class SparseExtent implements VmdkExtent {
       v.setUint32(8, data.length, true);
       rec.set(data, GRAIN_MARKER);
       parts.push(rec);
-      table[j] = at / SECTOR;
+      marks.push([table, j, at / SECTOR]);
       at += len;
     }
     if (parts.length > 0)
       await this.storage.write(parts.length === 1 ? parts[0] : Buffer.concat(parts), start);
     this.appendAt = at;
     this.fileSize = Math.max(this.fileSize, at);
+    for (const [table, j, value] of marks) {
+      this.grainCache.delete(table[j]);
+      table[j] = value;
+    }
   }
 
   /** streamOptimized close: GT markers and GTs, GD marker and GD, footer, EOS; header says GD_AT_END. */
@@ -871,6 +879,14 @@ export class SparseExtent implements VmdkExtent {
       if (!this.shared) await this.storage.close();
     }
   }
+}
+
+/** GTEs are 32-bit sector numbers: a sparse extent file cannot grow past 2 TiB. */
+function tooBig(file: string): PlatterError {
+  return new PlatterError(
+    'ENOSPC',
+    `${file}: a sparse extent file cannot grow past 2 TiB (32-bit grain sector numbers)`,
+  );
 }
 
 /** Do the last 1536 bytes hold footer marker, footer and end-of-stream marker? */

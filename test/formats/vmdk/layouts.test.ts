@@ -216,4 +216,30 @@ describe('vmdk layouts', () => {
       await compareWithQemu(dir, path);
     }
   });
+
+  it('descriptor text keeps its encoding: UTF-8 file names, Latin-1 comments byte for byte', async () => {
+    writeFileSync(join(dir, 'dïsk-flat.vmdk'), Buffer.alloc(MiB, 3));
+    const utf = join(dir, 'utf.vmdk');
+    writeFileSync(utf, descriptor('monolithicFlat', ['RW 2048 FLAT "dïsk-flat.vmdk" 0']));
+    const latin = join(dir, 'latin.vmdk');
+    writeFileSync(join(dir, 'latin-flat.vmdk'), Buffer.alloc(MiB, 4));
+    const latinText = Buffer.concat([
+      Buffer.from(descriptor('monolithicFlat', ['RW 2048 FLAT "latin-flat.vmdk" 0'])),
+      Buffer.from([0x23, 0x20, 0xe9, 0x80, 0x0a]), // "# é\x80" in a single-byte code page
+    ]);
+    writeFileSync(latin, latinText);
+    for (const p of [utf, latin]) {
+      const d = await openImage(nodeHost, p, { readOnly: false });
+      await d.write(new Uint8Array(512).fill(9), 0);
+      await d.close();
+      const again = await openImage(nodeHost, p, { readOnly: true });
+      const b = new Uint8Array(2);
+      await again.read(b, 511);
+      assert.deepEqual([...b], [9, p === utf ? 3 : 4]);
+      await again.close();
+    }
+    assert.match(readFileSync(utf, 'utf8'), /"dïsk-flat.vmdk"/);
+    const after = readFileSync(latin);
+    assert.ok(after.includes(Buffer.from([0x23, 0x20, 0xe9, 0x80])), 'Latin-1 bytes kept');
+  });
 });
