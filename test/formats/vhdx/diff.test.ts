@@ -4,14 +4,12 @@
  * computes from its own writes.
  */
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
-import { copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, renameSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, renameSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
-import { setTimeout as sleep } from 'node:timers/promises';
-import { must, needPeers, run } from '../../helpers/peers.js';
+import { must, needPeers } from '../../helpers/peers.js';
 import { tempDir } from '../../helpers/tmp.js';
-import { create, MiB, openRead, openWrite, pattern, qemuRaw, readAll } from './util.js';
+import { create, MiB, openRead, openWrite, pattern, qemuRaw, readAll, vhdimountRead } from './util.js';
 
 const dir = tempDir('platter-vhdx-diff-');
 const SIZE = 12 * MiB;
@@ -55,22 +53,6 @@ async function chain(
     await d.close();
   }
   return [base, child, model];
-}
-
-/** Mounts `image` with vhdimount and returns the bytes of its top layer. */
-async function vhdimountRead(image: string): Promise<Buffer> {
-  const mnt = `${image}.mnt`;
-  mkdirSync(mnt, { recursive: true });
-  const p = spawn('vhdimount', ['-v', image, mnt], { stdio: 'ignore' });
-  try {
-    for (let i = 0; i < 100 && readdirSync(mnt).length === 0; i++) await sleep(50);
-    const files = readdirSync(mnt).sort();
-    assert.ok(files.length > 0, 'vhdimount exposed no file');
-    return readFileSync(join(mnt, files[files.length - 1]));
-  } finally {
-    run('umount', [mnt]);
-    p.kill();
-  }
 }
 
 describe('vhdx differencing disks', () => {
@@ -221,4 +203,55 @@ describe('vhdx differencing disks', () => {
       await d.close();
     }
   });
+});
+
+describe('vhdx: libvhdi reads what platter writes', () => {
+  const cases: Array<[string, Record<string, string>, boolean]> = [
+    ['dynamic', { block_size: '1M' }, false],
+    ['fixed', { subformat: 'fixed', block_size: '1M' }, false],
+    [
+      'dynamic, 4096-byte sectors (qemu cannot open these)',
+      { block_size: '1M', logical_sector_size: '4096' },
+      false,
+    ],
+    ['differencing, 4096-byte sectors', { block_size: '1M', logical_sector_size: '4096' }, true],
+  ];
+  for (const [name, opts, diff] of cases) {
+    it(name, async (t) => {
+      if (!needPeers(t, 'vhdiinfo', 'vhdimount') || !existsSync('/dev/fuse')) return;
+      const d0 = join(dir, `libvhdi-${name.replace(/\W+/g, '_')}`);
+      mkdirSync(d0, { recursive: true });
+      const base = join(d0, 'base.vhdx');
+      await create(base, 6 * MiB, opts);
+      const model = Buffer.alloc(6 * MiB);
+      let top = base;
+      if (diff) {
+        const d = await openWrite(base);
+        await d.write(pattern(6 * MiB, 4), 0);
+        await d.close();
+        model.set(pattern(6 * MiB, 4));
+        top = join(d0, 'child.vhdx');
+        await create(top, 0, {}, 'base.vhdx');
+      }
+      const d = await openWrite(top);
+      for (const [o, l] of [
+        [4096, 8192],
+        [MiB - 4096, 3 * MiB],
+        [6 * MiB - 4096, 4096],
+      ]) {
+        await d.write(pattern(l, o), o);
+        model.set(pattern(l, o), o);
+      }
+      await d.close();
+      const info = must('vhdiinfo', [top]);
+      assert.match(info, new RegExp(`Bytes per sector\\s*:\\s*${opts.logical_sector_size ?? 512}`));
+      assert.match(
+        info,
+        new RegExp(
+          `Disk type\\s*:\\s*${diff ? 'Differential' : opts.subformat === 'fixed' ? 'Fixed' : 'Dynamic'}`,
+        ),
+      );
+      assert.ok((await vhdimountRead(top)).equals(model), 'vhdimount content differs');
+    });
+  }
 });

@@ -41,6 +41,16 @@ async function killedImage(
   return [path, model];
 }
 
+let shared: Promise<[string, Buffer]> | undefined;
+/** A copy of one killed image, made once for the bad-input tests. */
+async function killedCopy(name: string): Promise<string> {
+  shared ??= killedImage('shared.vhdx', 10 * MiB, { block_size: '1M' });
+  const [src] = await shared;
+  const path = join(dir, name);
+  copyFileSync(src, path);
+  return path;
+}
+
 function logGuidSet(path: string): boolean {
   const b = readFileSync(path);
   const hs = [64, 128].map((k) => parseHeader(b.subarray(k * 1024, k * 1024 + 4096), path));
@@ -103,7 +113,7 @@ describe('vhdx log', () => {
   });
 
   it('a log entry with a bad checksum is a clear error', async () => {
-    const [path] = await killedImage('badcrc.vhdx', 10 * MiB, { block_size: '1M' });
+    const path = await killedCopy('badcrc.vhdx');
     const b = readFileSync(path);
     b[MiB + 4096 + 100] ^= 0x40; // inside the entry's first data sector
     writeFileSync(path, b);
@@ -116,7 +126,7 @@ describe('vhdx log', () => {
   });
 
   it('a log that points outside the file is a clear error', async () => {
-    const [path] = await killedImage('outside.vhdx', 10 * MiB, { block_size: '1M' });
+    const path = await killedCopy('outside.vhdx');
     const b = readFileSync(path);
     for (const at of [64 * 1024, 128 * 1024]) {
       const h = parseHeader(b.subarray(at, at + 4096), path);
@@ -131,7 +141,7 @@ describe('vhdx log', () => {
   });
 
   it("a file truncated below the log entry's FlushedFileOffset is refused", async () => {
-    const [path] = await killedImage('trunc.vhdx', 10 * MiB, { block_size: '1M' });
+    const path = await killedCopy('trunc.vhdx');
     const copy = `${path}.copy`;
     copyFileSync(path, copy);
     const b = readFileSync(copy);

@@ -129,7 +129,7 @@ describe('vhdx seeded mutations', () => {
     const r = rng(20261125);
     const outcomes = { ok: 0, refused: 0 };
     const target = join(dir, 'mutant.vhdx');
-    for (let i = 0; i < 90; i++) {
+    for (let i = 0; i < 72; i++) {
       const base = bases[i % bases.length];
       const m = mutate(base, r);
       for (const write of i % 3 === 0 ? [false, true] : [false]) {

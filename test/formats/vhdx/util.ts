@@ -1,9 +1,13 @@
 /** Shared pieces of the VHDX tests: temp images, qemu round trips, whole-disk reads. */
-import { readFileSync } from 'node:fs';
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { closeSync, ftruncateSync, mkdirSync, openSync, readdirSync, readFileSync, writeSync } from 'node:fs';
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
 import type { Disk } from '../../../src/core/disk.js';
 import { createImage, openImage } from '../../../src/formats/open.js';
 import { nodeHost } from '../../../src/storage/host.js';
-import { must } from '../../helpers/peers.js';
+import { must, run } from '../../helpers/peers.js';
 
 export const MiB = 1 << 20;
 
@@ -52,4 +56,34 @@ export function pattern(length: number, seed: number): Uint8Array {
     out[i] = x & 0xff;
   }
   return out;
+}
+
+/** Writes `buf` to `path` leaving all-zero MiBs as holes. */
+export function writeSparse(path: string, buf: Uint8Array): void {
+  const fd = openSync(path, 'w');
+  try {
+    ftruncateSync(fd, buf.length);
+    for (let off = 0; off < buf.length; off += MiB) {
+      const part = buf.subarray(off, Math.min(buf.length, off + MiB));
+      if (part.some((b) => b !== 0)) writeSync(fd, part, 0, part.length, off);
+    }
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/** Mounts `image` with vhdimount and returns the bytes of its top layer. */
+export async function vhdimountRead(image: string): Promise<Buffer> {
+  const mnt = `${image}.mnt`;
+  mkdirSync(mnt, { recursive: true });
+  const p = spawn('vhdimount', ['-v', image, mnt], { stdio: 'ignore' });
+  try {
+    for (let i = 0; i < 100 && readdirSync(mnt).length === 0; i++) await sleep(50);
+    const files = readdirSync(mnt).sort();
+    assert.ok(files.length > 0, 'vhdimount exposed no file');
+    return readFileSync(join(mnt, files[files.length - 1]));
+  } finally {
+    run('umount', [mnt]);
+    p.kill();
+  }
 }
