@@ -476,8 +476,7 @@ export class SparseExtent implements VmdkExtent {
         len += pieces[j].data.length;
         j++;
       }
-      const data = j - i === 1 ? pieces[i].data : Buffer.concat(pieces.slice(i, j).map((p) => p.data));
-      jobs.push(this.storage.write(data, pieces[i].file));
+      jobs.push(this.storage.write(joined(pieces.slice(i, j).map((p) => p.data)), pieces[i].file));
       i = j;
     }
     await Promise.all(jobs);
@@ -879,6 +878,18 @@ export class SparseExtent implements VmdkExtent {
       if (!this.shared) await this.storage.close();
     }
   }
+}
+
+/** One buffer for adjacent pieces: a view when they already lie back to back in memory, else a copy. */
+function joined(parts: Uint8Array[]): Uint8Array {
+  if (parts.length === 1) return parts[0];
+  const first = parts[0];
+  let end = first.byteOffset + first.length;
+  for (const p of parts.slice(1)) {
+    if (p.buffer !== first.buffer || p.byteOffset !== end) return Buffer.concat(parts);
+    end += p.length;
+  }
+  return new Uint8Array(first.buffer, first.byteOffset, end - first.byteOffset);
 }
 
 /** GTEs are 32-bit sector numbers: a sparse extent file cannot grow past 2 TiB. */
