@@ -9,3 +9,5 @@ export { drivers, byName } from './formats/index.js';
 export { openImage, createImage, probe } from './formats/open.js';
 export { nodeHost } from './storage/host.js';
 export { memoryStorage } from './storage/memory.js';
+export { type FileStorage, openFile } from './storage/file.js';
+export { createSplit, openSplit, splitStorage } from './storage/split.js';
