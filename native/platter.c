@@ -44,9 +44,36 @@
     }                                                                 \
   } while (0)
 
-static napi_value make_errno_error(napi_env env, int err, const char *syscall) {
+static const char *errno_name(int err) {
+#if defined(__GLIBC__) && (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 32))
   const char *name = strerrorname_np(err);
-  if (!name) name = "EIO";
+  if (name) return name;
+#endif
+  switch (err) {
+    case EPERM: return "EPERM";
+    case ENOENT: return "ENOENT";
+    case EIO: return "EIO";
+    case EBADF: return "EBADF";
+    case EAGAIN: return "EAGAIN";
+    case ENOMEM: return "ENOMEM";
+    case EACCES: return "EACCES";
+    case EFBIG: return "EFBIG";
+    case EINVAL: return "EINVAL";
+    case ENOTTY: return "ENOTTY";
+    case ENOSPC: return "ENOSPC";
+    case ESPIPE: return "ESPIPE";
+    case ENODEV: return "ENODEV";
+    case ENOSYS: return "ENOSYS";
+    case EOPNOTSUPP: return "EOPNOTSUPP";
+    case ENXIO: return "ENXIO";
+    case EINTR: return "EINTR";
+    case ECANCELED: return "ECANCELED";
+    default: return "EIO";
+  }
+}
+
+static napi_value make_errno_error(napi_env env, int err, const char *syscall) {
+  const char *name = errno_name(err);
   napi_value code, msg, error, num, sys;
   char text[256];
   snprintf(text, sizeof text, "%s: %s (%s)", syscall, strerror(err), name);

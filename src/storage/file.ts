@@ -202,7 +202,7 @@ export async function openFile(
       if (opts.truncate && st.size > 0) await fsFtruncate(fd, 0);
       size = opts.truncate ? 0 : st.size;
     }
-    if (mode.direct && nat.available) {
+    if (mode.direct && nat.available && nat.alignedMemory) {
       try {
         directFd = await fsOpen(path, O_RDONLY | fs.constants.O_DIRECT);
       } catch (e) {

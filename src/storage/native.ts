@@ -34,6 +34,8 @@ export interface LockHolder {
 export interface Native {
   /** true when the addon is loaded; false for the fallback. */
   readonly available: boolean;
+  /** alignedBuffer really aligns (false in the fallback, or where external memory is refused). */
+  readonly alignedMemory: boolean;
   /** Next offset >= `offset` holding data; -1 when only a hole (or EOF) follows. */
   seekData(fd: number, offset: number): number;
   /** Next hole at or after `offset` (EOF counts as a hole); -1 when `offset` is past EOF. */
@@ -61,7 +63,7 @@ export interface Native {
   };
 }
 
-interface Addon extends Omit<Native, 'available' | 'alignedBuffer'> {
+interface Addon extends Omit<Native, 'available' | 'alignedMemory' | 'alignedBuffer'> {
   alignedBuffer(size: number, alignment: number): ArrayBuffer;
 }
 
@@ -89,6 +91,7 @@ function notSupported(syscall: string): NodeJS.ErrnoException {
 /** The pure-JavaScript stand-in (also used by tests to prove the fallback path). */
 export const fallback: Native = {
   available: false,
+  alignedMemory: false,
   seekData: (_fd, offset) => offset,
   seekHole: (fd, offset) => {
     const size = fstatSync(fd).size;
@@ -123,9 +126,16 @@ function load(): Native {
     // Same relative path from src/storage (tsx) and dist/storage (built).
     const path = new URL('../../native/build/Release/platter.node', import.meta.url).pathname;
     const addon = createRequire(import.meta.url)(path) as Addon;
+    let alignedMemory = true;
+    try {
+      addon.alignedBuffer(4096, 4096); // some embedders (V8 sandbox) refuse external memory
+    } catch {
+      alignedMemory = false;
+    }
     return {
       ...addon,
       available: true,
+      alignedMemory,
       alignedBuffer: (size, alignment) => new Uint8Array(addon.alignedBuffer(size, alignment)),
     };
   } catch (e) {

@@ -56,6 +56,7 @@ describe('native addon', () => {
     if (!requireNative(t)) return;
     assert.equal(native.available, true);
     assert.equal(nativeUnavailableReason, undefined);
+    assert.equal(native.alignedMemory, true);
   });
 
   it('SEEK_DATA/SEEK_HOLE and dataRanges see the holes of a sparse file', (t) => {
