@@ -320,7 +320,7 @@ export class VhdxImage {
     if (this.began) return;
     if (this.readOnly) throw new PlatterError('EREADONLY', `${this.file}: image is open read-only`);
     this.began = true;
-    await this.updateHeaders({ fileWriteGuid: newGuid(), dataWriteGuid: newGuid() });
+    await this.updateHeaders({ fileWriteGuid: newGuid(), dataWriteGuid: newGuid() }, 1);
   }
 
   // ---- blocks and bitmaps -------------------------------------------------

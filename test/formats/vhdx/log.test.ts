@@ -42,13 +42,18 @@ async function killedImage(
 }
 
 let shared: Promise<[string, Buffer]> | undefined;
-/** A copy of one killed image, made once for the bad-input tests. */
+/** Copies of one killed image, made once. */
 async function killedCopy(name: string): Promise<string> {
-  shared ??= killedImage('shared.vhdx', 10 * MiB, { block_size: '1M' });
-  const [src] = await shared;
+  return (await killedWithModel(name))[0];
+}
+
+/** A copy of the shared killed image and its expected content. */
+async function killedWithModel(name: string): Promise<[string, Buffer]> {
+  shared ??= killedImage('shared.vhdx', 12 * MiB, { block_size: '1M' });
+  const [src, model] = await shared;
   const path = join(dir, name);
   copyFileSync(src, path);
-  return path;
+  return [path, model];
 }
 
 function logGuidSet(path: string): boolean {
@@ -60,7 +65,7 @@ function logGuidSet(path: string): boolean {
 
 describe('vhdx log', () => {
   it('a read-only open reads through an unreplayed log and leaves the file unchanged', async () => {
-    const [path, model] = await killedImage('ro.vhdx', 12 * MiB, { block_size: '1M' });
+    const [path, model] = await killedWithModel('ro.vhdx');
     assert.ok(logGuidSet(path), 'the kill left a non-empty log');
     const before = sha(path);
     const d = await openRead(path);
@@ -78,7 +83,7 @@ describe('vhdx log', () => {
   });
 
   it('a writable open replays the log; qemu then finds the image clean and identical', async (t) => {
-    const [path, model] = await killedImage('rw.vhdx', 12 * MiB, { block_size: '1M' });
+    const [path, model] = await killedWithModel('rw.vhdx');
     const d = await openWrite(path);
     try {
       assert.ok((await readAll(d)).equals(model));
