@@ -20,6 +20,23 @@ export function hostError(e: unknown, path: string, during?: string): Error {
       return new PlatterError('EIO', `${path}: input/output error${where}`);
     case 'EAGAIN':
       return new PlatterError('ELOCKED', `${path}: is locked by another process${where}`);
+    case 'ENOTDIR':
+      return new PlatterError('ENOENT', `${path}: a part of the path is not a directory`);
+    case 'ENAMETOOLONG':
+      return new PlatterError('EINVAL', `${path}: file name too long`);
+    case 'ELOOP':
+      return new PlatterError('EINVAL', `${path}: too many levels of symbolic links`);
+    case 'EROFS':
+      return new PlatterError('EIO', `${path}: read-only file system${where}`);
+    case 'EBUSY':
+      return new PlatterError('EIO', `${path}: device or resource busy (mounted or in use?)${where}`);
+    case 'ENXIO':
+    case 'ENODEV':
+      return new PlatterError('EIO', `${path}: no such device (is it attached?)${where}`);
+    case 'EFBIG':
+      return new PlatterError('ENOSPC', `${path}: file too large for this file system${where}`);
+    case 'EDQUOT':
+      return new PlatterError('ENOSPC', `${path}: disk quota exceeded${where}`);
     default:
       if (code) return new PlatterError('EIO', `${path}: ${code}${where}`);
       return e instanceof Error ? e : new Error(String(e));

@@ -6,6 +6,7 @@ import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import { PlatterError } from '../../src/core/errors.js';
 import type { Storage, StorageExtent } from '../../src/core/storage.js';
+import { hostError } from '../../src/storage/errors.js';
 import { type FileStorage, openFile } from '../../src/storage/file.js';
 import { nodeHost } from '../../src/storage/host.js';
 import { fallback, native, WRITE_LOCK } from '../../src/storage/native.js';
@@ -242,6 +243,36 @@ describe('file storage: bad input', () => {
     mkdirSync(d);
     await assert.rejects(nodeHost.open(d, { write: false }), isCode('EINVAL', d));
     await assert.rejects(nodeHost.create(d, { force: true }), isCode('EINVAL', d));
+  });
+
+  it('a path through a file is ENOENT naming it; host errno codes map to PlatterErrors', async () => {
+    const f = join(dir, 'plain.img');
+    writeFileSync(f, 'x');
+    await assert.rejects(
+      nodeHost.open(join(f, 'inner.img'), { write: false }),
+      isCode('ENOENT', 'plain.img/inner'),
+    );
+    const table: Array<[string, string]> = [
+      ['ENOENT', 'ENOENT'],
+      ['EEXIST', 'EEXIST'],
+      ['EACCES', 'EIO'],
+      ['EISDIR', 'EINVAL'],
+      ['ENOSPC', 'ENOSPC'],
+      ['EDQUOT', 'ENOSPC'],
+      ['EIO', 'EIO'],
+      ['EAGAIN', 'ELOCKED'],
+      ['EBUSY', 'EIO'],
+      ['EROFS', 'EIO'],
+      ['EWHATEVER', 'EIO'],
+    ];
+    for (const [errno, code] of table) {
+      const e = Object.assign(new Error(errno), { code: errno });
+      const got = hostError(e, '/some/file.img', 'read at offset 0');
+      assert.ok(got instanceof PlatterError && got.code === code, `${errno} -> ${String(got)}`);
+      assert.ok(got.message.startsWith('/some/file.img: '), got.message);
+    }
+    const bug = new TypeError('not a host error');
+    assert.equal(hostError(bug, 'x'), bug, 'our bugs are not disguised');
   });
 
   it('a character device is refused', async () => {
