@@ -11,6 +11,7 @@
 import { alignDown, isAllZero } from '../core/bytes.js';
 import type { Disk, Extent } from '../core/disk.js';
 import { throwIfAborted } from '../core/errors.js';
+import { ioBuffer } from './buffers.js';
 import type { OpOptions } from './progress.js';
 
 export interface CompareOptions extends OpOptions {
@@ -18,7 +19,7 @@ export interface CompareOptions extends OpOptions {
   all?: boolean;
   /** Bytes per read. Default 1 MiB. */
   chunkSize?: number;
-  /** Chunks read ahead. Default 8. */
+  /** Chunks read ahead (each reads A and B). Default 4. */
   readAhead?: number;
 }
 
@@ -86,7 +87,7 @@ async function* segments(a: Disk, b: Disk, total: number, chunk: number): AsyncG
 
 export async function compareDisks(a: Disk, b: Disk, opts: CompareOptions = {}): Promise<CompareResult> {
   const chunk = Math.max(SECTOR, alignDown(opts.chunkSize ?? MiB, SECTOR));
-  const ahead = Math.max(1, opts.readAhead ?? 8);
+  const ahead = Math.max(1, opts.readAhead ?? 4);
   const total = Math.max(a.size, b.size);
   const { signal, onProgress } = opts;
   const phase = 'comparing';
@@ -127,7 +128,7 @@ export async function compareDisks(a: Disk, b: Disk, opts: CompareOptions = {}):
 
   type Job = { seg: Seg; read: Promise<[Uint8Array | undefined, Uint8Array | undefined]> };
   const pool: Uint8Array[] = [];
-  const take = (n: number): Uint8Array => (pool.pop() ?? new Uint8Array(chunk)).subarray(0, n);
+  const take = (n: number): Uint8Array => (pool.pop() ?? ioBuffer(chunk)).subarray(0, n);
   const give = (u: Uint8Array | undefined): void => {
     if (u) pool.push(new Uint8Array(u.buffer, u.byteOffset, chunk));
   };

@@ -23,6 +23,7 @@
 import { alignDown, isAllZero } from '../core/bytes.js';
 import type { Disk, Extent } from '../core/disk.js';
 import { invalid, PlatterError, throwIfAborted } from '../core/errors.js';
+import { ioBuffer } from './buffers.js';
 import type { OpOptions } from './progress.js';
 
 export interface CopyOptions extends OpOptions {
@@ -205,7 +206,7 @@ export async function copyDisk(src: Disk, dst: Disk, opts: CopyOptions = {}): Pr
       });
       try {
         if (t.read) {
-          if (!buf) buf = new Uint8Array(chunk);
+          if (!buf) buf = ioBuffer(chunk);
           const data = buf.subarray(0, t.length);
           await src.read(data, t.offset);
           result.bytesRead += t.length;

@@ -25,6 +25,7 @@ import { Worker } from 'node:worker_threads';
 import { alignDown } from '../core/bytes.js';
 import type { Disk } from '../core/disk.js';
 import { invalid, PlatterError, throwIfAborted } from '../core/errors.js';
+import { ioBuffer } from './buffers.js';
 import type { OpOptions } from './progress.js';
 
 export const HASH_ALGORITHMS = ['md5', 'sha1', 'sha256', 'sha512'] as const;
@@ -303,7 +304,7 @@ export async function hashDisk(
       e.offset += n;
       e.length -= n;
       if (e.length === 0) pendingExtents.shift();
-      job.buf = (pool.pop() ?? new Uint8Array(chunk)).subarray(0, n);
+      job.buf = (pool.pop() ?? ioBuffer(chunk)).subarray(0, n);
       job.read = disk.read(job.buf, job.offset);
       job.read.catch(() => undefined); // awaited below, in order
       return job;
