@@ -1,0 +1,259 @@
+// npm run bench [-- FILTER...]
+//
+// Runs platter and its peers side by side, in one run, on the same files, and
+// prints MiB/s, the ratio platter ÷ peer and the peak RSS of each (GNU time's
+// %M). Each measurement is the best of BENCH_REPS runs (default 3): the
+// machine may be shared, and the best run is the least disturbed one.
+//
+// Files (made once in BENCH_DATA, default ./bench-data, and reused):
+//   random.raw  2 GiB of random bytes
+//   sparse.raw  2 GiB sparse, 25 % data (1 MiB of random data every 4 MiB)
+//   zero.raw    2 GiB of zeros, written (allocated: zero detection, not holes)
+//   huge.raw    64 GiB sparse, 64 MiB of data scattered (peak RSS, holes skipped)
+//
+// Cases are pluggable: every scripts/bench/*.mjs exports `cases`, an array of
+//
+//   {
+//     name:    'convert raw→raw',         // what is measured
+//     file:    'random',                  // random | sparse | zero | huge (the input)
+//     platter: ['convert', '-O', 'raw', '{in}', '{out}'],   // platter's argv
+//     peers:   [{ name: 'qemu-img', argv: ['qemu-img', 'convert', '-O', 'raw', '{in}', '{out}'] }],
+//     target:  { 'qemu-img': 1.0 },       // optional: minimum ratio per peer
+//     output:  true,                      // optional: {out} is a file; report its allocated size
+//     needs:   ['qemu-img'],              // optional: commands that must exist (else skipped)
+//   }
+//
+// In argv, {in} is the input file, {in2} a copy of it (another file with the
+// same content, made once with cp --sparse=always), {out} a fresh output path
+// (removed after each run), {data} the data directory. A format engineer adds a file such as
+// scripts/bench/qcow2.mjs with cases like convert raw→qcow2 vs qemu-img.
+//
+// FILTER arguments keep the cases whose name, file or file name contains one
+// of them: `npm run bench -- hash`, `npm run bench -- sparse convert`.
+import { spawnSync } from 'node:child_process';
+import { randomFillSync } from 'node:crypto';
+import {
+  closeSync,
+  existsSync,
+  mkdirSync,
+  openSync,
+  readdirSync,
+  rmSync,
+  statSync,
+  writeSync,
+} from 'node:fs';
+import { cpus } from 'node:os';
+import { join } from 'node:path';
+
+const root = new URL('..', import.meta.url).pathname;
+const data = process.env.BENCH_DATA ?? join(root, 'bench-data');
+const reps = Math.max(1, Number(process.env.BENCH_REPS ?? 3));
+const MiB = 1 << 20;
+const GiB = 1 << 30;
+
+const FILES = {
+  random: { name: 'random.raw', size: 2 * GiB, make: makeRandom },
+  sparse: { name: 'sparse.raw', size: 2 * GiB, make: makeSparse },
+  zero: { name: 'zero.raw', size: 2 * GiB, make: makeZero },
+  huge: { name: 'huge.raw', size: 64 * GiB, make: makeHuge },
+};
+
+function writeAll(path, size, fill) {
+  const fd = openSync(path, 'w');
+  try {
+    fill(fd);
+  } finally {
+    closeSync(fd);
+  }
+  // Extend to the full size without writing (a sparse tail stays sparse).
+  spawnSync('truncate', ['-s', String(size), path]);
+}
+
+function makeRandom(path, size) {
+  const buf = Buffer.alloc(16 * MiB);
+  writeAll(path, size, (fd) => {
+    for (let off = 0; off < size; off += buf.length) writeSync(fd, randomFillSync(buf), 0, buf.length, off);
+  });
+}
+
+function makeSparse(path, size) {
+  const buf = Buffer.alloc(MiB);
+  writeAll(path, size, (fd) => {
+    for (let off = 0; off < size; off += 4 * MiB)
+      writeSync(fd, randomFillSync(buf), 0, buf.length, off + 3 * MiB);
+  });
+}
+
+function makeZero(path, size) {
+  const buf = Buffer.alloc(16 * MiB);
+  writeAll(path, size, (fd) => {
+    for (let off = 0; off < size; off += buf.length) writeSync(fd, buf, 0, buf.length, off);
+  });
+}
+
+function makeHuge(path, size) {
+  const buf = Buffer.alloc(MiB);
+  writeAll(path, size, (fd) => {
+    for (let off = 0; off < size; off += GiB)
+      writeSync(fd, randomFillSync(buf), 0, buf.length, off + 512 * MiB);
+  });
+}
+
+function ensureFile(kind) {
+  const f = FILES[kind];
+  if (!f) throw new Error(`unknown bench file kind '${kind}'`);
+  const path = join(data, f.name);
+  if (existsSync(path) && statSync(path).size === f.size) return path;
+  process.stderr.write(`making ${path} (${f.size / GiB} GiB)...\n`);
+  f.make(path, f.size);
+  return path;
+}
+
+const has = (cmd) => spawnSync('sh', ['-c', `command -v ${cmd}`]).status === 0;
+const subst = (argv, vars) => argv.map((a) => a.replace(/\{(in2|in|out|data)\}/g, (_, k) => vars[k]()));
+
+function ensureCopy(path) {
+  const copy = path.replace(/\.raw$/, '.copy.raw');
+  if (!existsSync(copy) || statSync(copy).size !== statSync(path).size) {
+    process.stderr.write(`making ${copy}...\n`);
+    spawnSync('cp', ['--sparse=always', path, copy]);
+  }
+  return copy;
+}
+
+/** Runs argv under GNU time; returns seconds, peak RSS (KiB) and the output's allocated bytes. */
+function measure(argv, vars, output) {
+  const timeFile = join(data, '.time');
+  const r = spawnSync('/usr/bin/time', ['-o', timeFile, '-f', '%e %M', ...subst(argv, vars)], {
+    stdio: ['ignore', 'ignore', 'pipe'],
+    encoding: 'utf8',
+    maxBuffer: 64 * MiB,
+  });
+  if (r.status !== 0) throw new Error(`${argv.join(' ')} exited ${r.status}: ${r.stderr.trim().slice(-500)}`);
+  const [sec, rss] = spawnSync('cat', [timeFile], { encoding: 'utf8' })
+    .stdout.trim()
+    .split(/\s+/)
+    .map(Number);
+  let allocated;
+  const out = vars.out();
+  if (output && existsSync(out)) allocated = statSync(out).blocks * 512;
+  rmSync(out, { force: true, recursive: true });
+  rmSync(`${out}.map`, { force: true }); // a rescue's mapfile (scripts/bench/rescue.mjs)
+  return { sec, rss, allocated };
+}
+
+function best(argv, vars, output) {
+  let b;
+  for (let i = 0; i < reps; i++) {
+    const m = measure(argv, vars, output);
+    if (!b || m.sec < b.sec) b = { ...m, rss: Math.max(m.rss, b?.rss ?? 0) };
+    else b.rss = Math.max(b.rss, m.rss);
+  }
+  return b;
+}
+
+/** Modules may also export `extra({data, filters})`: a comparison that is not one command per tool; it prints its own lines and returns the number of missed targets. */
+const extras = [];
+
+async function loadCases() {
+  const dir = join(root, 'scripts/bench');
+  const out = [];
+  for (const f of readdirSync(dir)
+    .filter((x) => x.endsWith('.mjs'))
+    .sort()) {
+    const mod = await import(join(dir, f));
+    for (const c of mod.cases ?? []) out.push({ ...c, source: f });
+    if (mod.extra) extras.push(mod.extra);
+  }
+  return out;
+}
+
+const fmtRate = (bytes, sec) => (sec > 0 ? `${(bytes / MiB / sec).toFixed(0)} MiB/s` : '∞');
+const fmtMiB = (b) => (b === undefined ? '' : `${(b / MiB).toFixed(1)} MiB`);
+
+const filters = process.argv.slice(2);
+const all = await loadCases();
+const chosen = all.filter(
+  (c) =>
+    filters.length === 0 ||
+    filters.some((f) => `${c.name} ${c.file} ${FILES[c.file]?.name} ${c.source}`.includes(f)),
+);
+if (chosen.length === 0) {
+  console.error(`no bench case matches ${filters.join(' ')}`);
+  process.exit(1);
+}
+mkdirSync(data, { recursive: true });
+const platterBin = [process.execPath, join(root, 'bin/platter')];
+if (!existsSync(join(root, 'dist/cli/main.js')))
+  spawnSync(process.execPath, [join(root, 'scripts/build.mjs')], { stdio: 'inherit' });
+
+const cpu = cpus()[0]?.model ?? 'unknown';
+console.log(
+  `platter bench: ${cpus().length} CPUs (${cpu}), node ${process.version}, best of ${reps}, data in ${data}`,
+);
+console.log('');
+const header = ['case', 'file', 'tool', 'time', 'rate', 'ratio', 'peak RSS', 'allocated', 'target'];
+const rows = [header];
+let failed = 0;
+for (const c of chosen) {
+  const missing = (c.needs ?? c.peers.map((p) => p.argv[0])).filter((x) => !has(x));
+  if (missing.length) {
+    rows.push([c.name, c.file, `skipped: ${missing.join(', ')} missing`]);
+    continue;
+  }
+  const input = ensureFile(c.file);
+  const size = FILES[c.file].size;
+  const vars = {
+    in: () => input,
+    in2: () => ensureCopy(input),
+    out: () => join(data, 'out.tmp'),
+    data: () => data,
+  };
+  const ours = best([...platterBin, ...c.platter], vars, c.output);
+  rows.push([
+    c.name,
+    c.file,
+    'platter',
+    `${ours.sec.toFixed(2)} s`,
+    fmtRate(size, ours.sec),
+    '',
+    `${(ours.rss / 1024).toFixed(0)} MiB`,
+    fmtMiB(ours.allocated),
+    '',
+  ]);
+  for (const peer of c.peers) {
+    const theirs = best(peer.argv, vars, c.output);
+    const ratio = ours.sec > 0 ? theirs.sec / ours.sec : Number.POSITIVE_INFINITY;
+    const want = c.target?.[peer.name];
+    const verdict = want === undefined ? '' : ratio >= want ? `≥${want} ok` : `≥${want} MISSED`;
+    if (want !== undefined && ratio < want) failed++;
+    rows.push([
+      '',
+      '',
+      peer.name,
+      `${theirs.sec.toFixed(2)} s`,
+      fmtRate(size, theirs.sec),
+      `${ratio.toFixed(2)}×`,
+      `${(theirs.rss / 1024).toFixed(0)} MiB`,
+      fmtMiB(theirs.allocated),
+      verdict,
+    ]);
+  }
+  if (ours.rss / 1024 >= 200) {
+    rows.push(['', '', 'platter', '', '', '', 'RSS ≥ 200 MiB: MISSED']);
+    failed++;
+  }
+}
+const widths = header.map((_, i) => Math.max(...rows.map((r) => String(r[i] ?? '').length)));
+for (const r of rows)
+  console.log(
+    r
+      .map((x, i) => String(x ?? '').padEnd(widths[i]))
+      .join('  ')
+      .trimEnd(),
+  );
+console.log('');
+for (const extra of extras) failed += await extra({ data, filters });
+console.log('');
+console.log(failed ? `${failed} target(s) missed` : 'all targets met');
+rmSync(join(data, '.time'), { force: true });
