@@ -165,9 +165,15 @@ export async function rescue(
         `no successful read for ${Math.round(o.timeoutMs / 1000)} s (-T): stopped, mapfile saved`,
       );
     }
-    if (now() - lastSave >= (o.saveIntervalMs ?? 5000)) await save();
-    o.onStatus?.(status());
+    const t = now();
+    if (t - lastSave >= (o.saveIntervalMs ?? 5000)) await save();
+    // Status is a walk over the map: report it a few times a second, not per read.
+    if (o.onStatus && t - lastStatus >= 100) {
+      lastStatus = t;
+      o.onStatus(status());
+    }
   };
+  let lastStatus = 0;
 
   /** Reads [pos, pos+len) of the source; true on success (and writes it out). */
   const attempt = async (pos: number, len: number): Promise<{ ok: boolean; slow: boolean }> => {
@@ -317,21 +323,28 @@ export async function rescue(
     }
   };
 
-  /** Every sector of [from, to) one by one, in the given direction (sectors aligned to the source). */
+  /**
+   * Every sector of [from, to), in the given direction (sectors aligned to the
+   * source). Each sector is read once whatever happens to the others, so up to
+   * SECTORS_IN_FLIGHT reads overlap: the same reads as one by one, less waiting.
+   */
+  const SECTORS_IN_FLIGHT = 8;
   const eachSector = async (from: number, to: number, forward: boolean): Promise<void> => {
-    if (forward) {
-      for (let p = from; p < to; ) {
-        const next = Math.min(alignDown(p, ss) + ss, to);
-        await sector(p, next);
-        p = next;
-      }
-    } else {
-      for (let p = to; p > from; ) {
-        const s = Math.max(from, alignDown(p - 1, ss));
-        await sector(s, p);
-        p = s;
-      }
+    const pieces: Array<[number, number]> = [];
+    for (let p = from; p < to; ) {
+      const next = Math.min(alignDown(p, ss) + ss, to);
+      pieces.push([p, next]);
+      p = next;
     }
+    if (!forward) pieces.reverse();
+    let i = 0;
+    const worker = async (): Promise<void> => {
+      while (i < pieces.length) {
+        const [a, b] = pieces[i++];
+        await sector(a, b);
+      }
+    };
+    await Promise.all(Array.from({ length: Math.min(SECTORS_IN_FLIGHT, pieces.length) }, worker));
   };
 
   const scrape = async (): Promise<void> => {
