@@ -43,6 +43,8 @@ const inflateAsync = promisify(inflateCb) as (
 const MAX_HEADER_BYTES = 16 << 20;
 const MAX_SEGMENTS = 99 + 26 * 26 * 22;
 const CACHE_CHUNKS = 64;
+/** Entries in one table (EnCase 6 writes at most 65534; 2^24 bounds the allocation). */
+const MAX_TABLE_COUNT = 1 << 24;
 const PARALLEL = 16;
 
 export interface EwfSet {
@@ -213,6 +215,9 @@ async function scanSegment(file: string, st: Storage, segNo: number, s: ScanStat
         try {
           const head = await readAt(st, off + DESCRIPTOR_SIZE, Math.min(dataLen, TABLE_HEADER_SIZE));
           const count = head.length >= 4 ? new DataView(head.buffer).getUint32(0, true) : 0;
+          if (count > MAX_TABLE_COUNT) {
+            throw corrupt(file, `section '${d.type}' at offset ${off}: ${count} entries is more than ${MAX_TABLE_COUNT}`);
+          }
           const want = Math.min(dataLen, TABLE_HEADER_SIZE + 4 * count + 4);
           t = parseTable(
             file,
