@@ -179,6 +179,8 @@ export class SparseExtent implements VmdkExtent {
   /** streamOptimized: where the next grain goes; undefined until the first write. */
   private appendAt?: number;
   private dirty = false;
+  /** Written since the last flush (a read-only user costs no fsync). */
+  private changed = false;
   /** streamOptimized: writes append in arrival order. */
   private appendChain: Promise<void> = Promise.resolve();
 
@@ -205,9 +207,14 @@ export class SparseExtent implements VmdkExtent {
     this.zeroGrain = (h.flags & FLAG_ZERO_GRAIN) !== 0;
     this.gtBytes = h.numGTEsPerGT * 4;
     if (writable) {
-      this.write = (buf, offset) =>
-        this.compressed ? this.writeStream(buf, offset) : this.writeInPlace(buf, offset);
-      this.writeZeroes = (offset, length) => this.zeroRange(offset, length);
+      this.write = (buf, offset) => {
+        this.changed = true;
+        return this.compressed ? this.writeStream(buf, offset) : this.writeInPlace(buf, offset);
+      };
+      this.writeZeroes = (offset, length) => {
+        this.changed = true;
+        return this.zeroRange(offset, length);
+      };
     }
   }
 
@@ -709,6 +716,7 @@ export class SparseExtent implements VmdkExtent {
    * bring old data back.
    */
   async resize(newSectors: number): Promise<void> {
+    this.changed = true;
     await this.lock.run(async () => {
       const h = this.header;
       const perGTSectors = h.grainSectors * this.perGT;
@@ -790,6 +798,7 @@ export class SparseExtent implements VmdkExtent {
   /** Every GTE back to 0 (after commit): the extent reads as one big hole; the old grains leak. */
   async makeEmpty(): Promise<void> {
     if (this.compressed) throw unsupported(`${this.file}: a streamOptimized image cannot be emptied`);
+    this.changed = true;
     await this.lock.run(async () => {
       for (let i = 0; i < this.numGTs; i++) {
         const t = await this.gt(i);
@@ -871,13 +880,18 @@ export class SparseExtent implements VmdkExtent {
   }
 
   async flush(): Promise<void> {
+    if (!this.changed) return;
+    this.changed = false;
     await this.storage.flush();
   }
 
   async close(): Promise<void> {
     try {
-      if (this.dirty) await this.lock.run(() => this.finishStream());
-      await this.storage.flush();
+      if (this.dirty) {
+        this.changed = true;
+        await this.lock.run(() => this.finishStream());
+      }
+      await this.flush();
     } finally {
       if (!this.shared) await this.storage.close();
     }
