@@ -223,11 +223,11 @@ describe('ewf: bad input', () => {
     const outcomes = { ok: 0, error: 0 };
     for (let iter = 0; iter < 120; iter++) {
       const set = sets[iter % sets.length];
-      const files = set.files.map((b) => Buffer.from(b));
+      const files: Buffer[] = set.files.map((b) => Buffer.from(b));
       const f = rnd(files.length);
       const b = files[f];
       const kind = rnd(10);
-      let mutated: Buffer = b;
+      let mutated: Buffer = b as Buffer;
       if (kind === 0) mutated = b.subarray(0, rnd(b.length));
       else {
         // mostly metadata: the first 2 KiB and the last 2 KiB (tables, hashes, done)
