@@ -10,7 +10,7 @@ import { nodeHost } from '../../../src/storage/host.js';
 import { testDisk } from '../../conformance/disk.js';
 import { must, needPeers, run } from '../../helpers/peers.js';
 import { tempDir } from '../../helpers/tmp.js';
-import { assertSame, openRo, qemuBytes, qemuSize, qemuWrites, readAll } from '../vhd/util.js';
+import { assertQemuSame, assertSame, openRo, qemuSize, qemuWrites, readAll } from '../vhd/util.js';
 
 const dir = tempDir('platter-vdi-');
 let n = 0;
@@ -48,7 +48,7 @@ describe('vdi: reading qemu-made images', () => {
         assert.equal((await d.info()).format, 'vdi');
         const got = await readAll(d);
         assertSame(got, model, 'platter vs the writes');
-        assertSame(got, qemuBytes(dir, path, 'vdi'), 'platter vs qemu');
+        assertQemuSame(dir, path, 'vdi', got, 'platter vs qemu');
         const exts = await d.extents(0, d.size);
         if (name.startsWith('dynamic'))
           assert.ok(
@@ -98,7 +98,7 @@ describe('vdi: platter writes, qemu checks and reads', () => {
       assert.equal(qemuSize(path, 'vdi'), 100000256);
       const chk = run('qemu-img', ['check', '-f', 'vdi', path]);
       assert.equal(chk.status, 0, `qemu-img check: ${chk.stdout}${chk.stderr}`);
-      assertSame(qemuBytes(dir, path, 'vdi'), model, 'qemu reads what platter wrote');
+      assertQemuSame(dir, path, 'vdi', model, 'qemu reads what platter wrote');
       const raw = join(dir, `w-${name}.raw`);
       writeFileSync(raw, model);
       const cmp = run('qemu-img', ['compare', '-f', 'vdi', '-F', 'raw', path, raw]);

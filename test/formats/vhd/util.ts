@@ -1,13 +1,14 @@
 /** Helpers shared by the VHD and VDI tests. */
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
-import { readFileSync } from 'node:fs';
+import { closeSync, ftruncateSync, openSync, readFileSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
+import { isAllZero } from '../../../src/core/bytes.js';
 import type { Disk } from '../../../src/core/disk.js';
 import { isPlatterError } from '../../../src/core/errors.js';
 import { openImage } from '../../../src/formats/open.js';
 import { nodeHost } from '../../../src/storage/host.js';
-import { must } from '../../helpers/peers.js';
+import { must, run } from '../../helpers/peers.js';
 
 export async function openRo(path: string, options: Record<string, string> = {}): Promise<Disk> {
   return openImage(nodeHost, path, { readOnly: true, options });
@@ -95,4 +96,36 @@ export function prng(seed: number): () => number {
     s >>>= 0;
     return s / 2 ** 32;
   };
+}
+
+/** Writes `model` as a sparse raw file (only its non-zero MiBs are written). */
+export function sparseRaw(path: string, model: Uint8Array): void {
+  const fd = openSync(path, 'w');
+  try {
+    ftruncateSync(fd, model.length);
+    const step = 1 << 20;
+    for (let p = 0; p < model.length; p += step) {
+      const chunk = model.subarray(p, Math.min(model.length, p + step));
+      if (!isAllZero(chunk)) writeSync(fd, chunk, 0, chunk.length, p);
+    }
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/** qemu reads `path` as exactly `model`: qemu-img compare (strict sizes) against a sparse raw copy of the model. */
+export function assertQemuSame(
+  dir: string,
+  path: string,
+  fmt: string,
+  model: Uint8Array,
+  what: string,
+): void {
+  const raw = join(dir, `model-${Math.random().toString(36).slice(2)}.raw`);
+  sparseRaw(raw, model);
+  const size = qemuSize(path, fmt);
+  if (size !== model.length)
+    throw new Error(`${what}: qemu-img sees ${size} bytes, the model has ${model.length}`);
+  const r = run('qemu-img', ['compare', '-f', fmt, '-F', 'raw', path, raw]);
+  if (r.status !== 0) throw new Error(`${what}: qemu-img compare: ${r.stdout}${r.stderr}`);
 }

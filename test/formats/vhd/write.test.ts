@@ -9,7 +9,7 @@ import { nodeHost } from '../../../src/storage/host.js';
 import { testDisk } from '../../conformance/disk.js';
 import { must, needPeers, run } from '../../helpers/peers.js';
 import { tempDir } from '../../helpers/tmp.js';
-import { assertSame, openRo, qemuBytes, qemuSize, readAll } from './util.js';
+import { assertQemuSame, assertSame, openRo, qemuSize, readAll } from './util.js';
 
 const dir = tempDir('platter-vhd-write-');
 let n = 0;
@@ -76,7 +76,7 @@ describe('vhd: platter writes, peers read', () => {
         chk.status === 0 || /not support/i.test(chk.stderr),
         `qemu-img check: ${chk.status} ${chk.stderr}`,
       );
-      assertSame(qemuBytes(dir, path, 'vpc'), model, 'qemu reads what platter wrote');
+      assertQemuSame(dir, path, 'vpc', model, 'qemu reads what platter wrote');
       const raw = join(dir, `${name.replace(/\W+/g, '-')}.raw`);
       writeFileSync(raw, model);
       const cmp = run('qemu-img', ['compare', '-f', 'vpc', '-F', 'raw', path, raw]);
