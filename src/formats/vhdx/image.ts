@@ -78,6 +78,8 @@ export interface VhdxOpenOptions {
   readOnly: boolean;
   /** Write zeros into new blocks instead of leaving them sparse. */
   dense?: boolean;
+  /** Skip flushes (open option cache=unsafe). */
+  unsafe?: boolean;
   ctx?: OpenContext;
 }
 
@@ -102,6 +104,8 @@ export class VhdxImage {
   /** Where the next block goes. */
   fileEnd = 0;
   dense = false;
+  /** qemu's cache=unsafe: no flushes (a destination that is renamed into place only when complete). */
+  unsafe = false;
   private bitmaps = new Map<number, Uint8Array>();
   private dirty = new Map<number, Uint8Array>();
   private began = false;
@@ -250,6 +254,7 @@ export class VhdxImage {
     this.validateBat();
     this.fileEnd = alignUp(this.fileSize, MiB);
     this.dense = !!opts.dense || this.md.leaveBlockAllocated;
+    this.unsafe = !!opts.unsafe;
   }
 
   /** One guard per BAT entry: states and offsets must fit the file. */
@@ -309,7 +314,7 @@ export class VhdxImage {
       const slot = 1 - this.current;
       const next: Header = { ...cur, ...change, sequence: cur.sequence + 1n };
       await this.storage.write(serializeHeader(next), HEADER_OFFSETS[slot]);
-      if (sync) await this.storage.flush();
+      if (sync) await this.barrier();
       this.headers[slot] = next;
       this.current = slot;
     }
@@ -413,6 +418,17 @@ export class VhdxImage {
       // Only partially present blocks need their bitmap; the rest is one status per block.
       if (s === PARTIALLY_PRESENT) {
         for (const [a, z, st] of await this.blockRuns(b, within, within + n)) push(b * bs + a, z - a, st);
+      } else if (s === FULLY_PRESENT && this.storage.extents && this.logOps.length === 0) {
+        // Holes of the host file inside a block read as zeros: report them, so copies skip them.
+        const at = this.bat.offset(payloadIndex(this.geo, b)) + within;
+        let p = pos;
+        for (const e of await this.storage.extents(at, n)) {
+          const len = Math.min(e.offset + e.length, at + n) - Math.max(e.offset, at);
+          if (len <= 0) continue;
+          push(p, len, e.kind === 'hole' ? 'zero' : 'data');
+          p += len;
+        }
+        if (p < pos + n) push(p, pos + n - p, 'data');
       } else {
         push(pos, n, s === FULLY_PRESENT ? 'data' : s === NOT_PRESENT && this.hasParent ? 'hole' : 'zero');
       }
@@ -552,10 +568,15 @@ export class VhdxImage {
 
   // ---- commit ---------------------------------------------------------------
 
+  /** An ordering point: everything written so far is durable before what follows. */
+  private async barrier(): Promise<void> {
+    if (!this.unsafe) await this.storage.flush();
+  }
+
   /** Commits the staged metadata pages through the log. */
   async commit(): Promise<void> {
     if (this.dirty.size === 0 || this.dead) return;
-    await this.storage.flush();
+    await this.barrier();
     const pages = [...this.dirty].sort((a, b) => a[0] - b[0]);
     this.dirty.clear();
     const per = maxPagesPerEntry(this.header.logLength);
@@ -565,19 +586,19 @@ export class VhdxImage {
       );
     for (let k = 0; k < pages.length; k += per) {
       const part = pages.slice(k, k + per);
-      if (k > 0) await this.storage.flush(); // the previous entry's LogGuid clear
+      if (k > 0) await this.barrier(); // the previous entry's LogGuid clear
       const logGuid = newGuid();
       const size = alignUp(await this.storage.size(), MiB);
       const entry = buildEntry(part, logGuid, 1n, 0, size);
       await this.storage.write(entry, this.header.logOffset);
-      await this.storage.flush();
+      await this.barrier();
       await this.updateHeaders({ logGuid }, 1);
       if (vhdxTestHooks.afterLogWritten) {
         this.dead = true;
         await vhdxTestHooks.afterLogWritten();
       }
       for (const [off, page] of part) await this.storage.write(page, off);
-      await this.storage.flush();
+      await this.barrier();
       // Durable at the next flush, which comes before any later log entry is written.
       await this.updateHeaders({ logGuid: new Uint8Array(16) as Guid }, 1, false);
     }
@@ -586,7 +607,7 @@ export class VhdxImage {
   async flush(): Promise<void> {
     if (this.readOnly) return;
     await this.lock.run(() => this.commit());
-    await this.storage.flush();
+    await this.barrier();
   }
 
   async close(): Promise<void> {

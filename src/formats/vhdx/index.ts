@@ -6,6 +6,8 @@
  *
  * Files: layout.ts (identifier, headers, region table), metadata.ts, bat.ts,
  * log.ts, image.ts (the open image), create.ts; crc32c.ts, guid.ts.
+ * Open options: cache=unsafe skips flushes (a destination renamed into place when
+ * complete, as qemu-img convert does); dense=on writes zeros into new blocks.
  * Not done: parent_linkage is not checked against the parent's DataWriteGuid;
  * volume_path locators are not followed; user metadata items are ignored.
  */
@@ -55,7 +57,12 @@ async function open(storage: Storage, ctx: OpenContext): Promise<OpenedImage> {
   if (!dense && !ctx.readOnly && storage.allocatedSize) {
     dense = (await storage.allocatedSize()) >= (await storage.size());
   }
-  const img = await VhdxImage.open(storage, { readOnly: ctx.readOnly, dense, ctx });
+  const img = await VhdxImage.open(storage, {
+    readOnly: ctx.readOnly,
+    dense,
+    unsafe: ctx.options.cache === 'unsafe',
+    ctx,
+  });
   const parentName = img.hasParent ? await findParent(img, ctx) : undefined;
   const backing = parentName ? { name: parentName, format: 'vhdx' } : undefined;
   const writable = !ctx.readOnly;
