@@ -180,16 +180,25 @@ export interface Request {
   length: number;
 }
 
+/** A request as the server sees it: the cookie stays raw bytes, echoed without BigInt work. */
+export interface ServerRequest {
+  flags: number;
+  type: number;
+  /** The 8 cookie bytes of the request header. */
+  cookie: Buffer;
+  /** Exact below 2^53; above, inexact but still past the end of any export. */
+  offset: number;
+  length: number;
+}
+
 /** Parses a 28-byte request header; null if the magic is wrong. */
-export function parseRequest(b: Buffer): (Request & { offsetBig: bigint }) | null {
+export function parseRequest(b: Buffer): ServerRequest | null {
   if (b.readUInt32BE(0) !== REQUEST_MAGIC) return null;
-  const offsetBig = b.readBigUInt64BE(16);
   return {
     flags: b.readUInt16BE(4),
     type: b.readUInt16BE(6),
-    cookie: b.readBigUInt64BE(8),
-    offsetBig,
-    offset: offsetBig > BigInt(Number.MAX_SAFE_INTEGER) ? Number.MAX_SAFE_INTEGER : Number(offsetBig),
+    cookie: b.subarray(8, 16),
+    offset: b.readUInt32BE(16) * 4294967296 + b.readUInt32BE(20),
     length: b.readUInt32BE(24),
   };
 }
@@ -205,23 +214,32 @@ export function encodeRequest(r: Request): Buffer {
   return b;
 }
 
-export function simpleReply(cookie: bigint, error: number): Buffer {
+export function simpleReply(cookie: Buffer, error: number): Buffer {
   const b = Buffer.allocUnsafe(16);
   b.writeUInt32BE(SIMPLE_REPLY_MAGIC, 0);
   b.writeUInt32BE(error, 4);
-  b.writeBigUInt64BE(cookie, 8);
+  cookie.copy(b, 8);
   return b;
 }
 
-/** A structured reply chunk header (20 bytes); the payload follows separately. */
-export function chunkHeader(cookie: bigint, flags: number, type: number, length: number): Buffer {
-  const b = Buffer.allocUnsafe(20);
+/**
+ * A structured reply chunk header (20 bytes) with room for `extra` payload
+ * bytes after it (the offset of a data chunk); the rest of the payload follows separately.
+ */
+export function chunkHeader(cookie: Buffer, flags: number, type: number, length: number, extra = 0): Buffer {
+  const b = Buffer.allocUnsafe(20 + extra);
   b.writeUInt32BE(STRUCTURED_REPLY_MAGIC, 0);
   b.writeUInt16BE(flags, 4);
   b.writeUInt16BE(type, 6);
-  b.writeBigUInt64BE(cookie, 8);
+  cookie.copy(b, 8);
   b.writeUInt32BE(length, 16);
   return b;
+}
+
+/** Writes a 64-bit big-endian offset (< 2^53) without BigInt. */
+export function writeU64(b: Buffer, n: number, at: number): void {
+  b.writeUInt32BE(Math.floor(n / 4294967296), at);
+  b.writeUInt32BE(n >>> 0, at + 4);
 }
 
 /** A length-prefixed (u32) string. */

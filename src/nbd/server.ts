@@ -34,6 +34,8 @@ const MAX_INFLIGHT_BYTES = 64 * 1024 * 1024;
 const MAX_DESCRIPTORS = 1 << 14;
 /** Zero/hole extents shorter than this are sent as data in a read (fewer, larger chunks). */
 const MIN_HOLE_CHUNK = 64 * 1024;
+/** Reads up to this size are never split into hole chunks. */
+const SMALL_READ = 256 * 1024;
 const BLOCK_SIZE_PREFERRED = 4096;
 const META_CONTEXT_ID = 1;
 
@@ -57,6 +59,12 @@ class Drop extends Error {}
 export class NbdServer {
   readonly exportName: string;
   readonly readOnly: boolean;
+  /**
+   * Where reads and block status come from: a chain of one image over the zero
+   * disk reads the same through its only layer, without the chain's per-read
+   * extent lookup (the hot path of nbdcopy). Writes always go through `disk`.
+   */
+  readonly source: Disk;
   private readonly maxClients: number;
   private readonly sessions = new Set<Session>();
   private readonly waiting: Socket[] = [];
@@ -70,6 +78,7 @@ export class NbdServer {
     this.exportName = opts.exportName ?? '';
     this.readOnly = (opts.readOnly ?? false) || disk.readOnly;
     this.maxClients = opts.maxClients ?? 0;
+    this.source = disk.layers.length === 1 && disk.layers[0].size === disk.size ? disk.layers[0] : disk;
     if (Buffer.byteLength(this.exportName) > P.MAX_STRING) {
       throw new PlatterError('EINVAL', `export name is longer than ${P.MAX_STRING} bytes`);
     }
@@ -235,9 +244,21 @@ class Session {
   }
 
   private send(...parts: Uint8Array[]): void {
-    if (this.socket.destroyed) return;
+    this.sendThen(undefined, ...parts);
+  }
+
+  /** Writes parts as one burst; `written` runs once the socket no longer needs them. */
+  private sendThen(written: (() => void) | undefined, ...parts: Uint8Array[]): void {
+    if (this.socket.destroyed) {
+      written?.();
+      return;
+    }
     this.socket.cork();
-    for (const p of parts) if (p.length > 0) this.socket.write(p);
+    const last = parts.length - 1;
+    parts.forEach((p, i) => {
+      if (i === last && written) this.socket.write(p, () => written());
+      else if (p.length > 0) this.socket.write(p);
+    });
     this.socket.uncork();
   }
 
@@ -376,8 +397,13 @@ class Session {
       if (this.stopping) return;
       if (this.socket.writableNeedDrain) {
         await new Promise<void>((r) => {
-          this.socket.once('drain', r);
-          this.socket.once('close', r);
+          const done = (): void => {
+            this.socket.off('drain', done);
+            this.socket.off('close', done);
+            r();
+          };
+          this.socket.on('drain', done);
+          this.socket.on('close', done);
         });
       }
       const h = await this.reader.read(P.REQUEST_SIZE);
@@ -387,8 +413,13 @@ class Session {
       if (req.type === P.CMD_WRITE) {
         if (req.length > P.MAX_REQUEST)
           throw new Drop(`write of ${req.length} bytes is larger than ${P.MAX_REQUEST}`);
-        payload = Buffer.allocUnsafe(req.length);
-        await this.reader.readInto(payload);
+        payload = pool.take(req.length);
+        try {
+          await this.reader.readInto(payload);
+        } catch (e) {
+          pool.give(payload);
+          throw e;
+        }
       }
       if (req.type === P.CMD_DISC) {
         await Promise.allSettled([...this.inflight]);
@@ -415,12 +446,12 @@ class Session {
     }
   }
 
-  private replyOk(req: P.Request): void {
+  private replyOk(req: P.ServerRequest): void {
     if (this.structured) this.send(P.chunkHeader(req.cookie, P.REPLY_FLAG_DONE, P.REPLY_TYPE_NONE, 0));
     else this.send(P.simpleReply(req.cookie, 0));
   }
 
-  private replyError(req: P.Request, errno: number, message: string): void {
+  private replyError(req: P.ServerRequest, errno: number, message: string): void {
     if (!this.structured) {
       this.send(P.simpleReply(req.cookie, errno));
       return;
@@ -432,7 +463,7 @@ class Session {
     this.send(P.chunkHeader(req.cookie, P.REPLY_FLAG_DONE, P.REPLY_TYPE_ERROR, 6 + msg.length), body, msg);
   }
 
-  private async handle(req: P.Request & { offsetBig: bigint }, payload?: Buffer): Promise<void> {
+  private async handle(req: P.ServerRequest, payload?: Buffer): Promise<void> {
     try {
       await this.execute(req, payload);
     } catch (e) {
@@ -443,14 +474,17 @@ class Session {
       if (!isPlatterError(e))
         this.server.log(`internal error serving a request: ${(e as Error)?.stack ?? e}`);
       this.replyError(req, errnoOf(e), (e as Error)?.message ?? String(e));
+    } finally {
+      // The disk has the written bytes (or failed): the payload buffer is free again.
+      if (payload) pool.give(payload);
     }
   }
 
-  private checkRange(req: P.Request & { offsetBig: bigint }, writing: boolean): void {
-    if (req.offsetBig + BigInt(req.length) > BigInt(this.disk.size)) {
+  private checkRange(req: P.ServerRequest, writing: boolean): void {
+    if (req.offset + req.length > this.disk.size) {
       throw new RequestError(
         writing ? P.ENOSPC : P.EINVAL,
-        `range ${req.offsetBig}+${req.length} is past the end of the export (size ${this.disk.size})`,
+        `range ${req.offset}+${req.length} is past the end of the export (size ${this.disk.size})`,
       );
     }
   }
@@ -459,7 +493,7 @@ class Session {
     if (this.server.readOnly) throw new RequestError(P.EPERM, 'the export is read-only');
   }
 
-  private async execute(req: P.Request & { offsetBig: bigint }, payload?: Buffer): Promise<void> {
+  private async execute(req: P.ServerRequest, payload?: Buffer): Promise<void> {
     const { offset, length, flags } = req;
     const fua = (flags & P.CMD_FLAG_FUA) !== 0;
     switch (req.type) {
@@ -511,24 +545,41 @@ class Session {
     }
   }
 
-  private async read(req: P.Request): Promise<void> {
-    const { offset, length, cookie } = req;
-    const buf = Buffer.allocUnsafe(length);
-    if (!this.structured) {
-      if (length > 0) await this.disk.read(buf, offset);
-      this.send(P.simpleReply(cookie, 0), buf);
+  private async read(req: P.ServerRequest): Promise<void> {
+    const { length } = req;
+    if (length === 0) {
+      if (this.structured) this.replyOk(req);
+      else this.send(P.simpleReply(req.cookie, 0));
       return;
     }
-    if (length === 0) return this.replyOk(req);
-    const exts = req.flags & P.CMD_FLAG_DF ? [] : await this.disk.extents(offset, length);
+    const buf = pool.take(length);
+    try {
+      await this.readInto(req, buf);
+    } catch (e) {
+      pool.give(buf);
+      throw e;
+    }
+  }
+
+  /** Reads and replies; `buf` goes back to the pool once the socket is done with it. */
+  private async readInto(req: P.ServerRequest, buf: Buffer): Promise<void> {
+    const { offset, length, cookie } = req;
+    const release = (): void => pool.give(buf);
+    if (!this.structured) {
+      await this.server.source.read(buf, offset);
+      this.sendThen(release, P.simpleReply(cookie, 0), buf);
+      return;
+    }
+    // Small reads go out as one data chunk: looking for holes would cost more than it saves
+    // (clients that care, like nbdcopy and qemu-img, ask for block status first anyway).
+    const exts =
+      req.flags & P.CMD_FLAG_DF || length <= SMALL_READ ? [] : await this.disk.extents(offset, length);
     const holes = exts.filter((e) => e.status !== 'data' && e.length >= MIN_HOLE_CHUNK);
     if (holes.length === 0) {
-      await this.disk.read(buf, offset);
-      this.send(
-        P.chunkHeader(cookie, P.REPLY_FLAG_DONE, P.REPLY_TYPE_OFFSET_DATA, 8 + length),
-        u64(offset),
-        buf,
-      );
+      await this.server.source.read(buf, offset);
+      const h = P.chunkHeader(cookie, P.REPLY_FLAG_DONE, P.REPLY_TYPE_OFFSET_DATA, 8 + length, 8);
+      P.writeU64(h, offset, 20);
+      this.sendThen(release, h, buf);
       return;
     }
     // Data runs between the holes, read concurrently; then every chunk in one burst.
@@ -543,7 +594,9 @@ class Session {
     await Promise.all(
       pieces
         .filter((p) => !p.hole)
-        .map((p) => this.disk.read(buf.subarray(p.offset - offset, p.offset - offset + p.length), p.offset)),
+        .map((p) =>
+          this.server.source.read(buf.subarray(p.offset - offset, p.offset - offset + p.length), p.offset),
+        ),
     );
     const parts: Uint8Array[] = [];
     pieces.forEach((p, i) => {
@@ -561,10 +614,10 @@ class Session {
         );
       }
     });
-    this.send(...parts);
+    this.sendThen(release, ...parts);
   }
 
-  private async blockStatus(req: P.Request): Promise<void> {
+  private async blockStatus(req: P.ServerRequest): Promise<void> {
     const exts = await this.disk.extents(req.offset, req.length);
     const descs = toDescriptors(exts, (req.flags & P.CMD_FLAG_REQ_ONE) !== 0 ? 1 : MAX_DESCRIPTORS);
     const body = Buffer.allocUnsafe(4 + 8 * descs.length);
@@ -576,6 +629,37 @@ class Session {
     this.send(P.chunkHeader(req.cookie, P.REPLY_FLAG_DONE, P.REPLY_TYPE_BLOCK_STATUS, body.length), body);
   }
 }
+
+/**
+ * Read and write buffers are reused: allocating 256 KiB per request made the
+ * garbage collector a quarter of the server's CPU time under nbdcopy.
+ */
+class BufferPool {
+  private readonly free = new Map<number, Buffer[]>();
+  private bytes = 0;
+  take(n: number): Buffer {
+    const b = this.free.get(n)?.pop();
+    if (!b) return Buffer.allocUnsafeSlow(n);
+    this.bytes -= n;
+    return b;
+  }
+  give(b: Buffer): void {
+    if (b.length > POOLED_MAX || this.bytes + b.length > POOLED_BYTES) return;
+    let list = this.free.get(b.length);
+    if (!list) {
+      if (this.free.size >= 16) return;
+      list = [];
+      this.free.set(b.length, list);
+    }
+    list.push(b);
+    this.bytes += b.length;
+  }
+}
+
+const POOLED_MAX = 4 * 1024 * 1024;
+/** Enough for nbdcopy's default 4 connections x 64 requests x 256 KiB. */
+const POOLED_BYTES = 64 * 1024 * 1024;
+const pool = new BufferPool();
 
 /** base:allocation flags of an extent status (principle 4: the switch ends in never). */
 export function allocationFlags(status: Extent['status']): number {

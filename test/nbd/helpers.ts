@@ -1,6 +1,7 @@
 /** Starting and stopping NBD servers in tests: platter's (in process or the CLI) and the peers'. */
 import { type ChildProcess, spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
+import { connect } from 'node:net';
 import { join } from 'node:path';
 import type { Disk } from '../../src/core/disk.js';
 import { NbdServer, type NbdServerOptions } from '../../src/nbd/server.js';
@@ -78,15 +79,35 @@ export function startServe(args: string[]): Promise<Child> {
   return startChild(process.execPath, [PLATTER, 'serve', ...args]);
 }
 
-/** qemu-nbd on a unix socket (persistent), resolved once the socket exists. */
+/** Waits until a unix socket accepts connections (the file exists between bind and listen). */
+async function connectable(child: Child, sock: string): Promise<void> {
+  for (let i = 0; i < 200; i++) {
+    const ok = await new Promise<boolean>((resolve) => {
+      const s = connect(sock);
+      s.once('connect', () => {
+        s.destroy();
+        resolve(true);
+      });
+      s.once('error', () => resolve(false));
+    });
+    if (ok) return;
+    await new Promise((r) => setTimeout(r, 25));
+  }
+  await child.stop('SIGKILL');
+  throw new Error(`${sock}: never accepted a connection: ${child.stderr()}`);
+}
+
+/** qemu-nbd on a unix socket (persistent), resolved once it accepts connections. */
 export async function startQemuNbd(sock: string, args: string[]): Promise<Child & { uri: string }> {
   const c = await startChild('qemu-nbd', ['-k', sock, '-t', ...args], { ready: () => existsSync(sock) });
+  await connectable(c, sock);
   return { ...c, uri: `nbd+unix:///?socket=${sock}` };
 }
 
-/** nbdkit in the foreground on a unix socket, resolved once the socket exists. */
+/** nbdkit in the foreground on a unix socket, resolved once it accepts connections. */
 export async function startNbdkit(sock: string, args: string[]): Promise<Child & { uri: string }> {
   const c = await startChild('nbdkit', ['-f', '-U', sock, ...args], { ready: () => existsSync(sock) });
+  await connectable(c, sock);
   return { ...c, uri: `nbd+unix:///?socket=${sock}` };
 }
 
