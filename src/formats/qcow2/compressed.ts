@@ -12,11 +12,13 @@
  * +1 per compressed cluster stored in it; several compressed clusters share a
  * host cluster.
  *
- * Deflate runs on libuv's thread pool (zlib's async API), so parallel writers
- * use every core; zstd is a WebAssembly build (@bokuweb/zstd-wasm, no native
- * install step) and runs on the calling thread.
+ * Deflate for writing runs on worker threads, one per core, in batches; reads
+ * inflate on libuv's thread pool (zlib's async API); zstd is a WebAssembly
+ * build (@bokuweb/zstd-wasm, no native install step) on the calling thread.
  */
+import { availableParallelism } from 'node:os';
 import { promisify } from 'node:util';
+import { Worker } from 'node:worker_threads';
 import zlib from 'node:zlib';
 import { compress as zstdCompress, decompress as zstdDecompress, init as zstdInit } from '@bokuweb/zstd-wasm';
 import { corrupt } from '../../core/errors.js';
@@ -83,6 +85,7 @@ export async function decompressCluster(
     if (type === 'zlib') {
       out = await inflateRaw(data, {
         windowBits: 15,
+        chunkSize: Math.max(16384, clusterSize),
         maxOutputLength: clusterSize,
         finishFlush: zlib.constants.Z_SYNC_FLUSH,
       });
@@ -112,16 +115,104 @@ export async function compressCluster(
 ): Promise<Uint8Array | undefined> {
   let out: Uint8Array;
   if (type === 'zlib') {
-    out = await deflateRaw(data, {
-      windowBits: 12,
-      memLevel: 9,
-      level: zlib.constants.Z_DEFAULT_COMPRESSION,
-    });
+    out = await deflateRaw(data, { ...DEFLATE, chunkSize: Math.max(16384, data.length + 1024) });
   } else {
     await loadZstd();
     out = zstdCompress(data, 3);
   }
   return out.length < data.length ? out : undefined;
+}
+
+/** qemu's deflate parameters: raw stream, 4 KiB window, memLevel 9, default level. */
+const DEFLATE = { windowBits: 12, memLevel: 9, level: zlib.constants.Z_DEFAULT_COMPRESSION };
+
+/**
+ * Compresses every cluster of `data` (a whole number of clusters). zlib
+ * batches go to a small pool of worker threads (one per core) that deflate
+ * synchronously, so the calling thread only moves bytes; zstd runs inline.
+ */
+export async function compressClusters(
+  data: Uint8Array,
+  clusterSize: number,
+  type: CompressionType,
+): Promise<Array<Uint8Array | undefined>> {
+  const n = data.length / clusterSize;
+  if (type === 'zstd' || n < 2) {
+    const out: Array<Uint8Array | undefined> = [];
+    for (let i = 0; i < n; i++)
+      out.push(await compressCluster(data.subarray(i * clusterSize, (i + 1) * clusterSize), type));
+    return out;
+  }
+  return deflatePool().run(data, clusterSize);
+}
+
+const WORKER_SOURCE = `
+const { parentPort } = require('node:worker_threads');
+const zlib = require('node:zlib');
+parentPort.on('message', ({ id, data, cs, opts }) => {
+  const outs = [];
+  const transfer = [];
+  for (let at = 0; at < data.length; at += cs) {
+    const z = zlib.deflateRawSync(data.subarray(at, at + cs), opts);
+    if (z.length < cs) {
+      const copy = new Uint8Array(z);
+      outs.push(copy);
+      transfer.push(copy.buffer);
+    } else outs.push(undefined);
+  }
+  parentPort.postMessage({ id, outs }, transfer);
+});
+`;
+
+interface Pool {
+  run(data: Uint8Array, cs: number): Promise<Array<Uint8Array | undefined>>;
+}
+
+let pool: Pool | undefined;
+
+function deflatePool(): Pool {
+  if (pool) return pool;
+  const size = Math.max(1, Math.min(availableParallelism(), 8));
+  const pending = new Map<
+    number,
+    { resolve: (v: Array<Uint8Array | undefined>) => void; reject: (e: Error) => void }
+  >();
+  const load: number[] = new Array(size).fill(0);
+  let nextId = 0;
+  const workers = Array.from({ length: size }, (_, w) => {
+    const worker = new Worker(WORKER_SOURCE, { eval: true });
+    worker.unref();
+    // An unref() before the thread is online does not hold: repeat it then, if idle.
+    worker.on('online', () => {
+      if (load[w] === 0) worker.unref();
+    });
+    worker.on('message', (m: { id: number; outs: Array<Uint8Array | undefined> }) => {
+      // Idle workers must not keep the process alive; busy ones must.
+      if (--load[w] === 0) worker.unref();
+      pending.get(m.id)?.resolve(m.outs);
+      pending.delete(m.id);
+    });
+    worker.on('error', (e) => {
+      for (const p of pending.values()) p.reject(e);
+      pending.clear();
+      pool = undefined;
+    });
+    return worker;
+  });
+  pool = {
+    run(data, cs) {
+      const id = nextId++;
+      let w = 0;
+      for (let k = 1; k < size; k++) if (load[k] < load[w]) w = k;
+      if (load[w]++ === 0) workers[w].ref();
+      return new Promise((resolve, reject) => {
+        pending.set(id, { resolve, reject });
+        // A copy travels to the worker: the caller's buffer stays theirs.
+        workers[w].postMessage({ id, data: data.slice(), cs, opts: DEFLATE });
+      });
+    },
+  };
+  return pool;
 }
 
 /**

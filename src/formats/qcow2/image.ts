@@ -17,7 +17,7 @@ import { Mutex } from '../../core/mutex.js';
 import type { Storage } from '../../core/storage.js';
 import {
   type CompressedRef,
-  compressCluster,
+  compressClusters,
   decodeCompressed,
   decompressCluster,
   encodeCompressed,
@@ -464,8 +464,9 @@ export class Qcow2Image implements RefcountHost {
 
   /**
    * convert -c: whole clusters landing in unallocated space are compressed
-   * (in parallel, outside the lock), packed into host clusters; the rest is
-   * written normally.
+   * (on worker threads, outside the lock) and packed back to back into host
+   * clusters, one L2 table's worth at a time with one refcount update, one
+   * data write and one L2 write; the rest is written normally.
    */
   private async writeCompressed(buf: Uint8Array, offset: number): Promise<void> {
     const cs = this.cs;
@@ -474,65 +475,89 @@ export class Qcow2Image implements RefcountHost {
     // The disk's last cluster counts as whole when the write reaches the disk's end.
     const lastEnd = end === this.h.size ? Math.ceil(end / cs) : Math.floor(end / cs);
     if (lastEnd <= first) return this.lock.run(() => this.writeLocked(buf, offset));
-    const jobs: Array<Promise<Uint8Array | undefined>> = [];
-    for (let c = first; c < lastEnd; c++) {
-      let cl = buf.subarray(c * cs - offset, Math.min((c + 1) * cs, end) - offset);
-      if (cl.length < cs) {
-        const padded = new Uint8Array(cs);
-        padded.set(cl);
-        cl = padded;
-      }
-      jobs.push(compressCluster(cl, this.h.compressionType));
+    let whole = buf.subarray(first * cs - offset, Math.min(lastEnd * cs, end) - offset);
+    if (whole.length < (lastEnd - first) * cs) {
+      const padded = new Uint8Array((lastEnd - first) * cs);
+      padded.set(whole);
+      whole = padded;
     }
-    const packed = await Promise.all(jobs);
+    const packed = await compressClusters(whole, cs, this.h.compressionType);
     await this.lock.run(async () => {
       await this.beginChange();
       if (offset < first * cs) await this.writeLocked(buf.subarray(0, first * cs - offset), offset);
-      for (let c = first; c < lastEnd; c++) {
-        const a = c * cs;
-        const b = Math.min((c + 1) * cs, end);
-        const z = packed[c - first];
-        if (!z || !(await this.placeCompressed(c, z)))
+      for (let c = first; c < lastEnd; ) {
+        const stop = Math.min(lastEnd, (Math.floor(c / this.l2Entries) + 1) * this.l2Entries);
+        const rest = await this.placeCompressed(c, stop, packed.slice(c - first, stop - first));
+        for (const k of rest) {
+          const a = k * cs;
+          const b = Math.min((k + 1) * cs, end);
           await this.writeLocked(buf.subarray(a - offset, b - offset), a);
+        }
+        c = stop;
       }
       const tail = Math.min(lastEnd * cs, end);
       if (tail < end) await this.writeLocked(buf.subarray(tail - offset), tail);
     });
   }
 
-  /** Stores compressed data for guest cluster c if it is unallocated; false otherwise. */
-  private async placeCompressed(c: number, z: Uint8Array): Promise<boolean> {
+  /**
+   * Stores compressed data for guest clusters [c0, c1) of one L2 table where
+   * they are unallocated; returns the clusters it could not store that way.
+   */
+  private async placeCompressed(
+    c0: number,
+    c1: number,
+    zs: Array<Uint8Array | undefined>,
+  ): Promise<number[]> {
     const cs = this.cs;
-    const l1i = Math.floor(c / this.l2Entries);
-    const { offset: l2off, table } = await this.l2ForWrite(l1i);
-    const i = c % this.l2Entries;
-    const e = this.entry(table, i);
-    if (e.kind === 'data' || e.kind === 'compressed' || (e.kind === 'zero' && e.offset !== 0)) return false;
-    // Pack after the previous compressed cluster when the data fits or the next cluster is free.
-    let host: number;
-    const t = this.compTail;
-    if (t && t.used + z.length <= cs) {
-      host = t.cluster * cs + t.used;
-      await this.refcounts.add(t.cluster, 1, 1);
-      t.used += z.length;
-    } else if (t && t.used < cs && (await this.refcounts.tryAllocAt(t.cluster + 1))) {
-      host = t.cluster * cs + t.used;
-      await this.refcounts.add(t.cluster, 1, 1);
-      this.compTail = { cluster: t.cluster + 1, used: t.used + z.length - cs };
-    } else {
-      const hostOff = await this.allocClusters(1);
-      host = hostOff;
-      this.compTail = { cluster: hostOff / cs, used: z.length };
+    const { offset: l2off, table } = await this.l2ForWrite(Math.floor(c0 / this.l2Entries));
+    const rest: number[] = [];
+    const items: Array<{ c: number; z: Uint8Array }> = [];
+    for (let c = c0; c < c1; c++) {
+      const z = zs[c - c0];
+      const e = this.entry(table, c % this.l2Entries);
+      const free = e.kind === 'hole' || (e.kind === 'zero' && e.offset === 0);
+      if (z && free) items.push({ c, z });
+      else rest.push(c);
     }
-    if (this.compTail!.used >= cs) this.compTail = undefined;
-    // Written up to the end of its last sector, so readers never meet a short file.
-    const padded = new Uint8Array(Math.ceil((host + z.length) / 512) * 512 - host);
-    padded.set(z);
-    await this.writeHost(padded, host);
-    const [hi, lo] = encodeCompressed(host, z.length, this.clusterBits);
-    writeHiLo(table, i, hi, lo);
-    await this.writeL2Entries(l2off, table, i, i + 1);
-    return true;
+    if (items.length === 0) return rest;
+    const total = items.reduce((n, x) => n + x.z.length, 0);
+    // Continue in the tail cluster when the clusters after it are free, else start afresh.
+    let start: number;
+    const t = this.compTail;
+    const tailStart = t ? t.cluster * cs + t.used : 0;
+    let extend = false;
+    if (t) {
+      extend = true;
+      const lastC = Math.floor((tailStart + total - 1) / cs);
+      for (let x = t.cluster + 1; x <= lastC && extend; x++) extend = (await this.refcounts.get(x)) === 0;
+    }
+    if (extend) start = tailStart;
+    else start = (await this.refcounts.findFree(Math.ceil(total / cs))) * cs;
+    const firstC = Math.floor(start / cs);
+    const endByte = start + total;
+    const lastC = Math.floor((endByte - 1) / cs);
+    // Refcounts: +1 per compressed cluster on every host cluster its sectors touch.
+    const counts = new Map<number, number>();
+    const data = new Uint8Array(Math.ceil(endByte / 512) * 512 - start);
+    let pos = start;
+    for (const it of items) {
+      data.set(it.z, pos - start);
+      const a = Math.floor((Math.floor(pos / 512) * 512) / cs);
+      const b = Math.floor((Math.ceil((pos + it.z.length) / 512) * 512 - 1) / cs);
+      for (let x = a; x <= b; x++) counts.set(x, (counts.get(x) ?? 0) + 1);
+      const [hi, lo] = encodeCompressed(pos, it.z.length, this.clusterBits);
+      writeHiLo(table, it.c % this.l2Entries, hi, lo);
+      pos += it.z.length;
+    }
+    await this.refcounts.modify(firstC, lastC - firstC + 1, (old, x) => old + (counts.get(x) ?? 0));
+    await this.writeHost(data, start);
+    const i0 = items[0].c % this.l2Entries;
+    const i1 = (items[items.length - 1].c % this.l2Entries) + 1;
+    await this.writeL2Entries(l2off, table, i0, i1);
+    const used = endByte - lastC * cs;
+    this.compTail = used < cs ? { cluster: lastC, used } : undefined;
+    return rest;
   }
 
   /**
