@@ -251,7 +251,7 @@ export class DynamicVhd implements DiskImpl {
     const s1 = Math.ceil(e / 512);
     if (!allocated) {
       await this.meta.run(async () => {
-        if (this.blockOffset(b) >= 0) return this.writeExisting(b, data, a, s0, s1);
+        if (this.blockOffset(b) >= 0) return this.writeExisting(b, data, a, s0, s1, true);
         await this.allocate(b, data, a, s0, s1);
       });
       return;
@@ -259,20 +259,29 @@ export class DynamicVhd implements DiskImpl {
     await this.writeExisting(b, data, a, s0, s1);
   }
 
-  private async writeExisting(b: number, data: Uint8Array, a: number, s0: number, s1: number): Promise<void> {
+  /** `locked`: the caller holds the metadata lock (it is not reentrant). */
+  private async writeExisting(
+    b: number,
+    data: Uint8Array,
+    a: number,
+    s0: number,
+    s1: number,
+    locked = false,
+  ): Promise<void> {
     await this.storage.write(data, this.blockOffset(b) + this.bitmapSize + a);
     const bm = await this.bitmap(b);
     if (bm === FULL) return;
     let missing = false;
     for (let s = s0; s < s1 && !missing; s++) missing = !bit(bm, s);
     if (!missing) return;
-    await this.meta.run(async () => {
+    const mark = async (): Promise<void> => {
       for (let s = s0; s < s1; s++) bm[s >> 3] |= 0x80 >> (s & 7);
       const first = Math.floor((s0 >> 3) / 512) * 512;
       const last = alignUp(((s1 - 1) >> 3) + 1, 512);
       await this.storage.write(bm.subarray(first, last), this.blockOffset(b) + first);
       if (this.isFull(bm)) this.bitmaps.set(b, FULL);
-    });
+    };
+    await (locked ? mark() : this.meta.run(mark));
   }
 
   /** Called with the metadata lock held. */

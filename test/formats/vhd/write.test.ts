@@ -84,6 +84,25 @@ describe('vhd: platter writes, peers read', () => {
     });
   }
 
+  it('parallel writes into one new block (the metadata lock is not taken twice)', async () => {
+    for (const format of ['vhd', 'vdi']) {
+      const path = join(dir, `parallel.${format}`);
+      await createImage(nodeHost, path, { format, size: 8 << 20 });
+      const d = await openImage(nodeHost, path, { readOnly: false });
+      const model = new Uint8Array(d.size);
+      const writes = [0, 1, 2, 3, 5, 6].map((i) => {
+        const data = randomBytes(256 << 10);
+        model.set(data, i * (256 << 10));
+        return d.write(data, i * (256 << 10));
+      });
+      await Promise.all(writes);
+      await d.close();
+      const again = await openRo(path);
+      assertSame(await readAll(again), model, `${format}: parallel writes`);
+      await again.close();
+    }
+  });
+
   it('a fixed VHD is probed as vhd, never raw', async () => {
     const path = join(dir, 'probe-fixed.vhd');
     await createImage(nodeHost, path, { format: 'vhd', size: 1 << 20, options: { subformat: 'fixed' } });
