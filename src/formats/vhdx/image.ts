@@ -775,9 +775,42 @@ export class VhdxImage {
       this.fileEnd = end;
       if (this.hasParent) {
         await this.allocateBitmaps(g, 0);
+        // After a commit the parent's DataWriteGuid changed: keep the (now empty) child linked.
+        const stale = await this.staleLinkage();
+        if (stale) await this.setLinkage(stale.guid);
         await this.commit();
       }
     });
+  }
+
+  // ---- parent linkage -------------------------------------------------------
+
+  /** Reads the parent's DataWriteGuid (set by the driver; undefined when the parent cannot be opened). */
+  parentGuid?: () => Promise<string | undefined>;
+
+  /** The parent's DataWriteGuid when parent_linkage (and parent_linkage2) do not name it. */
+  async staleLinkage(): Promise<{ guid: string; message: string } | undefined> {
+    const e = this.md.parent?.entries;
+    if (!this.hasParent || !e || !this.parentGuid) return undefined;
+    const guid = await this.parentGuid();
+    if (!guid) return undefined;
+    const norm = (x: string | undefined): string => (x ?? '').replace(/[{}]/g, '').toLowerCase();
+    if ([e.get('parent_linkage'), e.get('parent_linkage2')].some((x) => norm(x) === guid.toLowerCase()))
+      return undefined;
+    return {
+      guid,
+      message: `parent_linkage ${e.get('parent_linkage')} does not match the parent's DataWriteGuid {${guid}} (the parent was changed)`,
+    };
+  }
+
+  /** Points parent_linkage at `guid` (staged; the caller commits). */
+  async setLinkage(guid: string): Promise<void> {
+    const p = this.md.parent;
+    if (!p) return;
+    const entries = new Map(p.entries);
+    entries.set('parent_linkage', `{${guid.toLowerCase()}}`);
+    entries.delete('parent_linkage2');
+    await this.writeMetadata({ ...this.md, parent: { ...p, entries } });
   }
 
   // ---- check ----------------------------------------------------------------
@@ -792,6 +825,20 @@ export class VhdxImage {
       messages.push(
         `the log holds ${this.pendingLog.entries} entries not yet replayed (open for writing or check -r all replays them)`,
       );
+    }
+    const stale = await this.staleLinkage();
+    if (stale) {
+      messages.push(stale.message);
+      if (repair === 'all' && !this.readOnly) {
+        await this.lock.run(async () => {
+          await this.beginWrite();
+          await this.setLinkage(stale.guid);
+          await this.commit();
+        });
+        repaired.corruptions++;
+      } else {
+        corruptions++;
+      }
     }
     if (this.replayedOnOpen > 0) {
       repaired.corruptions++;

@@ -12,7 +12,7 @@
  * volume_path locators are not followed; user metadata items are ignored.
  */
 import type { DiskImpl } from '../../core/disk.js';
-import { unsupported } from '../../core/errors.js';
+import { isPlatterError, unsupported } from '../../core/errors.js';
 import type { Storage } from '../../core/storage.js';
 import type { FormatDriver, OpenContext, OpenedImage } from '../driver.js';
 import { createVhdx, locatorPaths, parentLocator } from './create.js';
@@ -65,6 +65,21 @@ async function open(storage: Storage, ctx: OpenContext): Promise<OpenedImage> {
   });
   const parentName = img.hasParent ? await findParent(img, ctx) : undefined;
   const backing = parentName ? { name: parentName, format: 'vhdx' } : undefined;
+  if (parentName) {
+    img.parentGuid = async () => {
+      try {
+        const ps = await ctx.openSibling(parentName);
+        try {
+          return guidText((await VhdxImage.open(ps, { readOnly: true })).header.dataWriteGuid);
+        } finally {
+          await ps.close();
+        }
+      } catch (e) {
+        if (isPlatterError(e)) return undefined; // missing, locked or not VHDX: nothing to compare with
+        throw e;
+      }
+    };
+  }
   const writable = !ctx.readOnly;
   const disk: DiskImpl = {
     size: img.md.size,

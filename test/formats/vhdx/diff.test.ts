@@ -205,6 +205,62 @@ describe('vhdx differencing disks', () => {
   });
 });
 
+describe('vhdx parent linkage and resize of a differencing disk', () => {
+  it('a changed parent makes the linkage stale; check -r all relinks it', async (t) => {
+    const [base, child, model] = await chain('linkage');
+    let d = await openWrite(base);
+    await d.write(pattern(512, 99), 0); // the parent's DataWriteGuid changes; the child's own sector 0 hides it
+    await d.close();
+    d = await openRead(child);
+    let r = await d.features.check?.({ repair: 'none' });
+    await d.close();
+    assert.equal(r?.corruptions, 1);
+    assert.ok(r?.messages.some((m) => /parent_linkage/.test(m)));
+    d = await openWrite(child);
+    r = await d.features.check?.({ repair: 'all' });
+    await d.close();
+    assert.equal(r?.corruptions, 0);
+    assert.equal(r?.repaired?.corruptions, 1);
+    d = await openRead(child);
+    try {
+      assert.equal((await d.features.check?.({ repair: 'none' }))?.corruptions, 0);
+      assert.ok((await readAll(d)).equals(model));
+    } finally {
+      await d.close();
+    }
+    if (!needPeers(t, 'vhdiinfo')) return;
+    const b = await openRead(base);
+    const guid = (await b.info()).details?.dataWriteGuid;
+    await b.close();
+    assert.match(must('vhdiinfo', [child]), new RegExp(`Parent identifier\\s*:\\s*${guid}`));
+  });
+
+  it('growing a child reads zeros past the parent; shrinking cuts it', async () => {
+    const [, child, model] = await chain('resize');
+    let d = await openWrite(child);
+    await d.features.resize?.(SIZE + 5 * MiB, { shrink: false });
+    await d.close();
+    d = await openWrite(child);
+    try {
+      assert.equal(d.size, SIZE + 5 * MiB);
+      const got = await readAll(d);
+      assert.ok(got.subarray(0, SIZE).equals(model));
+      assert.ok(got.subarray(SIZE).every((x) => x === 0));
+      await d.write(pattern(3000, 5), SIZE + MiB);
+      await d.features.resize?.(SIZE - MiB, { shrink: true });
+    } finally {
+      await d.close();
+    }
+    d = await openRead(child);
+    try {
+      assert.equal(d.size, SIZE - MiB);
+      assert.ok((await readAll(d)).equals(model.subarray(0, SIZE - MiB)));
+    } finally {
+      await d.close();
+    }
+  });
+});
+
 describe('vhdx: libvhdi reads what platter writes', () => {
   const cases: Array<[string, Record<string, string>, boolean]> = [
     ['dynamic', { block_size: '1M' }, false],
