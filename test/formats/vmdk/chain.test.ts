@@ -12,8 +12,11 @@ import { compareWithQemu, GiB, MiB, qemuWrite } from './util.js';
 
 const dir = tempDir('platter-vmdk-chain-');
 
+/** The CID as platter prints it (8 hex digits; qemu drops leading zeros after a write). */
 function cidOf(path: string): string {
-  return /^CID=([0-9a-f]+)/m.exec(readFileSync(path, 'latin1'))?.[1] ?? '';
+  const m = /^CID=([0-9a-f]+)/m.exec(readFileSync(path, 'latin1'));
+  assert.ok(m, `${path} has a CID`);
+  return m[1].padStart(8, '0');
 }
 
 describe('vmdk delta links', () => {
