@@ -8,8 +8,9 @@
  * log.ts, image.ts (the open image), create.ts; crc32c.ts, guid.ts.
  * Open options: cache=unsafe skips flushes (a destination renamed into place when
  * complete, as qemu-img convert does); dense=on writes zeros into new blocks.
- * Not done: parent_linkage is not checked against the parent's DataWriteGuid;
- * volume_path locators are not followed; user metadata items are ignored.
+ * parent_linkage is compared with the parent's DataWriteGuid by check (a
+ * mismatch does not stop an open: platter's own commit changes the parent).
+ * Not done: volume_path locators are not followed; user metadata is ignored.
  */
 import type { DiskImpl } from '../../core/disk.js';
 import { isPlatterError, unsupported } from '../../core/errors.js';
