@@ -301,11 +301,32 @@ export class Qcow2Image implements RefcountHost {
   }
 
   private async writeL2Entries(l2off: number, table: Uint8Array, from: number, to: number): Promise<void> {
+    this.guard(l2off, this.cs, 'L2 table');
     await this.storage.write(table.subarray(from * 8, to * 8), l2off + from * 8);
   }
 
+  /**
+   * Overlap check (as qemu's): a data or table write must not land on the
+   * header, the active L1 table or the refcount table. Only a damaged image
+   * maps clusters there; refusing keeps it from getting worse.
+   */
+  guard(offset: number, length: number, what: string): void {
+    const hit = (a: number, n: number): boolean => n > 0 && offset < a + n && a < offset + length;
+    let region: string | undefined;
+    if (hit(0, this.cs)) region = 'the header';
+    else if (this.h.l1Offset !== 0 && hit(this.h.l1Offset, this.h.l1Size * 8)) region = 'the L1 table';
+    else if (hit(this.refcounts.tableOffset, this.refcounts.table.length)) region = 'the refcount table';
+    if (region) {
+      throw corrupt(
+        this.file,
+        `${what} at 0x${offset.toString(16)} overlaps ${region}; not writing (run 'platter check')`,
+      );
+    }
+  }
+
   /** Host write that keeps fileSize current. */
-  async writeHost(buf: Uint8Array, host: number): Promise<void> {
+  async writeHost(buf: Uint8Array, host: number, what = 'data'): Promise<void> {
+    this.guard(host, buf.length, what);
     await this.storage.write(buf, host);
     if (host + buf.length > this.fileSize) this.fileSize = host + buf.length;
   }
