@@ -69,7 +69,11 @@ async function open(storage: Storage, ctx: OpenContext): Promise<OpenedImage> {
   if (parentName) {
     img.parentGuid = async () => {
       try {
-        const ps = await ctx.openSibling(parentName);
+        // Only the header is read, so no lock: commit holds the parent open for writing meanwhile.
+        const ps = await ctx.host.open(ctx.host.resolve(img.file, parentName), {
+          write: false,
+          lock: 'none',
+        });
         try {
           return guidText((await VhdxImage.open(ps, { readOnly: true })).header.dataWriteGuid);
         } finally {
