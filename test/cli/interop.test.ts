@@ -109,6 +109,42 @@ describe('interop with qemu-img', () => {
     assert.equal(p(['compare', f('flat.raw'), f('top.qcow2')]).stdout, 'Images are identical.\n');
   });
 
+  it('info --backing-chain agrees with qemu-img info --backing-chain', (t) => {
+    if (!needPeers(t, 'qemu-img', 'qemu-io')) return;
+    must('qemu-img', ['create', '-f', 'qcow2', f('ib.qcow2'), '8M']);
+    must('qemu-img', ['create', '-f', 'qcow2', '-b', 'ib.qcow2', '-F', 'qcow2', f('it.qcow2')]);
+    qemuIoWrite(f('it.qcow2'), 'qcow2', ['write -P 1 1M 64k']);
+    const theirs = JSON.parse(must('qemu-img', ['info', '--backing-chain', '--output=json', f('it.qcow2')]));
+    const ours = JSON.parse(p(['info', '--backing-chain', '--json', f('it.qcow2')]).stdout);
+    assert.equal(ours.length, theirs.length);
+    ours.forEach((o: Record<string, unknown>, i: number) => {
+      const q = theirs[i];
+      assert.equal(o.format, q.format);
+      assert.equal(o.virtualSize, q['virtual-size']);
+      assert.equal(o.granularity, q['cluster-size']);
+      assert.equal(o.allocatedSize, q['actual-size']);
+      assert.equal(o.backingFilename, q['backing-filename']);
+      assert.equal(String(o.filename).split('/').at(-1), String(q.filename).split('/').at(-1));
+    });
+  });
+
+  it('convert -c to qcow2: compressed clusters, clean check, identical content', (t) => {
+    if (!needPeers(t, 'qemu-img', 'qemu-io')) return;
+    must('qemu-img', ['create', '-f', 'raw', f('c.raw'), '4M']);
+    qemuIoWrite(f('c.raw'), 'raw', ['write -P 0x41 0 1M', 'write -P 0x42 2M 256k']);
+    const r = p(['convert', '-c', '-O', 'qcow2', f('c.raw'), f('c.qcow2')]);
+    assert.equal(r.status, 0, r.stderr);
+    const check = must('qemu-img', ['check', f('c.qcow2')]);
+    assert.match(check, /No errors were found/);
+    assert.match(check, /100\.00% compressed clusters/, 'every data cluster is compressed');
+    assert.equal(run('qemu-img', ['compare', f('c.raw'), f('c.qcow2')]).stdout, 'Images are identical.\n');
+    assert.equal(p(['convert', '-O', 'qcow2', f('c.raw'), f('u.qcow2')]).status, 0);
+    assert.ok(
+      statSync(f('c.qcow2')).size + 1024 * K <= statSync(f('u.qcow2')).size,
+      'patterned data compresses',
+    );
+  });
+
   it('images of different sizes: the same verdict as qemu-img', (t) => {
     if (!needPeers(t, 'qemu-img', 'qemu-io')) return;
     must('qemu-img', ['create', '-f', 'raw', f('small.raw'), '4M']);
