@@ -157,6 +157,8 @@ export interface SparseCheck {
   corruptions: number;
   messages: string[];
   allocatedGrains: number;
+  /** Problems fixed by a repair. */
+  repaired: number;
 }
 
 export class SparseExtent implements VmdkExtent {
@@ -811,8 +813,16 @@ export class SparseExtent implements VmdkExtent {
 
   // ---- check ----
 
-  async check(): Promise<SparseCheck> {
+  /**
+   * With `repair` (a writable, not stream-optimized extent): a GTE past the end
+   * of the file, past the capacity or inside the metadata becomes 0 (that grain
+   * reads from the parent, or zeros), and a redundant GT that disagrees is
+   * rewritten from the GT (the one readers use). Overlaps are only reported.
+   */
+  async check(repair = false): Promise<SparseCheck> {
+    const canFix = repair && this.write !== undefined && !this.compressed;
     const messages: string[] = [];
+    let repaired = 0;
     const grains: Array<[number, number, string]> = [];
     const h = this.header;
     const grainsInUse = Math.ceil(h.capacitySectors / h.grainSectors);
@@ -835,37 +845,51 @@ export class SparseExtent implements VmdkExtent {
           );
         } else rt = await readU32s(this.storage, this.rgd[i] * SECTOR, this.perGT);
       }
+      let rewrite = false;
       for (let j = 0; j < this.perGT; j++) {
         const e = t[j];
         const gi = i * this.perGT + j;
         if (rt && rt[j] !== e) {
-          messages.push(
-            `${this.file}: grain table ${i} entry ${j} is ${e} but ${rt[j]} in the redundant grain table`,
-          );
+          if (canFix) {
+            rewrite = true;
+            repaired++;
+          } else {
+            messages.push(
+              `${this.file}: grain table ${i} entry ${j} is ${e} but ${rt[j]} in the redundant grain table`,
+            );
+          }
         }
         if (e === 0 || e === GTE_ZEROED) continue;
-        if (gi >= grainsInUse) {
-          messages.push(`${this.file}: grain table ${i} entry ${j} (sector ${e}) lies past the capacity`);
-          continue;
-        }
+        let problem: string | undefined;
         let sectors = h.grainSectors;
-        if (this.compressed && this.header.flags & FLAG_MARKERS && e < fileSectors) {
-          const head = new Uint8Array(GRAIN_MARKER);
-          await this.storage.read(head, e * SECTOR);
-          sectors = alignUp(GRAIN_MARKER + viewOf(head).getUint32(8, true), SECTOR) / SECTOR;
+        if (gi >= grainsInUse) problem = `grain table ${i} entry ${j} (sector ${e}) lies past the capacity`;
+        else {
+          if (this.compressed && this.header.flags & FLAG_MARKERS && e < fileSectors) {
+            const head = new Uint8Array(GRAIN_MARKER);
+            await this.storage.read(head, e * SECTOR);
+            sectors = alignUp(GRAIN_MARKER + viewOf(head).getUint32(8, true), SECTOR) / SECTOR;
+          }
+          if ((e + sectors) * SECTOR > this.fileSize) {
+            problem = `grain ${gi} at sector ${e} is past end of file (size ${this.fileSize})`;
+          } else if (!this.compressed && e < h.overHeadSectors) {
+            problem = `grain ${gi} at sector ${e} lies in the metadata area (overHead ${h.overHeadSectors})`;
+          }
         }
-        if ((e + sectors) * SECTOR > this.fileSize) {
-          messages.push(
-            `${this.file}: grain ${gi} at sector ${e} is past end of file (size ${this.fileSize})`,
-          );
+        if (problem && canFix) {
+          t[j] = 0;
+          rewrite = true;
+          repaired++;
           continue;
         }
-        if (!this.compressed && e < h.overHeadSectors) {
-          messages.push(
-            `${this.file}: grain ${gi} at sector ${e} lies in the metadata area (overHead ${h.overHeadSectors})`,
-          );
+        if (problem) {
+          messages.push(`${this.file}: ${problem}`);
+          continue;
         }
         grains.push([e, e + sectors, `grain ${gi}`]);
+      }
+      if (rewrite) {
+        this.changed = true;
+        await this.lock.run(() => this.writeGTEs(i, 0, this.perGT));
       }
     }
     grains.sort((a, b) => a[0] - b[0]);
@@ -876,7 +900,7 @@ export class SparseExtent implements VmdkExtent {
         );
       }
     }
-    return { corruptions: messages.length, messages, allocatedGrains: grains.length };
+    return { corruptions: messages.length, messages, allocatedGrains: grains.length, repaired };
   }
 
   async flush(): Promise<void> {
