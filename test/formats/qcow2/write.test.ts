@@ -8,7 +8,7 @@ import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import { testDisk } from '../../conformance/disk.js';
-import { must, needPeers, run } from '../../helpers/peers.js';
+import { must, needPeers, platter, run } from '../../helpers/peers.js';
 import { tempDir } from '../../helpers/tmp.js';
 import { create, MiB, openRead, openWrite, pattern, qemuCheck, readAll } from './util.js';
 
@@ -156,6 +156,29 @@ describe('qcow2 write: platter creates, qemu-img checks', () => {
     model.fill(1, 131072, 4 * 65536);
     peersAgree(top, model);
   });
+
+  for (const type of ['zlib', 'zstd']) {
+    it(`platter convert -c -o compression_type=${type}: qemu-img checks, compares, reads the type`, (t) => {
+      if (!needPeers(t, 'qemu-img', 'qcowinfo')) return;
+      const src = join(dir, `cli-${type}.raw`);
+      const data = new Uint8Array(3 * MiB);
+      data.set(
+        pattern(MiB, 8).map((b) => b & 15),
+        0,
+      );
+      data.set(pattern(65536, 9), 2 * MiB + 4096);
+      writeFileSync(src, data);
+      const dst = join(dir, `cli-${type}.qcow2`);
+      const r = platter(['convert', '-c', '-O', 'qcow2', '-o', `compression_type=${type}`, src, dst]);
+      assert.equal(r.status, 0, r.stderr);
+      assert.equal(qemuCheck(dst).status, 0);
+      assert.equal(run('qemu-img', ['compare', '-F', 'raw', dst, src]).status, 0);
+      const info = JSON.parse(must('qemu-img', ['info', '--output=json', dst]));
+      assert.equal(info['format-specific'].data['compression-type'], type);
+      assert.ok(info['actual-size'] < MiB, 'compressed output is small');
+      if (type === 'zlib') assert.equal(run('qcowinfo', [dst]).status, 0);
+    });
+  }
 
   it('qcowinfo opens a platter-made image', async (t) => {
     if (!needPeers(t, 'qcowinfo')) return;
