@@ -395,7 +395,9 @@ class Session {
   private async transmit(): Promise<void> {
     for (;;) {
       if (this.stopping) return;
-      if (this.socket.writableNeedDrain) {
+      // Replies not yet taken by the kernel are bounded by bytes, not by the socket's
+      // 16 KiB high-water mark: waiting on that would allow one reply in flight at a time.
+      if (this.socket.writableLength > MAX_INFLIGHT_BYTES) {
         await new Promise<void>((r) => {
           const done = (): void => {
             this.socket.off('drain', done);

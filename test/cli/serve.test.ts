@@ -4,7 +4,15 @@
  */
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
-import { closeSync, copyFileSync, ftruncateSync, openSync, readFileSync, writeSync } from 'node:fs';
+import {
+  closeSync,
+  copyFileSync,
+  existsSync,
+  ftruncateSync,
+  openSync,
+  readFileSync,
+  writeSync,
+} from 'node:fs';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import { must, needPeers, platter, run } from '../helpers/peers.js';
@@ -187,6 +195,20 @@ describe('platter serve', () => {
     } finally {
       assert.equal(await srv.stop(), 0);
     }
+  });
+
+  it("--run: captive mode with $uri, a private socket, and the command's exit status", (t) => {
+    if (!needPeers(t, 'nbdinfo')) return;
+    const { path } = fresh();
+    const ok = platter(['serve', '-r', path, '--run', 'nbdinfo --size "$uri" && test -S "$unixsocket"']);
+    assert.equal(ok.status, 0, ok.stderr);
+    assert.equal(ok.stdout.trim(), String(8 * MiB));
+    const sock = /socket=([^&\s]+)/.exec(
+      decodeURIComponent(platter(['serve', '-r', path, '--run', 'echo "$uri"']).stdout),
+    )?.[1];
+    assert.ok(sock, 'the URI names a socket');
+    assert.equal(existsSync(sock), false, 'the private socket is gone afterwards');
+    assert.equal(platter(['serve', '-r', path, '--run', 'exit 3']).status, 3);
   });
 
   it('bad arguments: port out of range, --socket with --port, missing image', () => {

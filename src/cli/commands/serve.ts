@@ -10,15 +10,18 @@
  *
  * `--read-only` wraps the result in readonly(). The first line on stdout is
  * the URI clients connect to (with --json: an object), printed once the
- * server listens.
+ * server listens. `--run CMD` is nbdkit's captive mode: CMD runs with $uri
+ * set and the server stops (flushing) when it exits, with CMD's status.
  */
+import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { tmpdir } from 'node:os';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { constants as osConstants, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Command } from 'commander';
 import { stack } from '../../core/chain.js';
 import { type Disk, type DiskImpl, toDisk } from '../../core/disk.js';
-import { invalid } from '../../core/errors.js';
+import { invalid, PlatterError } from '../../core/errors.js';
 import type { Storage } from '../../core/storage.js';
 import { cow } from '../../layers/cow.js';
 import { readonly } from '../../layers/readonly.js';
@@ -45,6 +48,7 @@ interface ServeOpts {
   json?: boolean;
   quiet?: boolean;
   verbose?: boolean;
+  run?: string;
 }
 
 /** Physical mode: every request goes straight to the host store. */
@@ -135,34 +139,77 @@ function listenAddress(o: ServeOpts): ListenAddress {
   return { host: o.bind ?? '127.0.0.1', port };
 }
 
+/** Runs `cmd` in a shell with the export's address in its environment; resolves with its exit status. */
+function runCaptive(
+  ctx: CliContext,
+  cmd: string,
+  uri: string,
+  addr: ListenAddress,
+  exportName: string,
+): Promise<number> {
+  const env: NodeJS.ProcessEnv = { ...process.env, uri, nbd: uri, exportname: exportName };
+  if ('path' in addr) env.unixsocket = addr.path;
+  else env.port = String(new URL(uri).port);
+  return new Promise((resolve, reject) => {
+    const child = spawn('/bin/sh', ['-c', cmd], { stdio: 'inherit', env });
+    child.once('error', (e) => reject(new PlatterError('EIO', `--run: cannot start /bin/sh: ${e.message}`)));
+    child.once('exit', (code, signal) =>
+      resolve(code ?? (signal ? 128 + (osConstants.signals[signal] ?? 0) : 1)),
+    );
+    ctx.signal.addEventListener('abort', () => child.kill('SIGTERM'), { once: true });
+  });
+}
+
 async function serve(ctx: CliContext, image: string, o: ServeOpts): Promise<number> {
   const shared = o.shared === undefined ? 0 : Number(o.shared);
   if (!Number.isInteger(shared) || shared < 0)
     throw invalid(`invalid --shared '${o.shared}': use a number of clients (0 = no limit)`);
-  const addr = listenAddress(o);
-  const disk = await openServed(ctx, image, o);
-  const server = new NbdServer(disk, {
-    exportName: o.exportName ?? '',
-    description: o.description,
-    maxClients: shared,
-    log: (m) => {
-      if (o.verbose || m.startsWith('internal error')) ctx.stderr.write(`platter: serve: ${m}\n`);
-    },
-  });
-  try {
-    const uri = await server.listen(addr);
-    if (o.json) {
-      ctx.stdout.write(
-        `${JSON.stringify({ uri, exportName: server.exportName, size: disk.size, readOnly: server.readOnly, snapshot: !!o.snapshot, physical: !!o.physical })}\n`,
-      );
-    } else if (!o.quiet) ctx.stdout.write(`${uri}\n`);
-    if (!ctx.signal.aborted)
-      await new Promise((r) => ctx.signal.addEventListener('abort', r, { once: true }));
-    await server.close();
-  } finally {
-    await disk.close();
+  // --run without an address: a private unix socket, removed afterwards (like nbdkit -U -).
+  let privateDir: string | undefined;
+  if (o.run !== undefined && o.socket === undefined && o.port === undefined) {
+    privateDir = mkdtempSync(join(tmpdir(), 'platter-serve-'));
+    o.socket = join(privateDir, 'nbd.sock');
   }
-  return 0;
+  try {
+    const addr = listenAddress(o);
+    const disk = await openServed(ctx, image, o);
+    const server = new NbdServer(disk, {
+      exportName: o.exportName ?? '',
+      description: o.description,
+      maxClients: shared,
+      log: (m) => {
+        if (o.verbose || m.startsWith('internal error')) ctx.stderr.write(`platter: serve: ${m}\n`);
+      },
+    });
+    let status = 0;
+    try {
+      const uri = await server.listen(addr);
+      if (o.run !== undefined) {
+        status = await runCaptive(ctx, o.run, uri, addr, server.exportName);
+      } else {
+        if (o.json) {
+          const { exportName, readOnly } = server;
+          const facts = {
+            uri,
+            exportName,
+            size: disk.size,
+            readOnly,
+            snapshot: !!o.snapshot,
+            physical: !!o.physical,
+          };
+          ctx.stdout.write(`${JSON.stringify(facts)}\n`);
+        } else if (!o.quiet) ctx.stdout.write(`${uri}\n`);
+        if (!ctx.signal.aborted)
+          await new Promise((r) => ctx.signal.addEventListener('abort', r, { once: true }));
+      }
+      await server.close();
+    } finally {
+      await disk.close();
+    }
+    return status;
+  } finally {
+    if (privateDir) rmSync(privateDir, { recursive: true, force: true });
+  }
 }
 
 export const registerServe: RegisterCommand = (program: Command, ctx, run) => {
@@ -187,5 +234,9 @@ export const registerServe: RegisterCommand = (program: Command, ctx, run) => {
     .option('--json', 'print the listening address as JSON')
     .option('-q, --quiet', 'print nothing but errors')
     .option('-v, --verbose', 'log dropped clients on stderr')
+    .option(
+      '--run <cmd>',
+      'run CMD in a shell with $uri set, then stop serving and exit with its status (a private socket unless --port/--socket)',
+    )
     .action(run((image: string, o: ServeOpts) => serve(ctx, image, o)));
 };
