@@ -71,6 +71,8 @@ import {
   VHDX_LOCATOR_TYPE,
 } from './metadata.js';
 
+const MAX_CACHED_BITMAPS = 64;
+
 /** Test hooks: `afterLogWritten` runs once a log entry is durable and named by the headers, before it is applied. */
 export const vhdxTestHooks: { afterLogWritten?: () => void | Promise<void> } = {};
 
@@ -107,6 +109,7 @@ export class VhdxImage {
   /** qemu's cache=unsafe: no flushes (a destination that is renamed into place only when complete). */
   unsafe = false;
   private bitmaps = new Map<number, Uint8Array>();
+  private changedBitmaps = new Set<number>();
   private dirty = new Map<number, Uint8Array>();
   private began = false;
   private dead = false;
@@ -341,6 +344,15 @@ export class VhdxImage {
     if (!bm) {
       bm = new Uint8Array(MiB);
       await this.readFile(bm, this.bat.offset(i));
+      // A bounded cache (1 MiB per 4 GiB chunk); changed bitmaps stay until committed.
+      if (this.bitmaps.size >= MAX_CACHED_BITMAPS) {
+        for (const c of this.bitmaps.keys()) {
+          if (!this.changedBitmaps.has(c)) {
+            this.bitmaps.delete(c);
+            break;
+          }
+        }
+      }
       this.bitmaps.set(chunk, bm);
     }
     return bm;
@@ -482,6 +494,7 @@ export class VhdxImage {
       this.bitmaps.set(chunk, bm);
       await this.setEntry(bitmapIndex(g, chunk), SB_PRESENT, off);
     }
+    this.changedBitmaps.add(chunk);
     const lss = g.logicalSectorSize;
     const base = this.bitBase(b);
     const first = base + Math.floor(from / lss);
@@ -579,6 +592,7 @@ export class VhdxImage {
     await this.barrier();
     const pages = [...this.dirty].sort((a, b) => a[0] - b[0]);
     this.dirty.clear();
+    this.changedBitmaps.clear();
     const per = maxPagesPerEntry(this.header.logLength);
     if (per < 1)
       throw unsupported(

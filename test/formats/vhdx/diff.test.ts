@@ -261,6 +261,50 @@ describe('vhdx parent linkage and resize of a differencing disk', () => {
   });
 });
 
+describe('vhdx: a large differencing disk', () => {
+  it('writes in 70 chunks (more sector bitmaps than platter caches) read back', async () => {
+    const d0 = join(dir, 'large');
+    mkdirSync(d0, { recursive: true });
+    const chunk = 4 * 1024 * MiB; // 2^23 sectors of 512 bytes: one sector bitmap each
+    const size = 71 * chunk;
+    await create(join(d0, 'base.vhdx'), size, { block_size: '32M' });
+    const child = join(d0, 'child.vhdx');
+    await create(child, 0, {}, 'base.vhdx');
+    let d = await openWrite(child);
+    try {
+      for (let c = 0; c < 70; c++) await d.write(pattern(1024, c + 1), c * chunk + 512 * (c + 1));
+      // Before the commit: the changed bitmaps must survive the bounded cache.
+      for (let c = 0; c < 70; c += 7) {
+        const got = new Uint8Array(1024);
+        await d.read(got, c * chunk + 512 * (c + 1));
+        assert.ok(Buffer.from(got).equals(Buffer.from(pattern(1024, c + 1))), `chunk ${c} before close`);
+      }
+    } finally {
+      await d.close();
+    }
+    d = await openRead(child);
+    try {
+      for (let c = 0; c < 70; c++) {
+        const got = new Uint8Array(2048);
+        await d.read(got, c * chunk + 512 * c);
+        const want = new Uint8Array(2048);
+        want.set(pattern(1024, c + 1), 512);
+        assert.ok(Buffer.from(got).equals(Buffer.from(want)), `chunk ${c}`);
+      }
+      const own = (await d.extents(0, 2 * chunk)).filter((e) => e.depth === 0);
+      assert.deepEqual(
+        own.map((e) => [e.offset, e.length]),
+        [
+          [512, 1024],
+          [chunk + 1024, 1024],
+        ],
+      );
+    } finally {
+      await d.close();
+    }
+  });
+});
+
 describe('vhdx: libvhdi reads what platter writes', () => {
   const cases: Array<[string, Record<string, string>, boolean]> = [
     ['dynamic', { block_size: '1M' }, false],
