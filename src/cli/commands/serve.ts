@@ -52,24 +52,37 @@ interface ServeOpts {
 }
 
 /** Physical mode: every request goes straight to the host store. */
-function passThrough(storage: Storage, size: number): DiskImpl {
+function passThrough(
+  storage: Storage & { zeroRange?(offset: number, length: number): Promise<void> },
+  size: number,
+): DiskImpl {
+  const writable = !storage.readOnly;
+  const writeZeros = async (offset: number, length: number): Promise<void> => {
+    const zeros = new Uint8Array(Math.min(length, 1 << 20));
+    for (let done = 0; done < length; done += zeros.length) {
+      await storage.write(zeros.subarray(0, Math.min(zeros.length, length - done)), offset + done);
+    }
+  };
   return {
     size,
     storages: [storage],
     read: (buf, offset) => storage.read(buf, offset),
-    write: storage.readOnly ? undefined : (buf, offset) => storage.write(buf, offset),
-    writeZeroes:
-      storage.discard && !storage.readOnly
-        ? async (offset, length, { mayUnmap }) => {
-            if (mayUnmap) return storage.discard!(offset, length);
-            const zeros = new Uint8Array(Math.min(length, 1 << 20));
-            for (let done = 0; done < length; done += zeros.length) {
-              await storage.write(zeros.subarray(0, Math.min(zeros.length, length - done)), offset + done);
+    write: writable ? (buf, offset) => storage.write(buf, offset) : undefined,
+    writeZeroes: writable
+      ? async (offset, length, { mayUnmap }) => {
+          // Punch a hole when allowed, else zero in place (fallocate), else write zeros.
+          if (mayUnmap && storage.discard) return storage.discard(offset, length);
+          if (storage.zeroRange) {
+            try {
+              return await storage.zeroRange(offset, length);
+            } catch (e) {
+              if (!(e instanceof PlatterError && e.code === 'EUNSUPPORTED')) throw e;
             }
           }
-        : undefined,
-    discard:
-      storage.discard && !storage.readOnly ? (offset, length) => storage.discard!(offset, length) : undefined,
+          return writeZeros(offset, length);
+        }
+      : undefined,
+    discard: writable && storage.discard ? (offset, length) => storage.discard!(offset, length) : undefined,
     extents: storage.extents
       ? async (offset, length) =>
           (await storage.extents!(offset, length)).map((e) => ({
