@@ -59,6 +59,8 @@ export class VdiDisk implements DiskImpl {
   private bmap: Uint32Array;
   private readonly bs: number;
   private readonly meta = new Mutex();
+  /** Blocks being allocated: a second writer waits for the first. */
+  private readonly pending = new Map<number, Promise<void>>();
   private backing?: { name: string; format?: string };
 
   constructor(private readonly o: VdiOptions) {
@@ -135,20 +137,26 @@ export class VdiDisk implements DiskImpl {
       const b = Math.floor(pos / this.bs);
       const within = pos - b * this.bs;
       const n = Math.min(this.bs - within, buf.length - i);
-      const piece = buf.subarray(i, i + n);
-      if (this.isAllocated(b)) jobs.push(this.storage.write(piece, this.dataAt(b) + within));
-      else jobs.push(this.meta.run(() => this.allocate(b, piece, within)));
+      jobs.push(this.writePiece(b, buf.subarray(i, i + n), within));
       i += n;
     }
     await Promise.all(jobs);
   };
 
-  /** Called with the metadata lock held. */
-  private async allocate(b: number, piece: Uint8Array, within: number): Promise<void> {
-    if (this.isAllocated(b)) {
-      await this.storage.write(piece, this.dataAt(b) + within);
-      return;
+  private async writePiece(b: number, piece: Uint8Array, within: number): Promise<void> {
+    for (;;) {
+      if (this.isAllocated(b)) return this.storage.write(piece, this.dataAt(b) + within);
+      const p = this.pending.get(b);
+      if (!p) return this.allocate(b, piece, within);
+      await p.catch(() => undefined);
     }
+  }
+
+  /**
+   * The index is taken at once, the block's data written in parallel with other
+   * allocations, and only the map entry and the count under the metadata lock.
+   */
+  private allocate(b: number, piece: Uint8Array, within: number): Promise<void> {
     // Unallocated and zero blocks both start as zeros here (the chain fills a hole from below first).
     let whole = piece;
     if (within !== 0 || piece.length !== this.bs) {
@@ -156,13 +164,21 @@ export class VdiDisk implements DiskImpl {
       whole.set(piece, within);
     }
     const index = this.h.blocksAllocated;
-    if (index >= ZERO_BLOCK)
-      throw new PlatterError('ENOSPC', `${this.name}: VDI block index space exhausted`);
-    await this.storage.write(whole, this.h.offsetData + index * this.bs);
-    this.bmap[b] = index;
+    if (index >= ZERO_BLOCK) {
+      return Promise.reject(new PlatterError('ENOSPC', `${this.name}: VDI block index space exhausted`));
+    }
     this.h.blocksAllocated = index + 1;
-    await this.writeMap(b, b + 1);
-    await this.writeCount();
+    const p = (async () => {
+      await this.storage.write(whole, this.h.offsetData + index * this.bs);
+      await this.meta.run(async () => {
+        this.bmap[b] = index;
+        await this.writeMap(b, b + 1);
+        await this.writeCount();
+      });
+    })();
+    this.pending.set(b, p);
+    p.finally(() => this.pending.delete(b)).catch(() => undefined);
+    return p;
   }
 
   private async writeMap(from: number, to: number): Promise<void> {

@@ -84,6 +84,8 @@ export class DynamicVhd implements DiskImpl {
   private readonly bitmaps = new Map<number, Uint8Array>();
   private readonly loading = new Map<number, Promise<Uint8Array>>();
   private readonly meta = new Mutex();
+  /** Blocks being allocated: a second writer waits for the first. */
+  private readonly pending = new Map<number, Promise<void>>();
   private backing?: { name: string; format?: string };
 
   constructor(private readonly o: DynamicOptions) {
@@ -231,6 +233,7 @@ export class DynamicVhd implements DiskImpl {
   };
 
   private async writePiece(piece: Uint8Array, b: number, within: number): Promise<void> {
+    for (let p = this.pending.get(b); p; p = this.pending.get(b)) await p.catch(() => undefined);
     const allocated = this.blockOffset(b) >= 0;
     const bm = allocated ? await this.bitmap(b) : undefined;
     const end = within + piece.length;
@@ -249,25 +252,12 @@ export class DynamicVhd implements DiskImpl {
     }
     const s0 = Math.floor(a / 512);
     const s1 = Math.ceil(e / 512);
-    if (!allocated) {
-      await this.meta.run(async () => {
-        if (this.blockOffset(b) >= 0) return this.writeExisting(b, data, a, s0, s1, true);
-        await this.allocate(b, data, a, s0, s1);
-      });
-      return;
-    }
+    // Nothing awaited since the pending check when unallocated: allocate() claims the block at once.
+    if (!allocated) return this.allocate(b, data, a, s0, s1);
     await this.writeExisting(b, data, a, s0, s1);
   }
 
-  /** `locked`: the caller holds the metadata lock (it is not reentrant). */
-  private async writeExisting(
-    b: number,
-    data: Uint8Array,
-    a: number,
-    s0: number,
-    s1: number,
-    locked = false,
-  ): Promise<void> {
+  private async writeExisting(b: number, data: Uint8Array, a: number, s0: number, s1: number): Promise<void> {
     await this.storage.write(data, this.blockOffset(b) + this.bitmapSize + a);
     const bm = await this.bitmap(b);
     if (bm === FULL) return;
@@ -281,24 +271,43 @@ export class DynamicVhd implements DiskImpl {
       await this.storage.write(bm.subarray(first, last), this.blockOffset(b) + first);
       if (this.isFull(bm)) this.bitmaps.set(b, FULL);
     };
-    await (locked ? mark() : this.meta.run(mark));
+    await this.meta.run(mark);
   }
 
-  /** Called with the metadata lock held. */
-  private async allocate(b: number, data: Uint8Array, a: number, s0: number, s1: number): Promise<void> {
+  /**
+   * The block's place is taken at once and its data written in parallel with
+   * other allocations; its bitmap, the footer behind the last block and the BAT
+   * entry are written under the metadata lock. A footer written at the end
+   * before this block was placed lies where this block's bitmap goes, and that
+   * bitmap is written later, under the lock, so it wins.
+   */
+  private allocate(b: number, data: Uint8Array, a: number, s0: number, s1: number): Promise<void> {
     const at = alignUp(this.nextFree, 512);
-    if (at / 512 >= UNUSED)
-      throw new PlatterError('ENOSPC', `${this.name}: VHD file would exceed 2 TiB of sectors`);
-    const bm = new Uint8Array(this.bitmapSize);
-    for (let s = s0; s < s1; s++) bm[s >> 3] |= 0x80 >> (s & 7);
-    await this.storage.write(data, at + this.bitmapSize + a);
-    await this.storage.write(bm, at);
-    // The rest of the block lies past the old end of file and reads as zeros.
+    if (at / 512 >= UNUSED) {
+      return Promise.reject(
+        new PlatterError('ENOSPC', `${this.name}: VHD file would exceed 2 TiB of sectors`),
+      );
+    }
     this.nextFree = at + this.bitmapSize + this.bs;
-    await this.storage.write(serializeFooter(this.footer), this.nextFree);
-    this.bat[b] = at / 512;
-    await this.writeBatEntries(b, b + 1);
-    this.bitmaps.set(b, this.isFull(bm) ? FULL : bm);
+    const bm = new Uint8Array(this.bitmapSize);
+    // Type 3 has nothing below, and the rest of a new block reads as zeros: mark it all
+    // present, as qemu does, which saves a bitmap write per later piece of the block.
+    if (this.footer.diskType === DISK_DYNAMIC) bm.fill(0xff);
+    else for (let s = s0; s < s1; s++) bm[s >> 3] |= 0x80 >> (s & 7);
+    const p = (async () => {
+      // The rest of the block lies past the old end of file and reads as zeros.
+      await this.storage.write(data, at + this.bitmapSize + a);
+      await this.meta.run(async () => {
+        await this.storage.write(bm, at);
+        await this.storage.write(serializeFooter(this.footer), this.nextFree);
+        this.bat[b] = at / 512;
+        await this.writeBatEntries(b, b + 1);
+        this.bitmaps.set(b, this.isFull(bm) ? FULL : bm);
+      });
+    })();
+    this.pending.set(b, p);
+    p.finally(() => this.pending.delete(b)).catch(() => undefined);
+    return p;
   }
 
   private async writeBatEntries(from: number, to: number): Promise<void> {
