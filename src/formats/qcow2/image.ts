@@ -40,6 +40,14 @@ import {
   writeHiLo,
 } from './tables.js';
 
+/** Where a batch of compressed clusters goes (image.ts layout()). */
+interface Layout {
+  start: number;
+  positions: number[];
+  counts: Map<number, number>;
+  lastC: number;
+}
+
 /** A run of guest bytes with one kind of mapping. */
 export interface Segment {
   offset: number;
@@ -522,6 +530,45 @@ export class Qcow2Image implements RefcountHost {
   }
 
   /**
+   * Where compressed items go from host byte `start`: back to back, except
+   * that an item moves to the next cluster boundary when it would raise a
+   * host cluster's refcount past refcount_bits' maximum (each compressed
+   * cluster adds 1 to every host cluster its sectors touch).
+   */
+  private layout(
+    items: Array<{ z: Uint8Array }>,
+    start: number,
+    tailCluster: number,
+    tailRefcount: number,
+  ): Layout {
+    const cs = this.cs;
+    const max = this.refcounts.maxRefcount;
+    const counts = new Map<number, number>();
+    const positions: number[] = [];
+    const touched = (p: number, len: number): [number, number] => [
+      Math.floor((Math.floor(p / 512) * 512) / cs),
+      Math.floor((Math.ceil((p + len) / 512) * 512 - 1) / cs),
+    ];
+    const fits = (p: number, len: number): boolean => {
+      const [a, b] = touched(p, len);
+      for (let x = a; x <= b; x++) {
+        if ((counts.get(x) ?? 0) + 1 + (x === tailCluster ? tailRefcount : 0) > max) return false;
+      }
+      return true;
+    };
+    let pos = start;
+    for (const it of items) {
+      if (!fits(pos, it.z.length)) pos = Math.ceil(pos / cs) * cs;
+      if (!fits(pos, it.z.length)) pos += cs;
+      const [a, b] = touched(pos, it.z.length);
+      for (let x = a; x <= b; x++) counts.set(x, (counts.get(x) ?? 0) + 1);
+      positions.push(pos);
+      pos += it.z.length;
+    }
+    return { start, positions, counts, lastC: Math.floor((pos - 1) / cs) };
+  }
+
+  /**
    * Stores compressed data for guest clusters [c0, c1) of one L2 table where
    * they are unallocated; returns the clusters it could not store that way.
    */
@@ -542,35 +589,29 @@ export class Qcow2Image implements RefcountHost {
       else rest.push(c);
     }
     if (items.length === 0) return rest;
-    const total = items.reduce((n, x) => n + x.z.length, 0);
     // Continue in the tail cluster when the clusters after it are free, else start afresh.
-    let start: number;
     const t = this.compTail;
-    const tailStart = t ? t.cluster * cs + t.used : 0;
-    let extend = false;
+    let plan: Layout | undefined;
     if (t) {
-      extend = true;
-      const lastC = Math.floor((tailStart + total - 1) / cs);
-      for (let x = t.cluster + 1; x <= lastC && extend; x++) extend = (await this.refcounts.get(x)) === 0;
+      const rcTail = await this.refcounts.get(t.cluster);
+      const p = this.layout(items, t.cluster * cs + t.used, t.cluster, rcTail);
+      let free = true;
+      for (let x = t.cluster + 1; x <= p.lastC && free; x++) free = (await this.refcounts.get(x)) === 0;
+      if (free) plan = p;
     }
-    if (extend) start = tailStart;
-    else start = (await this.refcounts.findFree(Math.ceil(total / cs))) * cs;
+    if (!plan) {
+      const need = this.layout(items, 0, -1, 0).lastC + 1;
+      plan = this.layout(items, (await this.refcounts.findFree(need)) * cs, -1, 0);
+    }
+    const { start, positions, counts, lastC } = plan;
     const firstC = Math.floor(start / cs);
-    const endByte = start + total;
-    const lastC = Math.floor((endByte - 1) / cs);
-    // Refcounts: +1 per compressed cluster on every host cluster its sectors touch.
-    const counts = new Map<number, number>();
+    const endByte = positions[positions.length - 1] + items[items.length - 1].z.length;
     const data = new Uint8Array(Math.ceil(endByte / 512) * 512 - start);
-    let pos = start;
-    for (const it of items) {
-      data.set(it.z, pos - start);
-      const a = Math.floor((Math.floor(pos / 512) * 512) / cs);
-      const b = Math.floor((Math.ceil((pos + it.z.length) / 512) * 512 - 1) / cs);
-      for (let x = a; x <= b; x++) counts.set(x, (counts.get(x) ?? 0) + 1);
-      const [hi, lo] = encodeCompressed(pos, it.z.length, this.clusterBits);
+    items.forEach((it, k) => {
+      data.set(it.z, positions[k] - start);
+      const [hi, lo] = encodeCompressed(positions[k], it.z.length, this.clusterBits);
       writeHiLo(table, it.c % this.l2Entries, hi, lo);
-      pos += it.z.length;
-    }
+    });
     await this.refcounts.modify(firstC, lastC - firstC + 1, (old, x) => old + (counts.get(x) ?? 0));
     await this.writeHost(data, start);
     const i0 = items[0].c % this.l2Entries;

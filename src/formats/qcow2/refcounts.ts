@@ -52,6 +52,11 @@ export class Refcounts {
     this.max = this.bits >= 53 ? Number.MAX_SAFE_INTEGER : 2 ** this.bits - 1;
   }
 
+  /** The largest refcount refcount_bits can hold. */
+  get maxRefcount(): number {
+    return this.max;
+  }
+
   get tableEntries(): number {
     return this.table.length / 8;
   }

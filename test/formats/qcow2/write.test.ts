@@ -90,7 +90,8 @@ describe('qcow2 write: platter creates, qemu-img checks', () => {
       if (!needPeers(t, 'qemu-img')) return;
       const path = join(dir, `cz${n++}.qcow2`);
       const size = 4 * MiB;
-      await create(path, size, { compression_type: type });
+      // zstd also with 1-bit refcounts: no two compressed clusters may share a host cluster.
+      await create(path, size, type === 'zstd' ? { compression_type: type, refcount_bits: '1' } : {});
       const d = await openWrite(path, { compress: 'on' });
       const model = new Uint8Array(size);
       const data = pattern(2 * MiB, 5).map((b) => b & 3);
@@ -226,4 +227,16 @@ testDisk('qcow2 overlay on a qcow2 backing', async (size) => {
   await create(base, Math.ceil(size / 512) * 512, { cluster_size: '4096' });
   await create(top, undefined, {}, { name: base, format: 'qcow2' });
   return { disk: await openWrite(top), reopen: () => openRead(top) };
+});
+
+testDisk('qcow2 compat=0.10 with 512-byte clusters', async (size) => {
+  const path = join(dir, `conf${n++}.qcow2`);
+  await create(path, Math.ceil(size / 512) * 512, { compat: '0.10', cluster_size: '512' });
+  return { disk: await openWrite(path), reopen: () => openRead(path) };
+});
+
+testDisk('qcow2 opened with compress=on (zstd)', async (size) => {
+  const path = join(dir, `conf${n++}.qcow2`);
+  await create(path, Math.ceil(size / 512) * 512, { compression_type: 'zstd', refcount_bits: '1' });
+  return { disk: await openWrite(path, { compress: 'on' }), reopen: () => openRead(path) };
 });
