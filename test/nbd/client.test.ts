@@ -12,7 +12,7 @@ import { stack } from '../../src/core/chain.js';
 import { type Disk, toDisk } from '../../src/core/disk.js';
 import { PlatterError } from '../../src/core/errors.js';
 import { zeroDisk } from '../../src/core/zeros.js';
-import { openImage } from '../../src/formats/open.js';
+import { createImage, openImage } from '../../src/formats/open.js';
 import { cow } from '../../src/layers/cow.js';
 import { openNbd, parseNbdUri } from '../../src/nbd/client.js';
 import { nodeHost } from '../../src/storage/host.js';
@@ -269,6 +269,25 @@ describe('nbd client', () => {
       await c.close();
       await s.stop();
       await base.close();
+    }
+  });
+
+  it('an NBD export as a destination: platter creates a qcow2 inside nbdkit memory, qemu checks and reads it', async (t) => {
+    if (!needPeers(t, 'nbdkit', 'qemu-img', 'qemu-io')) return;
+    const k = await startNbdkit(socketPath(dir), ['memory', '16M']);
+    try {
+      await createImage(nodeHost, k.uri, { format: 'qcow2', size: 4 * MiB });
+      const d = await openImage(nodeHost, k.uri, { format: 'qcow2', readOnly: false });
+      await d.write(new Uint8Array(65536).fill(0x42), MiB);
+      await d.close();
+      const info = JSON.parse(must('qemu-img', ['info', '--output=json', k.uri]));
+      assert.equal(info.format, 'qcow2');
+      assert.equal(info['virtual-size'], 4 * MiB);
+      must('qemu-img', ['check', k.uri]);
+      const r = must('qemu-io', ['-r', '-c', 'read -P 0x42 1M 64k', '-c', 'read -P 0 0 1M', k.uri]);
+      assert.doesNotMatch(r, /verification failed/);
+    } finally {
+      await k.stop();
     }
   });
 
