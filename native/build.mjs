@@ -7,16 +7,20 @@ import { existsSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 
 const here = dirname(new URL(import.meta.url).pathname);
-const nodedir = join(dirname(process.execPath), '..');
-const headers = join(nodedir, 'include', 'node', 'node_api.h');
+// Headers: npm's configured nodedir, else the prefix of the running node.
+const nodedir = [process.env.npm_config_nodedir, join(dirname(process.execPath), '..')].find(
+  (d) => d && existsSync(join(d, 'include', 'node', 'node_api.h')),
+);
+const headers = nodedir ? join(nodedir, 'include', 'node', 'node_api.h') : '';
 
 function nodeGyp() {
+  const prefix = join(dirname(process.execPath), '..');
   if (process.env.npm_config_node_gyp && existsSync(process.env.npm_config_node_gyp)) {
     return [process.execPath, process.env.npm_config_node_gyp];
   }
   // npm's own copy, next to the node binary (global install layout).
   for (const p of [
-    join(nodedir, 'lib', 'node_modules', 'npm', 'node_modules', 'node-gyp', 'bin', 'node-gyp.js'),
+    join(prefix, 'lib', 'node_modules', 'npm', 'node_modules', 'node-gyp', 'bin', 'node-gyp.js'),
     join(dirname(process.execPath), 'node_modules', 'npm', 'node_modules', 'node-gyp', 'bin', 'node-gyp.js'),
   ]) {
     if (existsSync(p)) return [process.execPath, p];
@@ -32,8 +36,10 @@ function fail(why) {
 if (process.platform !== 'linux') fail(`platform ${process.platform}`);
 const args = ['rebuild', `--directory=${here}`, '--loglevel=warn'];
 // Offline: use the installed headers instead of downloading them.
-if (existsSync(headers)) args.push(`--nodedir=${nodedir}`);
+if (headers) args.push(`--nodedir=${nodedir}`);
 const [cmd, ...pre] = nodeGyp();
-const r = spawnSync(cmd, [...pre, ...args], { stdio: 'inherit' });
+const env = { ...process.env };
+if (headers) env.npm_config_nodedir = nodedir; // node-gyp lets the environment override --nodedir
+const r = spawnSync(cmd, [...pre, ...args], { stdio: 'inherit', env });
 if (r.error) fail(r.error.message);
 if (r.status !== 0) fail(`node-gyp exited ${r.status}`);
