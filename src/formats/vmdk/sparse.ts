@@ -379,17 +379,17 @@ export class SparseExtent implements VmdkExtent {
           `compressed grain at sector ${sector} is past end of file (size ${this.fileSize})`,
         );
       }
-      const head = new Uint8Array(GRAIN_MARKER);
-      await this.storage.read(head, at);
-      const size = viewOf(head).getUint32(8, true);
-      if (size === 0 || size > limit || at + GRAIN_MARKER + size > this.fileSize) {
+      // One read for marker and data: the size is not known yet, so read as much as a grain can take.
+      const span = new Uint8Array(Math.min(GRAIN_MARKER + limit, this.fileSize - at));
+      await this.storage.read(span, at);
+      const size = viewOf(span).getUint32(8, true);
+      if (size === 0 || size > limit || GRAIN_MARKER + size > span.length) {
         throw corrupt(
           this.file,
           `compressed grain at sector ${sector} has size ${size} (limit ${limit}, file size ${this.fileSize})`,
         );
       }
-      data = new Uint8Array(size);
-      await this.storage.read(data, at + GRAIN_MARKER);
+      data = span.subarray(GRAIN_MARKER, GRAIN_MARKER + size);
     } else {
       const size = Math.min(limit, this.fileSize - at);
       if (size <= 0)

@@ -39,7 +39,7 @@ describe('vmdk concurrent writes', () => {
       const rnd = prng(42 + sub.length);
       const disk = await openImage(nodeHost, path, { readOnly: false });
       try {
-        for (let batch = 0; batch < 12; batch++) {
+        for (let batch = 0; batch < 6; batch++) {
           // 16 disjoint slots, not grain-aligned (neighbours share grains); each write stays inside its slot.
           const slot = Math.floor(size / 16) - 4099;
           const jobs: Promise<void>[] = [];

@@ -85,7 +85,6 @@ describe('vmdk resize', () => {
       qemuClean(path);
       assert.deepEqual(await readAt(path, 3 * GiB, 2), [0, 0]);
       assert.deepEqual(await readAt(path, MiB - 1, 2), [0x31, 0]);
-      await compareWithQemu(dir, path);
     });
   }
 });
