@@ -1,9 +1,11 @@
 /** qemu-img/qemu-io write VHDs; platter reads them byte-identically. */
 import assert from 'node:assert/strict';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import { isAllZero } from '../../../src/core/bytes.js';
-import { probe } from '../../../src/formats/open.js';
+import { createImage, probe } from '../../../src/formats/open.js';
+import { checksum, chsGeometry, chsSectors } from '../../../src/formats/vhd/footer.js';
 import { nodeHost } from '../../../src/storage/host.js';
 import { must, needPeers } from '../../helpers/peers.js';
 import { tempDir } from '../../helpers/tmp.js';
@@ -65,4 +67,41 @@ describe('vhd: reading qemu-made images', () => {
       await checkImage(name, opts, size);
     });
   }
+});
+
+describe('vhd: which size a reader trusts (the creator application rule)', () => {
+  it('platter and qemu agree for every creator and geometry', async (t) => {
+    if (!needPeers(t, 'qemu-img')) return;
+    const path = join(dir, 'creator.vhd');
+    // 10000384 bytes is not a CHS product: the CHS size is smaller.
+    await createImage(nodeHost, path, { format: 'vhd', size: 10000384, options: { subformat: 'fixed' } });
+    const orig = readFileSync(path);
+    const at = orig.length - 512;
+    const cases: Array<[string, boolean, number]> = [
+      ['win ', false, 10000384],
+      ['vpc ', false, -1],
+      ['qemu', false, -1],
+      ['qem2', false, 10000384],
+      ['d2v ', false, 10000384],
+      ['vpc ', true, 10000384],
+    ];
+    for (const [creator, maxChs, want] of cases) {
+      const buf = Buffer.from(orig);
+      buf.write(creator, at + 28, 'latin1');
+      if (maxChs) {
+        buf.writeUInt16BE(65535, at + 56);
+        buf[at + 58] = 16;
+        buf[at + 59] = 255;
+      }
+      buf.writeUInt32BE(checksum(buf.subarray(at), 64), at + 64);
+      const p = join(dir, `creator-${creator.trim()}-${maxChs}.vhd`);
+      writeFileSync(p, buf);
+      const d = await openRo(p);
+      const q = qemuSize(p, 'vpc');
+      assert.equal(d.size, q, `${creator} (max CHS ${maxChs}): platter ${d.size}, qemu ${q}`);
+      const g = chsGeometry(10000384 / 512);
+      assert.equal(d.size, want === -1 ? chsSectors(g) * 512 : want, creator);
+      await d.close();
+    }
+  });
 });
