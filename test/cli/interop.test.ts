@@ -57,7 +57,7 @@ const qemuMap = (file: string): MapRow[] =>
   );
 
 describe('interop with qemu-img', () => {
-  for (const seed of [1, 2, 3]) {
+  for (const seed of [1, 2]) {
     it(`raw, random layout ${seed}: convert, compare and map agree`, (t) => {
       if (!needPeers(t, 'qemu-img', 'qemu-io')) return;
       const src = f(`src${seed}.raw`);
