@@ -225,3 +225,54 @@ describe('vhdx bad input', () => {
     await assert.rejects(openRead(path), isCorrupt(/metadata entry count 5000/));
   });
 });
+
+describe('vhdx block states', () => {
+  it('UNDEFINED, ZERO, UNMAPPED (and v0.95 UNMAPPED 5) read zeros; reserved 4 and PARTIALLY_PRESENT without a parent are corrupt', async () => {
+    const path = fresh();
+    await create(path, 8 * MiB, { block_size: '1M' });
+    let d = await openWrite(path);
+    await d.write(pattern(8 * MiB, 8), 0);
+    await d.close();
+    const b = readFileSync(path);
+    const rt = parseRegionTable(b.subarray(192 * 1024, 256 * 1024), path);
+    const bat = rt && findRegion(rt, BAT_GUID);
+    assert.ok(bat);
+    // Blocks 1, 2, 3, 5 keep their file offset but change state: the data is no longer theirs.
+    for (const [blk, state] of [
+      [1, 1],
+      [2, 2],
+      [3, 3],
+      [5, 5],
+    ]) {
+      const at = bat.offset + blk * 8;
+      b.writeUInt32LE(((b.readUInt32LE(at) & ~7) | state) >>> 0, at);
+    }
+    writeFileSync(path, b);
+    d = await openRead(path);
+    try {
+      const want = Buffer.from(pattern(8 * MiB, 8));
+      for (const blk of [1, 2, 3, 5]) want.fill(0, blk * MiB, (blk + 1) * MiB);
+      assert.ok((await readAll(d)).equals(want));
+      const exts = (await d.extents(0, 8 * MiB)).map((e) => [e.offset / MiB, e.length / MiB, e.status]);
+      assert.deepEqual(exts, [
+        [0, 1, 'data'],
+        [1, 3, 'zero'],
+        [4, 1, 'data'],
+        [5, 1, 'zero'],
+        [6, 2, 'data'],
+      ]);
+    } finally {
+      await d.close();
+    }
+    for (const state of [4, 7]) {
+      const c = Buffer.from(b);
+      c.writeUInt32LE(((c.readUInt32LE(bat.offset) & ~7) | state) >>> 0, bat.offset);
+      const p2 = fresh();
+      writeFileSync(p2, c);
+      await assert.rejects(
+        openRead(p2),
+        (e: unknown) => e instanceof PlatterError && e.code === 'ECORRUPT' && /BAT entry 0/.test(e.message),
+      );
+    }
+  });
+});
