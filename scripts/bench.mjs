@@ -42,7 +42,7 @@ import {
   statSync,
   writeSync,
 } from 'node:fs';
-import { cpus } from 'node:os';
+import { cpus, loadavg } from 'node:os';
 import { join } from 'node:path';
 
 const root = new URL('..', import.meta.url).pathname;
@@ -123,7 +123,7 @@ function ensureCopy(path) {
 
 /** Runs argv under GNU time; returns seconds, peak RSS (KiB) and the output's allocated bytes. */
 function measure(argv, vars, output) {
-  const timeFile = join(data, '.time');
+  const timeFile = join(data, `.time-${process.pid}`);
   const r = spawnSync('/usr/bin/time', ['-o', timeFile, '-f', '%e %M', ...subst(argv, vars)], {
     stdio: ['ignore', 'ignore', 'pipe'],
     encoding: 'utf8',
@@ -183,13 +183,14 @@ if (chosen.length === 0) {
   process.exit(1);
 }
 mkdirSync(data, { recursive: true });
-const platterBin = [process.execPath, join(root, 'bin/platter')];
+// PLATTER_BIN: another launcher (e.g. a private build while dist/ is being rebuilt).
+const platterBin = [process.execPath, process.env.PLATTER_BIN ?? join(root, 'bin/platter')];
 if (!existsSync(join(root, 'dist/cli/main.js')))
   spawnSync(process.execPath, [join(root, 'scripts/build.mjs')], { stdio: 'inherit' });
 
 const cpu = cpus()[0]?.model ?? 'unknown';
 console.log(
-  `platter bench: ${cpus().length} CPUs (${cpu}), node ${process.version}, best of ${reps}, data in ${data}`,
+  `platter bench: ${cpus().length} CPUs (${cpu}), node ${process.version}, best of ${reps}, load average ${loadavg()[0].toFixed(1)}, data in ${data}`,
 );
 console.log('');
 const header = ['case', 'file', 'tool', 'time', 'rate', 'ratio', 'peak RSS', 'allocated', 'target'];
@@ -206,7 +207,7 @@ for (const c of chosen) {
   const vars = {
     in: () => input,
     in2: () => ensureCopy(input),
-    out: () => join(data, 'out.tmp'),
+    out: () => join(data, `out-${process.pid}.tmp`),
     data: () => data,
   };
   const ours = best([...platterBin, ...c.platter], vars, c.output);
@@ -256,4 +257,4 @@ console.log('');
 for (const extra of extras) failed += await extra({ data, filters });
 console.log('');
 console.log(failed ? `${failed} target(s) missed` : 'all targets met');
-rmSync(join(data, '.time'), { force: true });
+rmSync(join(data, `.time-${process.pid}`), { force: true });
