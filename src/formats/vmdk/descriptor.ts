@@ -66,6 +66,8 @@ const MAX_EXTENTS = 65536;
 export class Descriptor {
   private lines: Line[] = [];
   extents: ExtentLine[] = [];
+  /** Parsed from an image (false: made up for a sparse extent that carries none). */
+  fromFile = true;
 
   /** A header (non-ddb) or ddb value, without quotes. */
   get(key: string): string | undefined {
@@ -198,6 +200,7 @@ export class Descriptor {
     for (const [k, v] of fields.ddb) lines.push(`${k} = "${v}"`);
     const d = Descriptor.parse(lines.join('\n').replace('@EXTENTS@', 'RW 1 ZERO'), 'new descriptor');
     d.extents = fields.extents;
+    d.fromFile = false;
     return d;
   }
 }

@@ -80,6 +80,7 @@ export class VmdkImage {
 
   /** Writes the descriptor back where it came from. */
   async saveDescriptor(): Promise<void> {
+    if (this.home.embedded && !this.descriptor.fromFile) return; // none to keep up to date
     const text = encodeText(this.descriptor.serialize(), this.home.utf8);
     if (this.home.embedded) {
       if (text.length > this.home.space) {
@@ -100,6 +101,8 @@ export class VmdkImage {
   async renewCid(): Promise<void> {
     if (this.cidRenewed) return;
     this.cidRenewed = true;
+    // A sparse extent opened on its own (NAME-s001.vmdk) has no descriptor to renew.
+    if (this.home.embedded && !this.descriptor.fromFile) return;
     const old = parseCid(this.descriptor.get('CID'), 'CID', this.file);
     let cid = old;
     while (cid === old || cid >= 0xfffffffe) cid = Math.floor(Math.random() * 0x100000000) >>> 0;

@@ -242,4 +242,34 @@ describe('vmdk layouts', () => {
     const after = readFileSync(latin);
     assert.ok(after.includes(Buffer.from([0x23, 0x20, 0xe9, 0x80])), 'Latin-1 bytes kept');
   });
+
+  it('a split extent opened on its own is written without gaining a descriptor', async (t) => {
+    if (!needPeers(t, 'qemu-img')) return;
+    const path = join(dir, 'alone.vmdk');
+    must('qemu-img', ['create', '-q', '-f', 'vmdk', '-o', 'subformat=twoGbMaxExtentSparse', path, '3M']);
+    const s001 = join(dir, 'alone-s001.vmdk');
+    const before = readFileSync(s001).subarray(512, 512 * 21);
+    const d = await openImage(nodeHost, s001, { readOnly: false });
+    try {
+      assert.equal(d.size, 3 * MiB);
+      await d.write(new Uint8Array(512).fill(5), 0);
+    } finally {
+      await d.close();
+    }
+    assert.ok(
+      readFileSync(s001)
+        .subarray(512, 512 * 21)
+        .equals(before),
+      'descriptor area untouched',
+    );
+    assert.equal(run('qemu-img', ['check', path]).status, 0);
+    const whole = await openImage(nodeHost, path, { readOnly: true });
+    try {
+      const b = new Uint8Array(1);
+      await whole.read(b, 511);
+      assert.equal(b[0], 5);
+    } finally {
+      await whole.close();
+    }
+  });
 });
