@@ -170,16 +170,21 @@ export class Refcounts {
         await this.ensureBlock(ti, [...reserved, [ci, end]]);
         b = (await this.block(ti))!;
       }
+      // Compute and check every new value before touching the cached block.
+      const values = new Array<number>(count);
       for (let i = 0; i < count; i++) {
-        const old = this.entry(b, first + i);
-        const v = fn(old, c + i);
+        const v = fn(this.entry(b, first + i), c + i);
         if (v < 0) throw corrupt(this.h.file, `refcount of cluster ${c + i} would drop below 0`);
-        if (v > this.max)
+        if (v > this.max) {
           throw unsupported(
             `${this.h.file}: refcount of cluster ${c + i} would exceed ${this.max} (refcount_bits ${this.bits})`,
           );
-        this.setEntry(b, first + i, v);
-        if (v === 0 && c + i < this.hint) this.hint = c + i;
+        }
+        values[i] = v;
+      }
+      for (let i = 0; i < count; i++) {
+        this.setEntry(b, first + i, values[i]);
+        if (values[i] === 0 && c + i < this.hint) this.hint = c + i;
       }
       const from = Math.floor((first * this.bits) / 8);
       const to = Math.ceil(((first + count) * this.bits) / 8);

@@ -230,6 +230,12 @@ async function readL1(img: Qcow2Image, offset: number, size: number): Promise<Ui
 
 async function createSnapshot(img: Qcow2Image, name: string): Promise<void> {
   if (!name) throw invalid('snapshot name must not be empty');
+  if (img.refcounts.maxRefcount < 2) {
+    throw new PlatterError(
+      'EUNSUPPORTED',
+      `${img.file}: internal snapshots need refcount_bits of at least 2`,
+    );
+  }
   const snaps = await readSnapshots(img);
   if (snaps.some((s) => s.name === name))
     throw new PlatterError('EEXIST', `${img.file}: snapshot '${name}' already exists`);
