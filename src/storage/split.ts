@@ -58,6 +58,8 @@ export interface SplitOptions {
   segmentSize?: number;
   /** Create segment number `n` (0-based position in the set) when a write needs it. */
   createSegment?: (n: number) => Promise<Storage>;
+  /** Delete a segment file that a shrinking truncate emptied (the first is always kept). */
+  removeSegment?: (path: string) => Promise<void>;
   /** Release resources beyond the segments (called once by close). */
   onClose?: () => Promise<void>;
 }
@@ -201,7 +203,8 @@ export async function splitStorage(
         }
         return;
       }
-      // Shrinking: cut the segment holding the new end; later ones become empty.
+      // Shrinking: cut the segment holding the new end; later ones are emptied,
+      // and removed when the owner can (a set never keeps empty middle segments).
       let start = 0;
       for (let i = 0; i < segs.length; i++) {
         const keep = Math.max(0, Math.min(sizes[i], size - start));
@@ -209,6 +212,14 @@ export async function splitStorage(
         if (keep < sizes[i]) {
           await segs[i].truncate(keep);
           sizes[i] = keep;
+        }
+      }
+      if (opts.removeSegment) {
+        while (segs.length > 1 && sizes[segs.length - 1] === 0) {
+          const gone = segs.pop()!;
+          sizes.pop();
+          await gone.close();
+          for (const f of gone.files ?? [gone.name]) await opts.removeSegment(f);
         }
       }
     },
@@ -336,6 +347,7 @@ export async function openSplit(firstPath: string, mode: OpenMode): Promise<Stor
     const last = want.length;
     return await splitStorage(firstPath, segs, {
       segmentSize: mode.write ? segmentSize : undefined,
+      removeSegment: mode.write ? (p) => fsp.rm(p, { force: true }) : undefined,
       createSegment: mode.write
         ? async (n) => {
             const p = segmentPath(first, first.index + n);
@@ -386,6 +398,7 @@ export async function createSplit(
   const head = await host.create(firstPath, { force: opts.force, lock: opts.lock });
   return splitStorage(firstPath, [head], {
     segmentSize,
+    removeSegment: (p) => host.remove(p),
     createSegment: (n) =>
       host.create(segmentPath(first, first.index + n), { force: opts.force, lock: opts.lock }),
   });

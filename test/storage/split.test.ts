@@ -216,6 +216,7 @@ describe('split storage: createSplit', () => {
     assert.equal(await s.size(), MiB + 1);
     await s.close();
     assert.equal(statSync(join(dir, 'grow.002')).size, 1);
+    assert.equal(existsSync(join(dir, 'grow.003')), false, 'an emptied last segment is removed');
   });
 
   it('refuses existing segments without force; force removes a stale tail', async () => {

@@ -69,6 +69,19 @@ async function open(storage: ZeroRangeStorage, ctx: OpenContext): Promise<Opened
     flush: () => storage.flush(),
     close: () => storage.close(),
     info: async () => ({ format: 'raw' }),
+    features: writable
+      ? {
+          // The file is the disk: resizing is truncating (a split set grows into new segments).
+          resize: async (newSize) => {
+            if ((storage as { isBlockDevice?: boolean }).isBlockDevice) {
+              throw new PlatterError('EUNSUPPORTED', `${storage.name}: a block device's size is fixed`);
+            }
+            if (newSize <= 0)
+              throw new PlatterError('EINVAL', `${storage.name}: a raw image needs at least 1 byte`);
+            await storage.truncate(newSize);
+          },
+        }
+      : undefined,
   };
   return { disk };
 }

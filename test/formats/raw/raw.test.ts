@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { execFileSync, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdirSync, readFileSync, rmSync, statSync, truncateSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, rmSync, statSync, truncateSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import { stack } from '../../../src/core/chain.js';
@@ -288,6 +288,51 @@ describe('raw: create -o preallocation', () => {
   });
 });
 
+// ---- resize --------------------------------------------------------------------
+
+describe('raw: resize', () => {
+  it('grows and shrinks a file; the new part reads zeros', async () => {
+    const p = fresh();
+    writeFileSync(p, Buffer.alloc(MiB, 7));
+    const d = await openRaw(p, false);
+    assert.ok(d.features.resize);
+    await d.features.resize!(3 * MiB, { shrink: false });
+    await d.close();
+    assert.equal(statSync(p).size, 3 * MiB);
+    const r = await openRaw(p, true);
+    const buf = await readAll(r);
+    await r.close();
+    assert.ok(buf.subarray(0, MiB).every((b) => b === 7));
+    assert.ok(buf.subarray(MiB).every((b) => b === 0));
+    assert.equal(r.features.resize, undefined, 'read-only: no resize');
+    const w = await openRaw(p, false);
+    await w.features.resize!(1000, { shrink: true });
+    await w.close();
+    assert.equal(statSync(p).size, 1000);
+  });
+
+  it('a split set grows into new segments and shrinks by removing them', async () => {
+    const files = [1, 2].map((i) => join(dir, `rs.00${i}`));
+    for (const f of files) writeFileSync(f, Buffer.alloc(MiB, 5));
+    const d = await openImage(nodeHost, files[0], { readOnly: false });
+    await d.features.resize!(4 * MiB + 10, { shrink: false });
+    await d.close();
+    const all = [1, 2, 3, 4, 5].map((i) => join(dir, `rs.00${i}`));
+    assert.deepEqual(
+      all.map((f) => statSync(f).size),
+      [MiB, MiB, MiB, MiB, 10],
+    );
+    const r = await openRaw(files[0], true);
+    assert.equal(r.size, 4 * MiB + 10);
+    await r.close();
+    const s = await openImage(nodeHost, files[0], { readOnly: false });
+    await s.features.resize!(MiB + MiB / 2, { shrink: true });
+    await s.close();
+    assert.equal(statSync(all[1]).size, MiB / 2);
+    for (const f of all.slice(2)) assert.equal(existsSync(f), false, `${f} removed`);
+  });
+});
+
 // ---- Block device ------------------------------------------------------------
 
 describe('raw: on a block device', () => {
@@ -309,6 +354,10 @@ describe('raw: on a block device', () => {
         assert.equal((await d.info()).format, 'raw');
         assert.equal(d.size, 4 * MiB);
         assert.ok((await readAll(d)).equals(data));
+        await assert.rejects(
+          d.features.resize!(8 * MiB, { shrink: false }),
+          (e: unknown) => e instanceof PlatterError && e.code === 'EUNSUPPORTED' && e.message.includes(dev),
+        );
         await d.write(Buffer.alloc(4096, 0xee), MiB);
         await d.writeZeroes(2 * MiB, 8192, { mayUnmap: true });
         await d.flush();
