@@ -10,7 +10,14 @@ import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import { isPlatterError } from '../../../src/core/errors.js';
 import { createImage, openImage } from '../../../src/formats/open.js';
-import { CODE_W2KU, encodeUtf16, parseHeader, serializeHeader } from '../../../src/formats/vhd/header.js';
+import {
+  CODE_MACX,
+  CODE_W2KU,
+  CODE_W2RU,
+  encodeUtf16,
+  parseHeader,
+  serializeHeader,
+} from '../../../src/formats/vhd/header.js';
 import { nodeHost } from '../../../src/storage/host.js';
 import { testDisk } from '../../conformance/disk.js';
 import { hasPeer, must, needPeers, run } from '../../helpers/peers.js';
@@ -115,44 +122,54 @@ describe('vhd: differencing chains', () => {
     else t.diagnostic('vhdimount/FUSE unavailable: libvhdi byte check skipped');
   });
 
-  it('finds a parent by a Hyper-V style absolute W2ku locator alone', async () => {
-    const base = join(dir, 'hv-base.vhd');
-    const child = join(dir, 'hv-child.vhd');
-    await createImage(nodeHost, base, { format: 'vhd', size: 4 << 20 });
-    const model = new Uint8Array(4 << 20);
-    await writeModel(base, model, [[0, 4096]]);
-    await createImage(nodeHost, child, { format: 'vhd', backing: { name: 'hv-base.vhd' } });
-    const text = encodeUtf16('C:\\Hyper-V\\Virtual Hard Disks\\hv-base.vhd', true);
-    const at = readFileSync(child).length - 512;
-    // Put the locator data where the footer was and the footer after it.
-    const footer = readFileSync(child).subarray(at);
-    patchHeader(
-      child,
-      (h) => {
-        h.parentName = 'C:\\Hyper-V\\Virtual Hard Disks\\hv-base.vhd';
-        for (const l of h.locators) Object.assign(l, { code: 0, dataSpace: 0, dataLength: 0, dataOffset: 0 });
-        Object.assign(h.locators[0], {
-          code: CODE_W2KU,
-          dataSpace: 512,
-          dataLength: text.length,
-          dataOffset: at,
-        });
-      },
-      [text, at],
-    );
-    const buf = readFileSync(child);
-    const out = new Uint8Array(at + 1024);
-    out.set(buf.subarray(0, at + 512));
-    out.set(footer, at + 512);
-    writeFileSync(child, out);
-    const d = await openRo(child);
-    try {
-      assert.equal((await d.info()).backing?.name, 'hv-base.vhd');
-      assertSame(await readAll(d), model, 'reads through the parent');
-    } finally {
-      await d.close();
-    }
-  });
+  for (const [kind, code, encode] of [
+    [
+      'Hyper-V style absolute W2ku',
+      CODE_W2KU,
+      (p: string) => encodeUtf16(`C:\\Hyper-V\\Virtual Hard Disks\\${p.slice(p.lastIndexOf('/') + 1)}`, true),
+    ],
+    ['relative W2ru into a subfolder', CODE_W2RU, () => encodeUtf16('.\\parent dir\\loc-base.vhd', true)],
+    ['MacX file URL', CODE_MACX, (p: string) => new TextEncoder().encode(`file://localhost${encodeURI(p)}`)],
+  ] as Array<[string, number, (p: string) => Uint8Array]>) {
+    it(`finds a parent by a ${kind} locator alone`, async () => {
+      mkdirSync(join(dir, 'parent dir'), { recursive: true });
+      const base = join(dir, 'parent dir', 'loc-base.vhd');
+      const child = join(dir, `loc-child-${code}.vhd`);
+      await createImage(nodeHost, base, { format: 'vhd', size: 4 << 20, force: true });
+      const model = new Uint8Array(4 << 20);
+      await writeModel(base, model, [[0, 4096]]);
+      await createImage(nodeHost, child, { format: 'vhd', backing: { name: 'parent dir/loc-base.vhd' } });
+      const text = encode(code === CODE_W2KU ? 'parent dir/loc-base.vhd' : base);
+      const at = readFileSync(child).length - 512;
+      // Put the locator data where the footer was and the footer after it.
+      const footer = Buffer.from(readFileSync(child).subarray(at));
+      patchHeader(
+        child,
+        (h) => {
+          h.parentName = 'C:\\nowhere\\unknown.vhd';
+          for (const l of h.locators)
+            Object.assign(l, { code: 0, dataSpace: 0, dataLength: 0, dataOffset: 0 });
+          Object.assign(h.locators[0], { code, dataSpace: 512, dataLength: text.length, dataOffset: at });
+        },
+        [text, at],
+      );
+      const buf = readFileSync(child);
+      const out = new Uint8Array(at + 1024);
+      out.set(buf.subarray(0, at + 512));
+      out.set(footer, at + 512);
+      writeFileSync(child, out);
+      if (code === CODE_W2KU) {
+        // A Windows absolute path leads to the same name next to the child.
+        writeFileSync(join(dir, 'loc-base.vhd'), readFileSync(base));
+      }
+      const d = await openRo(child);
+      try {
+        assertSame(await readAll(d), model, 'reads through the parent');
+      } finally {
+        await d.close();
+      }
+    });
+  }
 
   it('missing parent and parent UUID mismatch are clear errors; force=on reads anyway', async () => {
     const base = join(dir, 'm-base.vhd');
