@@ -120,7 +120,7 @@ export async function splitStorage(
 
   /** Make the segments reach `end` bytes (writers with rollover). */
   async function ensureCapacity(end: number): Promise<void> {
-    if (!rollover) return;
+    if (!rollover || startOf(segs.length - 1) + segmentSize! >= end) return;
     await growth.run(async () => {
       while (startOf(segs.length - 1) + segmentSize! < end) {
         const lastIdx = segs.length - 1;
