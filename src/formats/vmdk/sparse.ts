@@ -819,14 +819,36 @@ export class SparseExtent implements VmdkExtent {
    * reads from the parent, or zeros), and a redundant GT that disagrees is
    * rewritten from the GT (the one readers use). Overlaps are only reported.
    */
+  /** Sectors a stored grain takes (compressed: from its marker). */
+  private async grainSectorsAt(e: number): Promise<number> {
+    if (!(this.compressed && this.header.flags & FLAG_MARKERS)) return this.header.grainSectors;
+    if ((e + 1) * SECTOR > this.fileSize) return 1;
+    const head = new Uint8Array(GRAIN_MARKER);
+    await this.storage.read(head, e * SECTOR);
+    return alignUp(GRAIN_MARKER + viewOf(head).getUint32(8, true), SECTOR) / SECTOR;
+  }
+
+  /** What is wrong with GTE `e` of grain `gi` (GT i, entry j), if anything. */
+  private async gteProblem(e: number, gi: number, i: number, j: number): Promise<string | undefined> {
+    if (e === 0 || e === GTE_ZEROED) return undefined;
+    const h = this.header;
+    if (gi >= Math.ceil(h.capacitySectors / h.grainSectors)) {
+      return `grain table ${i} entry ${j} (sector ${e}) lies past the capacity`;
+    }
+    if ((e + (await this.grainSectorsAt(e))) * SECTOR > this.fileSize) {
+      return `grain ${gi} at sector ${e} is past end of file (size ${this.fileSize})`;
+    }
+    if (!this.compressed && e < h.overHeadSectors) {
+      return `grain ${gi} at sector ${e} lies in the metadata area (overHead ${h.overHeadSectors})`;
+    }
+    return undefined;
+  }
+
   async check(repair = false): Promise<SparseCheck> {
     const canFix = repair && this.write !== undefined && !this.compressed;
     const messages: string[] = [];
     let repaired = 0;
     const grains: Array<[number, number, string]> = [];
-    const h = this.header;
-    const grainsInUse = Math.ceil(h.capacitySectors / h.grainSectors);
-    const fileSectors = Math.floor(this.fileSize / SECTOR);
     for (let i = 0; i < this.numGTs; i++) {
       let t: Uint32Array | undefined;
       try {
@@ -847,10 +869,18 @@ export class SparseExtent implements VmdkExtent {
       }
       let rewrite = false;
       for (let j = 0; j < this.perGT; j++) {
-        const e = t[j];
         const gi = i * this.perGT + j;
+        let e = t[j];
+        let problem = await this.gteProblem(e, gi, i, j);
         if (rt && rt[j] !== e) {
+          // The copies disagree: keep the one that makes sense (the GT when both do).
+          const other = await this.gteProblem(rt[j], gi, i, j);
           if (canFix) {
+            if (problem && !other) {
+              t[j] = rt[j];
+              e = rt[j];
+              problem = undefined;
+            }
             rewrite = true;
             repaired++;
           } else {
@@ -860,21 +890,6 @@ export class SparseExtent implements VmdkExtent {
           }
         }
         if (e === 0 || e === GTE_ZEROED) continue;
-        let problem: string | undefined;
-        let sectors = h.grainSectors;
-        if (gi >= grainsInUse) problem = `grain table ${i} entry ${j} (sector ${e}) lies past the capacity`;
-        else {
-          if (this.compressed && this.header.flags & FLAG_MARKERS && e < fileSectors) {
-            const head = new Uint8Array(GRAIN_MARKER);
-            await this.storage.read(head, e * SECTOR);
-            sectors = alignUp(GRAIN_MARKER + viewOf(head).getUint32(8, true), SECTOR) / SECTOR;
-          }
-          if ((e + sectors) * SECTOR > this.fileSize) {
-            problem = `grain ${gi} at sector ${e} is past end of file (size ${this.fileSize})`;
-          } else if (!this.compressed && e < h.overHeadSectors) {
-            problem = `grain ${gi} at sector ${e} lies in the metadata area (overHead ${h.overHeadSectors})`;
-          }
-        }
         if (problem && canFix) {
           t[j] = 0;
           rewrite = true;
@@ -885,7 +900,7 @@ export class SparseExtent implements VmdkExtent {
           messages.push(`${this.file}: ${problem}`);
           continue;
         }
-        grains.push([e, e + sectors, `grain ${gi}`]);
+        grains.push([e, e + (await this.grainSectorsAt(e)), `grain ${gi}`]);
       }
       if (rewrite) {
         this.changed = true;

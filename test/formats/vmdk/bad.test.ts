@@ -109,17 +109,18 @@ describe('vmdk check', () => {
 });
 
 describe('vmdk check -r all', () => {
-  it('repairs a GTE past the end and a redundant GT that disagrees; qemu-img check is clean after', async (t) => {
+  it('repairs GTEs past the end (from the redundant GT when it has them) and a stale redundant GT; qemu-img check is clean after', async (t) => {
     if (!needPeers(t, 'qemu-img', 'qemu-io')) return;
     const { path, gt, rgt } = sparseImage('repair.vmdk');
     patch(path, gt + 4 * 3, u32(0x100000)); // GT and RGT: past the end
     patch(path, rgt + 4 * 3, u32(0x100000));
     patch(path, rgt + 4 * 5, u32(7)); // RGT only: disagrees
+    patch(path, gt + 4 * 4, u32(0x200000)); // GT only past the end: the RGT still knows the grain
     assert.notEqual(run('qemu-img', ['check', path]).status, 0);
     const disk = await openImage(nodeHost, path, { readOnly: false });
     try {
       const r = await disk.features.check?.({ repair: 'all' });
-      assert.deepEqual(r?.repaired, { corruptions: 2, leaks: 0 });
+      assert.deepEqual(r?.repaired, { corruptions: 3, leaks: 0 });
       assert.equal(r?.corruptions, 0, r?.messages.join('\n'));
     } finally {
       await disk.close();
@@ -133,6 +134,8 @@ describe('vmdk check -r all', () => {
       assert.deepEqual([...b], [0, 0], 'the repaired grain reads as a hole');
       await ro.read(b, 5 * 65536);
       assert.deepEqual([...b], [0x42, 0x42]);
+      await ro.read(b, 4 * 65536);
+      assert.deepEqual([...b], [0x42, 0x42], 'restored from the redundant grain table');
     } finally {
       await ro.close();
     }
