@@ -6,8 +6,11 @@
  * Ctrl-C included, removes DST.partial; a crash or SIGKILL leaves it behind,
  * visibly incomplete. An image of several files (split sets, VMDK extents)
  * names its other files after the main one, so it cannot be renamed: it is
- * created as DST directly and all its files are removed on failure.
+ * created as DST directly and all its files are removed on failure. A block
+ * device or an nbd:// export is written in place (zeros written where the source
+ * has zeros, flushed at the end) and needs --force like any existing DST.
  */
+import { statSync } from 'node:fs';
 import { resolve } from 'node:path';
 import type { Command } from 'commander';
 import type { Disk } from '../../core/disk.js';
@@ -36,6 +39,18 @@ interface ConvertOpts {
 
 const filesOf = (d: Disk): string[] => [...new Set(d.storages.flatMap((s) => s.files ?? [s.name]))];
 
+const isUri = (p: string): boolean => /^[a-z][a-z0-9+.-]*:\/\//i.test(p);
+
+/** A block device or an NBD export is written in place: it cannot be renamed or removed, and it is not zero. */
+function inPlace(p: string): boolean {
+  if (isUri(p)) return true;
+  try {
+    return statSync(p).isBlockDevice();
+  } catch {
+    return false;
+  }
+}
+
 async function convert(ctx: CliContext, srcPath: string, dstPath: string, o: ConvertOpts): Promise<number> {
   const driver = byName(o.outputFormat);
   if (!driver.create)
@@ -47,7 +62,7 @@ async function convert(ctx: CliContext, srcPath: string, dstPath: string, o: Con
     );
   }
   const options = parseKeyValues(o.options);
-  if (!/^[a-z][a-z0-9+.-]*:\/\//i.test(dstPath) && resolve(srcPath) === resolve(dstPath)) {
+  if (!isUri(dstPath) && resolve(srcPath) === resolve(dstPath)) {
     throw new PlatterError('EINVAL', `${dstPath}: the destination is the source`);
   }
   if (!o.force && (await ctx.host.exists(dstPath))) {
@@ -58,12 +73,13 @@ async function convert(ctx: CliContext, srcPath: string, dstPath: string, o: Con
   const openOpts: Record<string, string> = o.compress ? { compress: 'on' } : {};
   let dst: Disk | undefined;
   let created: string[] = [];
-  let target = `${dstPath}.partial`;
+  const direct = inPlace(dstPath);
+  let target = direct ? dstPath : `${dstPath}.partial`;
   try {
     await createImage(ctx.host, target, { format: driver.name, size: src.size, options, force: true });
-    created = [target];
+    if (!direct) created = [target];
     dst = await openImage(ctx.host, target, { format: driver.name, readOnly: false, options: openOpts });
-    created = filesOf(dst);
+    if (!direct) created = filesOf(dst);
     if (created.length > 1) {
       // Several files: the others are named after the main one, so make it under its real name.
       await closeAll(dst);
@@ -82,7 +98,9 @@ async function convert(ctx: CliContext, srcPath: string, dstPath: string, o: Con
       signal: ctx.signal,
       onProgress: progress.onProgress,
       verify: o.verify,
-      flush: false,
+      // A new file reads zeros; a device or an export keeps its old bytes, so zeros are written there.
+      dstZeroed: !direct,
+      flush: direct,
     });
     await dst.close();
     dst = undefined;
