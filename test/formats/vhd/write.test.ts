@@ -1,7 +1,7 @@
 /** platter writes VHDs; qemu-img checks and reads them, vhdiinfo opens them, all agree on the size. */
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { writeFileSync } from 'node:fs';
+import { statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import { createImage, openImage } from '../../../src/formats/open.js';
@@ -100,6 +100,23 @@ describe('vhd: platter writes, peers read', () => {
       const again = await openRo(path);
       assertSame(await readAll(again), model, `${format}: parallel writes`);
       await again.close();
+    }
+  });
+
+  it('preallocation=full makes a thick fixed VHD and a static VDI', async () => {
+    for (const [format, sub] of [
+      ['vhd', 'fixed'],
+      ['vdi', 'static'],
+    ]) {
+      const path = join(dir, `thick.${format}`);
+      await createImage(nodeHost, path, { format, size: 3 << 20, options: { preallocation: 'full' } });
+      const d = await openRo(path);
+      try {
+        assert.equal((await d.info()).subformat, sub);
+        assert.ok(statSync(path).blocks * 512 >= 3 << 20, `${format}: the space is allocated`);
+      } finally {
+        await d.close();
+      }
     }
   });
 
