@@ -7,8 +7,9 @@
  * split a read at zero/hole extents into OFFSET_HOLE chunks), WRITE (+FUA),
  * FLUSH, TRIM, WRITE_ZEROES (NO_HOLE, FAST_ZERO), CACHE, BLOCK_STATUS, DISC.
  *
- * Every request of a connection runs concurrently (up to MAX_INFLIGHT
- * requests or MAX_INFLIGHT_BYTES of payload); each reply is written in one
+ * Every request of a connection runs concurrently (up to MAX_INFLIGHT per
+ * connection, and MAX_INFLIGHT_BYTES of buffers for all connections together);
+ * each reply is written in one
  * synchronous burst as soon as its request completes, so replies leave out of
  * order. All connections share the one Disk, so a FLUSH on any of them
  * persists every completed write: the export advertises CAN_MULTI_CONN.
@@ -28,7 +29,9 @@ import { isPlatterError, PlatterError } from '../core/errors.js';
 import * as P from './protocol.js';
 import { SocketReader } from './stream.js';
 
+/** Requests of one connection running at once. */
 const MAX_INFLIGHT = 64;
+/** Read and write buffers of all connections together (bounds the server's memory). */
 const MAX_INFLIGHT_BYTES = 64 * 1024 * 1024;
 /** Block status descriptors sent for one request at most (the client asks again for the rest). */
 const MAX_DESCRIPTORS = 1 << 14;
@@ -143,6 +146,22 @@ export class NbdServer {
     return this.sessions.size;
   }
 
+  private budgetUsed = 0;
+  private readonly budgetWaiters: Array<() => void> = [];
+
+  /** Waits until `bytes` more request buffers fit in MAX_INFLIGHT_BYTES (one request always fits). */
+  async reserve(bytes: number): Promise<void> {
+    while (this.budgetUsed > 0 && this.budgetUsed + bytes > MAX_INFLIGHT_BYTES) {
+      await new Promise<void>((r) => this.budgetWaiters.push(r));
+    }
+    this.budgetUsed += bytes;
+  }
+
+  release(bytes: number): void {
+    this.budgetUsed -= bytes;
+    for (const w of this.budgetWaiters.splice(0)) w();
+  }
+
   /**
    * Stops listening, lets every request already received finish and be
    * answered, disconnects the clients and flushes the disk. Does not close it.
@@ -192,7 +211,6 @@ class Session {
   private baseAllocation = false;
   private noZeroes = false;
   private readonly inflight = new Set<Promise<void>>();
-  private inflightBytes = 0;
   private stopping = false;
   private done: Promise<void> | null = null;
 
@@ -411,38 +429,37 @@ class Session {
       const h = await this.reader.read(P.REQUEST_SIZE);
       const req = P.parseRequest(h);
       if (!req) throw new Drop('bad request magic');
-      let payload: Buffer | undefined;
-      if (req.type === P.CMD_WRITE) {
-        if (req.length > P.MAX_REQUEST)
-          throw new Drop(`write of ${req.length} bytes is larger than ${P.MAX_REQUEST}`);
-        payload = pool.take(req.length);
-        try {
-          await this.reader.readInto(payload);
-        } catch (e) {
-          pool.give(payload);
-          throw e;
-        }
+      if (req.type === P.CMD_WRITE && req.length > P.MAX_REQUEST) {
+        throw new Drop(`write of ${req.length} bytes is larger than ${P.MAX_REQUEST}`);
       }
       if (req.type === P.CMD_DISC) {
         await Promise.allSettled([...this.inflight]);
         return;
       }
+      while (this.inflight.size >= MAX_INFLIGHT) await Promise.race(this.inflight);
+      // Buffers for reads and write payloads come out of the server-wide budget.
+      const bytes =
+        req.type === P.CMD_READ || req.type === P.CMD_WRITE ? Math.min(req.length, P.MAX_REQUEST) : 0;
+      await this.server.reserve(bytes);
+      let payload: Buffer | undefined;
+      if (req.type === P.CMD_WRITE) {
+        payload = pool.take(req.length);
+        try {
+          await this.reader.readInto(payload);
+        } catch (e) {
+          pool.give(payload);
+          this.server.release(bytes);
+          throw e;
+        }
+      }
       if (this.stopping) {
+        if (payload) pool.give(payload);
+        this.server.release(bytes);
         this.replyError(req, P.ESHUTDOWN, 'server is shutting down');
         return;
       }
-      const bytes =
-        req.type === P.CMD_READ || req.type === P.CMD_WRITE ? Math.min(req.length, P.MAX_REQUEST) : 0;
-      while (
-        this.inflight.size >= MAX_INFLIGHT ||
-        (this.inflight.size > 0 && this.inflightBytes + bytes > MAX_INFLIGHT_BYTES)
-      ) {
-        await Promise.race(this.inflight);
-      }
-      this.inflightBytes += bytes;
-      const p = this.handle(req, payload).finally(() => {
+      const p = this.handle(req, payload, bytes).finally(() => {
         this.inflight.delete(p);
-        this.inflightBytes -= bytes;
       });
       this.inflight.add(p);
     }
@@ -465,10 +482,22 @@ class Session {
     this.send(P.chunkHeader(req.cookie, P.REPLY_FLAG_DONE, P.REPLY_TYPE_ERROR, 6 + msg.length), body, msg);
   }
 
-  private async handle(req: P.ServerRequest, payload?: Buffer): Promise<void> {
+  /**
+   * Runs one request and replies. Its share of the buffer budget is given back
+   * once, when the reply has left (a read's buffer stays queued in the socket
+   * until then) or when the request failed.
+   */
+  private async handle(req: P.ServerRequest, payload: Buffer | undefined, bytes: number): Promise<void> {
+    let given = false;
+    const giveBack = (): void => {
+      if (given) return;
+      given = true;
+      this.server.release(bytes);
+    };
     try {
-      await this.execute(req, payload);
+      await this.execute(req, payload, giveBack);
     } catch (e) {
+      giveBack();
       if (e instanceof RequestError) {
         this.replyError(req, e.errno, e.message);
         return;
@@ -479,6 +508,7 @@ class Session {
     } finally {
       // The disk has the written bytes (or failed): the payload buffer is free again.
       if (payload) pool.give(payload);
+      if (req.type !== P.CMD_READ) giveBack();
     }
   }
 
@@ -495,7 +525,7 @@ class Session {
     if (this.server.readOnly) throw new RequestError(P.EPERM, 'the export is read-only');
   }
 
-  private async execute(req: P.ServerRequest, payload?: Buffer): Promise<void> {
+  private async execute(req: P.ServerRequest, payload: Buffer | undefined, sent: () => void): Promise<void> {
     const { offset, length, flags } = req;
     const fua = (flags & P.CMD_FLAG_FUA) !== 0;
     switch (req.type) {
@@ -504,7 +534,7 @@ class Session {
         if (length > P.MAX_REQUEST) {
           throw new RequestError(P.EINVAL, `read of ${length} bytes is larger than ${P.MAX_REQUEST}`);
         }
-        return this.read(req);
+        return this.read(req, sent);
       case P.CMD_WRITE:
         this.checkWritable();
         this.checkRange(req, true);
@@ -547,16 +577,17 @@ class Session {
     }
   }
 
-  private async read(req: P.ServerRequest): Promise<void> {
+  private async read(req: P.ServerRequest, sent: () => void): Promise<void> {
     const { length } = req;
     if (length === 0) {
       if (this.structured) this.replyOk(req);
       else this.send(P.simpleReply(req.cookie, 0));
+      sent();
       return;
     }
     const buf = pool.take(length);
     try {
-      await this.readInto(req, buf);
+      await this.readInto(req, buf, sent);
     } catch (e) {
       pool.give(buf);
       throw e;
@@ -564,9 +595,12 @@ class Session {
   }
 
   /** Reads and replies; `buf` goes back to the pool once the socket is done with it. */
-  private async readInto(req: P.ServerRequest, buf: Buffer): Promise<void> {
+  private async readInto(req: P.ServerRequest, buf: Buffer, sent: () => void): Promise<void> {
     const { offset, length, cookie } = req;
-    const release = (): void => pool.give(buf);
+    const release = (): void => {
+      pool.give(buf);
+      sent();
+    };
     if (!this.structured) {
       await this.server.source.read(buf, offset);
       this.sendThen(release, P.simpleReply(cookie, 0), buf);
@@ -659,8 +693,8 @@ class BufferPool {
 }
 
 const POOLED_MAX = 4 * 1024 * 1024;
-/** Enough for nbdcopy's default 4 connections x 64 requests x 256 KiB. */
-const POOLED_BYTES = 64 * 1024 * 1024;
+/** Half of what may be in flight: the steady state of nbdcopy's 256 KiB requests. */
+const POOLED_BYTES = 32 * 1024 * 1024;
 const pool = new BufferPool();
 
 /** base:allocation flags of an extent status (principle 4: the switch ends in never). */
