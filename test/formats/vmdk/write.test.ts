@@ -6,7 +6,7 @@ import { describe, it } from 'node:test';
 import { createImage, openImage } from '../../../src/formats/open.js';
 import { nodeHost } from '../../../src/storage/host.js';
 import { testDisk } from '../../conformance/disk.js';
-import { must, needPeers, run } from '../../helpers/peers.js';
+import { hasPeer, must, needPeers, run } from '../../helpers/peers.js';
 import { tempDir } from '../../helpers/tmp.js';
 import { GiB, MiB, qemuWrite } from './util.js';
 
@@ -134,7 +134,8 @@ describe('vmdk: platter writes, qemu-img checks and reads', () => {
   });
 
   it('libvmdk (vmdkmount over FUSE) reads what platter wrote byte for byte', async (t) => {
-    if (!needPeers(t, 'vmdkmount', 'fusermount')) return;
+    const fusermount = hasPeer('fusermount3') ? 'fusermount3' : 'fusermount';
+    if (!needPeers(t, 'vmdkmount', fusermount)) return;
     // libvmdk 20200926 says "Unsupported disk type" for the flat subformats.
     for (const sub of ['monolithicSparse', 'streamOptimized', 'twoGbMaxExtentSparse']) {
       const size = 8 * MiB;
@@ -163,7 +164,7 @@ describe('vmdk: platter writes, qemu-img checks and reads', () => {
         const got = readFileSync(join(mnt, 'vmdk1'));
         assert.ok(got.equals(Buffer.from(model)), `${sub}: libvmdk sees the same bytes`);
       } finally {
-        run('fusermount', ['-u', mnt]);
+        run(fusermount, ['-u', mnt]);
       }
     }
   });
