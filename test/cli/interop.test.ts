@@ -145,6 +145,27 @@ describe('interop with qemu-img', () => {
     );
   });
 
+  it('convert into an nbd:// export writes in place, zeros included (nbdkit)', (t) => {
+    if (!needPeers(t, 'nbdkit', 'qemu-img', 'qemu-io')) return;
+    const sock = f('mem.sock');
+    const pid = f('mem.pid');
+    must('nbdkit', ['-U', sock, '-P', pid, 'memory', '4M']);
+    try {
+      const uri = `nbd+unix:///?socket=${sock}`;
+      must('qemu-io', ['-f', 'raw', '-c', 'write -P 0x55 0 4M', uri]); // old content everywhere
+      must('qemu-img', ['create', '-f', 'raw', f('n.raw'), '4M']);
+      qemuIoWrite(f('n.raw'), 'raw', ['write -P 7 1M 64k']);
+      const r = p(['convert', '--force', '-O', 'raw', f('n.raw'), uri]);
+      assert.equal(r.status, 0, r.stderr);
+      assert.equal(
+        run('qemu-img', ['compare', '-f', 'raw', '-F', 'raw', f('n.raw'), uri]).stdout,
+        'Images are identical.\n',
+      );
+    } finally {
+      process.kill(Number(readFileSync(pid, 'utf8')));
+    }
+  });
+
   it('images of different sizes: the same verdict as qemu-img', (t) => {
     if (!needPeers(t, 'qemu-img', 'qemu-io')) return;
     must('qemu-img', ['create', '-f', 'raw', f('small.raw'), '4M']);
