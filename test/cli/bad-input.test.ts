@@ -59,6 +59,17 @@ describe('bad input: one error line and a non-zero exit', () => {
     assert.match(oneErrorLine(p(['info', 'short.qcow2'])), /^short\.qcow2: /);
   });
 
+  it("another format's signature is never read silently as raw", () => {
+    // A VDI signature at 0x40 (and nothing else valid): an error, not a raw disk.
+    const b = Buffer.alloc(64 * 1024);
+    b.writeUInt32LE(0xbeda107f, 0x40);
+    writeFileSync(join(dir, 'sig.img'), b);
+    assert.match(oneErrorLine(p(['info', 'sig.img'])), /^sig\.img: /);
+    const r = p(['info', '-f', 'raw', '--json', 'sig.img']);
+    assert.equal(r.status, 0, '-f raw reads it as bytes');
+    assert.equal(JSON.parse(r.stdout).format, 'raw');
+  });
+
   it('a split set with a missing or short middle segment', () => {
     const seg = (n: number) => join(dir, `split.${String(n).padStart(3, '0')}`);
     for (let i = 1; i <= 3; i++) writeFileSync(seg(i), randomBytes(M));
