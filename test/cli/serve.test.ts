@@ -95,6 +95,52 @@ describe('platter serve', () => {
     }
   });
 
+  it("a qcow2 backing chain: the allocation map and the content are the chain's", async (t) => {
+    if (!needPeers(t, 'nbdinfo', 'qemu-img', 'qemu-io')) return;
+    const base = join(dir, 'base.qcow2');
+    const top = join(dir, 'top.qcow2');
+    must('qemu-img', ['create', '-f', 'qcow2', base, '8M']);
+    must('qemu-io', ['-f', 'qcow2', '-c', 'write -P 1 0 1M', '-c', 'write -P 2 4M 64k', base]);
+    must('qemu-img', ['create', '-f', 'qcow2', '-b', base, '-F', 'qcow2', top]);
+    must('qemu-io', ['-f', 'qcow2', '-c', 'write -P 3 512k 1M', '-c', 'write -z 4M 64k', top]);
+    const expected = join(dir, 'chain.expected');
+    must('qemu-img', ['convert', '-O', 'raw', top, expected]);
+    const map = JSON.parse(platter(['map', '--json', top]).stdout || '[]') as Array<{
+      start: number;
+      length: number;
+      data: boolean;
+    }>;
+    const srv = await startServe(['--port', '0', '--read-only', top]);
+    try {
+      const got = JSON.parse(must('nbdinfo', ['--map', '--json', srv.line])) as Array<{
+        offset: number;
+        length: number;
+        type: number;
+      }>;
+      const want: Array<{ offset: number; length: number; type: number }> = [];
+      for (const m of map) {
+        const type = m.data ? 0 : 3;
+        const last = want[want.length - 1];
+        if (last && last.type === type) last.length += m.length;
+        else want.push({ offset: m.start, length: m.length, type });
+      }
+      assert.deepEqual(
+        got.map(({ offset, length, type }) => ({ offset, length, type })),
+        want,
+      );
+      assert.deepEqual(
+        want.filter((w) => w.type === 0).map((w) => [w.offset, w.length]),
+        [[0, 1536 * 1024]],
+        'data where either layer has data, except the zeroed cluster over the base',
+      );
+      const out = join(dir, 'chain.out');
+      must('qemu-img', ['convert', '-f', 'raw', '-O', 'raw', srv.line, out]);
+      assert.equal(readFileSync(out).equals(readFileSync(expected)), true);
+    } finally {
+      assert.equal(await srv.stop(), 0);
+    }
+  });
+
   it('nbdcopy and qemu-img convert read the export byte-identically', async (t) => {
     if (!needPeers(t, 'nbdcopy', 'qemu-img')) return;
     const { path, content } = fresh();
