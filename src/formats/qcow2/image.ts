@@ -12,7 +12,7 @@
  * All metadata changes run under one mutex; reads run concurrently.
  */
 import { type Extent, pushExtent } from '../../core/disk.js';
-import { assert, corrupt, PlatterError } from '../../core/errors.js';
+import { corrupt, PlatterError } from '../../core/errors.js';
 import { Mutex } from '../../core/mutex.js';
 import type { Storage } from '../../core/storage.js';
 import {
@@ -339,7 +339,7 @@ export class Qcow2Image implements RefcountHost {
     if (host + buf.length > this.fileSize) this.fileSize = host + buf.length;
   }
 
-  /** Allocates clusters and makes sure the file covers them. */
+  /** Allocates `n` contiguous host clusters (refcount 1); returns the host offset. */
   async allocClusters(n: number): Promise<number> {
     return this.refcounts.alloc(n);
   }
@@ -709,10 +709,5 @@ export class Qcow2Image implements RefcountHost {
     } finally {
       await this.storage.close();
     }
-  }
-
-  /** Checks an internal invariant in tests. */
-  assertSane(): void {
-    assert(this.l1.length === this.h.l1Size * 8, 'L1 table length matches l1_size');
   }
 }
