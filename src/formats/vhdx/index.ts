@@ -88,7 +88,9 @@ async function open(storage: Storage, ctx: OpenContext): Promise<OpenedImage> {
   const writable = !ctx.readOnly;
   const disk: DiskImpl = {
     size: img.md.size,
-    granularity: img.hasParent ? img.md.logicalSectorSize : img.md.blockSize,
+    // The sector: a differencing disk keeps sector bitmaps (copy-on-write per sector),
+    // and any block takes partial writes (info still shows the block size).
+    granularity: img.md.logicalSectorSize,
     storages: [storage],
     read: (buf, offset) => img.read(buf, offset),
     write: writable ? (buf, offset) => img.write(buf, offset) : undefined,
