@@ -43,6 +43,12 @@ export interface AcquireOptions extends OpOptions {
   verify?: boolean;
   /** Opens the finished destination read-only for verification. */
   reopen?: () => Promise<Disk>;
+  /**
+   * Opens the source again for exact reads (O_DIRECT), used from the first
+   * read error on: buffered reads of a failing file or device fail whole
+   * pages or read-ahead windows, which would over-report bad sectors.
+   */
+  reopenSourcePrecise?: () => Promise<Storage>;
 }
 
 export interface Verification {
@@ -155,30 +161,60 @@ export async function acquire(src: Storage, dest: Disk, opts: AcquireOptions): P
   let winStart = 0;
   const progress = (done: number): void => opts.onProgress?.({ phase: 'acquiring', done, total: size });
 
-  const pool = [new Uint8Array(blockSize), new Uint8Array(blockSize), new Uint8Array(blockSize)];
-  const readBlock = async (k: number): Promise<Uint8Array> => {
-    const off = k * blockSize;
-    const buf = pool[k % pool.length].subarray(0, Math.min(blockSize, size - off));
-    await readSalvaging(src, buf, off, {
+  let precise: Promise<Storage> | undefined;
+  const salvageSource = (): Promise<Storage> => {
+    precise ??= opts.reopenSourcePrecise ? opts.reopenSourcePrecise().catch(() => src) : Promise.resolve(src);
+    return precise;
+  };
+  const readInto = async (buf: Uint8Array, off: number): Promise<void> => {
+    try {
+      await src.read(buf, off);
+      return;
+    } catch (e) {
+      if (!isReadError(e)) throw e;
+      failedReads++;
+    }
+    await readSalvaging(await salvageSource(), buf, off, {
       sectorSize,
       retries,
       bad,
       onFailedRead: () => failedReads++,
       signal: opts.signal,
     });
-    return buf;
+  };
+
+  // Pipeline: up to READ_AHEAD reads in flight, hashing in order on this
+  // thread (and the hash workers), up to WRITE_BEHIND writes in flight.
+  const READ_AHEAD = 3;
+  const WRITE_BEHIND = 3;
+  const free: Uint8Array[] = Array.from(
+    { length: READ_AHEAD + WRITE_BEHIND + 1 },
+    () => new Uint8Array(blockSize),
+  );
+  const blocks = Math.ceil(size / blockSize);
+  const reads: Array<Promise<Uint8Array>> = [];
+  const writes: Array<Promise<Uint8Array>> = [];
+  let nextRead = 0;
+  const startReads = (): void => {
+    while (nextRead < blocks && reads.length < READ_AHEAD && free.length > 0) {
+      const off = nextRead * blockSize;
+      const buf = free.pop()!.subarray(0, Math.min(blockSize, size - off));
+      const p = readInto(buf, off).then(() => buf);
+      p.catch(() => undefined);
+      reads.push(p);
+      nextRead++;
+    }
+  };
+  const recycle = (b: Uint8Array): void => {
+    free.push(new Uint8Array(b.buffer, b.byteOffset, blockSize));
   };
 
   try {
-    const blocks = Math.ceil(size / blockSize);
     progress(0);
-    let pending: Promise<Uint8Array> | undefined = blocks > 0 ? readBlock(0) : undefined;
-    pending?.catch(() => undefined);
+    startReads();
     for (let k = 0; k < blocks; k++) {
       throwIfAborted(opts.signal);
-      const buf = await pending!;
-      pending = k + 1 < blocks ? readBlock(k + 1) : undefined;
-      pending?.catch(() => undefined);
+      const buf = await reads.shift()!;
       const off = k * blockSize;
       if (win) {
         for (let i = 0; i < buf.length; ) {
@@ -192,13 +228,26 @@ export async function acquire(src: Storage, dest: Disk, opts: AcquireOptions): P
           }
         }
       }
-      await Promise.all([mh.update(buf), dest.write(buf, off)]);
+      const w = dest.write(buf, off).then(() => buf);
+      w.catch(() => undefined);
+      writes.push(w);
+      await mh.update(buf);
+      while (writes.length >= WRITE_BEHIND || (free.length === 0 && writes.length > 0))
+        recycle(await writes.shift()!);
+      startReads();
       progress(off + buf.length);
     }
+    for (const w of writes.splice(0)) recycle(await w);
     digests = await mh.digest();
   } catch (e) {
     mh.abort();
+    await Promise.allSettled([...reads, ...writes]);
     throw e;
+  } finally {
+    if (precise) {
+      const p = await precise;
+      if (p !== src) await p.close().catch(() => undefined);
+    }
   }
   const unreadable = mergeRanges(bad);
   dest.features.evidence?.recordUnreadable(unreadable);

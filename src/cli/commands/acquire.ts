@@ -167,7 +167,13 @@ async function acquireCmd(
     }
   }
 
-  const src = await ctx.host.open(source, { write: false, direct: true });
+  // Block devices are read with O_DIRECT from the start; files and exports
+  // buffered, switching to O_DIRECT for the salvage reads after an error.
+  let src = await ctx.host.open(source, { write: false });
+  if ((src as { isBlockDevice?: boolean }).isBlockDevice) {
+    await src.close();
+    src = await ctx.host.open(source, { write: false, direct: true });
+  }
   const srcInfo = src as Storage & { isBlockDevice?: boolean; sectorSize?: number; direct?: boolean };
   let dst: Disk | undefined;
   const created: string[] = [];
@@ -244,6 +250,7 @@ async function acquireCmd(
       sectorSize,
       verify: o.verify,
       reopen,
+      reopenSourcePrecise: isUri(source) ? undefined : () => ctx.host.open(source, { write: false, direct: true }),
       signal: ctx.signal,
       onProgress: progress.onProgress,
     });

@@ -24,6 +24,7 @@
 import { parseSize } from '../../core/bytes.js';
 import type { DiskImpl } from '../../core/disk.js';
 import { invalid, unsupported } from '../../core/errors.js';
+import { Mutex } from '../../core/mutex.js';
 import type { Storage } from '../../core/storage.js';
 import type { CreateContext, FormatDriver, OpenContext, OpenedImage } from '../driver.js';
 import { adler32 } from './adler32.js';
@@ -218,6 +219,7 @@ function writeDisk(
   let next = 0;
   let supplied: (() => { md5: string; sha1?: string }) | undefined;
   let started = false;
+  const lock = new Mutex();
   const lenOf = (i: number): number => Math.min(cs, size - i * cs);
 
   async function drain(): Promise<void> {
@@ -235,7 +237,17 @@ function writeDisk(
 
   async function put(data: Uint8Array | null, offset: number, length: number): Promise<void> {
     started = true;
-    for (let pos = offset; pos < offset + length; ) {
+    let pos = offset;
+    // In order and nothing buffered: whole chunks go straight to the writer (it copies).
+    if (data && pending.size === 0 && offset === next * cs) {
+      const full = Math.floor(Math.min(length, size - offset) / cs);
+      if (full > 0) {
+        next += full;
+        pos += full * cs;
+        await writer.write(data.subarray(0, full * cs));
+      }
+    }
+    for (; pos < offset + length; ) {
       const i = Math.floor(pos / cs);
       const within = pos - i * cs;
       const n = Math.min(lenOf(i) - within, offset + length - pos);
@@ -273,8 +285,9 @@ function writeDisk(
         pos += n;
       }
     },
-    write: (buf, offset) => put(buf, offset, buf.length),
-    writeZeroes: (offset, length) => put(null, offset, length),
+    // The writer takes bytes strictly in order: one put at a time.
+    write: (buf, offset) => lock.run(() => put(buf, offset, buf.length)),
+    writeZeroes: (offset, length) => lock.run(() => put(null, offset, length)),
     features: {
       evidence: {
         recordUnreadable(ranges) {
@@ -288,28 +301,29 @@ function writeDisk(
         },
       },
     },
-    async close() {
-      try {
-        for (let i = next; i < chunks; i++) {
-          const p = pending.get(i);
-          if (p) pending.delete(i);
-          await writer.write(p ? p.buf : new Uint8Array(lenOf(i)));
+    close: () =>
+      lock.run(async () => {
+        try {
+          for (let i = next; i < chunks; i++) {
+            const p = pending.get(i);
+            if (p) pending.delete(i);
+            await writer.write(p ? p.buf : new Uint8Array(lenOf(i)));
+          }
+          next = chunks;
+          writer.addErrors(unreadable);
+          const h = supplied?.();
+          if (h && !/^[0-9a-f]{32}$/.test(h.md5))
+            throw new Error('internal error: supplied MD5 is not 32 hex digits');
+          await writer.finish(
+            h
+              ? { md5: Buffer.from(h.md5, 'hex'), ...(h.sha1 ? { sha1: Buffer.from(h.sha1, 'hex') } : {}) }
+              : undefined,
+          );
+        } finally {
+          await writer.abort().catch(() => undefined);
+          for (const s of created) await s.close().catch(() => undefined);
         }
-        next = chunks;
-        writer.addErrors(unreadable);
-        const h = supplied?.();
-        if (h && !/^[0-9a-f]{32}$/.test(h.md5))
-          throw new Error('internal error: supplied MD5 is not 32 hex digits');
-        await writer.finish(
-          h
-            ? { md5: Buffer.from(h.md5, 'hex'), ...(h.sha1 ? { sha1: Buffer.from(h.sha1, 'hex') } : {}) }
-            : undefined,
-        );
-      } finally {
-        await writer.abort().catch(() => undefined);
-        for (const s of created) await s.close().catch(() => undefined);
-      }
-    },
+      }),
     async info() {
       return {
         format: 'ewf',

@@ -216,7 +216,10 @@ async function scanSegment(file: string, st: Storage, segNo: number, s: ScanStat
           const head = await readAt(st, off + DESCRIPTOR_SIZE, Math.min(dataLen, TABLE_HEADER_SIZE));
           const count = head.length >= 4 ? new DataView(head.buffer).getUint32(0, true) : 0;
           if (count > MAX_TABLE_COUNT) {
-            throw corrupt(file, `section '${d.type}' at offset ${off}: ${count} entries is more than ${MAX_TABLE_COUNT}`);
+            throw corrupt(
+              file,
+              `section '${d.type}' at offset ${off}: ${count} entries is more than ${MAX_TABLE_COUNT}`,
+            );
           }
           const want = Math.min(dataLen, TABLE_HEADER_SIZE + 4 * count + 4);
           t = parseTable(

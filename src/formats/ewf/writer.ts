@@ -17,12 +17,11 @@
  * size is padded with zeros to a whole sector (the format counts sectors).
  */
 import { createHash, randomBytes } from 'node:crypto';
-import { promisify } from 'node:util';
-import { deflate as deflateCb, deflateSync } from 'node:zlib';
-import { isAllZero } from '../../core/bytes.js';
+import { deflateSync } from 'node:zlib';
 import { invalid, PlatterError } from '../../core/errors.js';
 import type { Storage } from '../../core/storage.js';
 import { adler32 } from './adler32.js';
+import { type ChunkResult, createCompressPool } from './compress-pool.js';
 import { type CaseMetadata, encodeHeader2, header2Text, headerText } from './header.js';
 import {
   DESCRIPTOR_SIZE,
@@ -38,8 +37,6 @@ import {
   volume,
 } from './layout.js';
 
-const deflateAsync = promisify(deflateCb) as (buf: Uint8Array, opts: { level: number }) => Promise<Buffer>;
-
 export type Compression = 'none' | 'fast' | 'best';
 const LEVEL: Record<Compression, number> = { none: 0, fast: 1, best: 9 };
 const VOLUME_LEVEL: Record<Compression, number> = { none: 0, fast: 1, best: 2 };
@@ -48,7 +45,10 @@ const VOLUME_LEVEL: Record<Compression, number> = { none: 0, fast: 1, best: 2 };
 export const DEFAULT_SEGMENT_SIZE = Math.floor(1.4 * 2 ** 30);
 export const MIN_SEGMENT_SIZE = 1 << 20;
 const MAX_OFFSET = 0x7fffffff;
-const IN_FLIGHT = 32;
+/** Batches in flight to the compression workers. */
+const IN_FLIGHT = 4;
+/** Bytes per batch (whole chunks). */
+const BATCH_BYTES = 1 << 20;
 const WRITE_BATCH = 1 << 20;
 /** Bytes kept free at the end of a segment for the tables and the closing sections. */
 const TRAILER_RESERVE = 16384;
@@ -187,9 +187,11 @@ export async function createEwfWriter(
   let segChunks = 0;
   let emitted = 0;
   let received = 0;
-  let partial = new Uint8Array(chunkSize);
-  let partialLen = 0;
-  const queue: Array<Promise<{ data: Uint8Array; compressed: boolean }>> = [];
+  const batchBytes = Math.max(1, Math.floor(BATCH_BYTES / chunkSize)) * chunkSize;
+  let cur = new Uint8Array(batchBytes);
+  let curLen = 0;
+  const queue: Array<Promise<ChunkResult[]>> = [];
+  const pool = level > 0 ? createCompressPool() : undefined;
   let failed: unknown;
 
   async function flushBatch(): Promise<void> {
@@ -293,45 +295,51 @@ export async function createEwfWriter(
     await put(data);
   }
 
-  function raw(chunk: Uint8Array): { data: Uint8Array; compressed: boolean } {
+  function raw(chunk: Uint8Array): ChunkResult {
     const out = new Uint8Array(chunk.length + 4);
     out.set(chunk);
     new DataView(out.buffer).setUint32(chunk.length, adler32(chunk), true);
-    return { data: out, compressed: false };
+    return { kind: 'raw', data: out };
   }
 
-  async function encode(chunk: Uint8Array): Promise<{ data: Uint8Array; compressed: boolean }> {
-    if (level === 0) return raw(chunk);
-    if (isAllZero(chunk)) {
-      let z = zeroChunks.get(chunk.length);
-      if (!z) {
-        z = deflateSync(chunk, { level });
-        zeroChunks.set(chunk.length, z);
-      }
-      return { data: z, compressed: true };
+  function zeroChunk(length: number): Uint8Array {
+    let z = zeroChunks.get(length);
+    if (!z) {
+      z = deflateSync(new Uint8Array(length), { level: Math.max(1, level) });
+      zeroChunks.set(length, z);
     }
-    // A 4 KiB sample that does not shrink means random or encrypted data: skip the full deflate.
-    if (chunk.length > 16384) {
-      const sample = await deflateAsync(chunk.subarray(0, 4096), { level: 1 });
-      if (sample.length >= 4096 - 64) return raw(chunk);
-    }
-    const z = await deflateAsync(chunk, { level });
-    return z.length < chunk.length ? { data: z, compressed: true } : raw(chunk);
+    return z;
   }
 
   async function drain(limit: number): Promise<void> {
     while (queue.length > limit) {
-      const r = await queue.shift()!;
-      await store(r.data, r.compressed);
-      emitted++;
+      for (const r of await queue.shift()!) {
+        const len = Math.min(chunkSize, paddedSize - emitted * chunkSize);
+        if (r.kind === 'zero') await store(zeroChunk(len), true);
+        else await store(r.data, r.kind === 'zlib');
+        emitted++;
+      }
     }
   }
 
-  async function pushChunk(chunk: Uint8Array): Promise<void> {
-    md5?.update(chunk);
-    sha1?.update(chunk);
-    const p = encode(chunk);
+  /** Sends the filled part of the current batch to be compressed (or checksummed). */
+  async function dispatch(): Promise<void> {
+    if (curLen === 0) return;
+    const batch = cur.subarray(0, curLen);
+    md5?.update(batch);
+    sha1?.update(batch);
+    let p: Promise<ChunkResult[]>;
+    if (pool) {
+      p = pool.compress(batch, chunkSize, level);
+      cur = new Uint8Array(batchBytes);
+    } else {
+      const res: ChunkResult[] = [];
+      for (let off = 0; off < batch.length; off += chunkSize)
+        res.push(raw(batch.subarray(off, off + chunkSize)));
+      p = Promise.resolve(res);
+    }
     p.catch(() => undefined);
+    curLen = 0;
     queue.push(p);
     await drain(IN_FLIGHT);
   }
@@ -349,25 +357,12 @@ export async function createEwfWriter(
         throw invalid(`ewf: writing ${data.length} bytes at ${received} passes the media size ${o.size}`);
       received += data.length;
       try {
-        let i = 0;
-        if (partialLen > 0) {
-          const n = Math.min(chunkSize - partialLen, data.length);
-          partial.set(data.subarray(0, n), partialLen);
-          partialLen += n;
-          i = n;
-          if (partialLen === chunkSize) {
-            await pushChunk(partial);
-            partial = new Uint8Array(chunkSize);
-            partialLen = 0;
-          }
-        }
-        for (; i + chunkSize <= data.length; i += chunkSize) {
-          // copy: the caller may reuse its buffer while the chunk is compressed
-          await pushChunk(Uint8Array.prototype.slice.call(data, i, i + chunkSize));
-        }
-        if (i < data.length) {
-          partial.set(data.subarray(i), 0);
-          partialLen = data.length - i;
+        for (let i = 0; i < data.length; ) {
+          const n = Math.min(batchBytes - curLen, data.length - i);
+          cur.set(data.subarray(i, i + n), curLen);
+          curLen += n;
+          i += n;
+          if (curLen === batchBytes) await dispatch();
         }
       } catch (e) {
         failed = e;
@@ -385,12 +380,11 @@ export async function createEwfWriter(
       if (failed) throw failed;
       if (received !== o.size)
         throw new PlatterError('EIO', `ewf: ${received} of ${o.size} bytes were written`);
-      const tail = paddedSize - (chunkCount - 1) * chunkSize;
-      if (partialLen > 0 || tail < chunkSize) {
-        const last = partial.subarray(0, tail);
-        last.fill(0, partialLen);
-        if (chunkCount > 0) await pushChunk(last);
+      if (paddedSize > o.size) {
+        cur.fill(0, curLen, curLen + paddedSize - o.size);
+        curLen += paddedSize - o.size;
       }
+      await dispatch();
       await drain(0);
       if (emitted !== chunkCount)
         throw new Error(`internal error: ewf writer emitted ${emitted} of ${chunkCount} chunks`);
@@ -425,6 +419,7 @@ export async function createEwfWriter(
     async abort() {
       failed = failed ?? new PlatterError('ECANCELED', 'ewf: writing was aborted');
       await Promise.allSettled(queue);
+      await pool?.close();
       for (const x of storages) await x.close().catch(() => undefined);
     },
   };
