@@ -250,7 +250,9 @@ async function acquireCmd(
       sectorSize,
       verify: o.verify,
       reopen,
-      reopenSourcePrecise: isUri(source) ? undefined : () => ctx.host.open(source, { write: false, direct: true }),
+      reopenSourcePrecise: isUri(source)
+        ? undefined
+        : () => ctx.host.open(source, { write: false, direct: true }),
       signal: ctx.signal,
       onProgress: progress.onProgress,
     });
