@@ -183,6 +183,11 @@ export class SparseExtent implements VmdkExtent {
   private dirty = false;
   /** Written since the last flush (a read-only user costs no fsync). */
   private changed = false;
+  /** streamOptimized: where each GT was last written in this session, and the GTs changed since. */
+  private readonly gtAt = new Map<number, number>();
+  private readonly gtDirty = new Set<number>();
+  /** streamOptimized: the highest GT index grains were appended for (earlier GTs are written out). */
+  private openGT = -1;
   /** streamOptimized: writes append in arrival order. */
   private appendChain: Promise<void> = Promise.resolve();
 
@@ -565,6 +570,10 @@ export class SparseExtent implements VmdkExtent {
       if (tail > this.fileSize - 3 * SECTOR) tail = this.fileSize - 3 * SECTOR;
     }
     this.appendAt = alignUp(tail, SECTOR);
+    // Old GT copies may lie in the part cut off: every GT is written again.
+    for (let i = 0; i < this.numGTs; i++) this.gtDirty.add(i);
+    this.gtAt.clear();
+    this.openGT = -1;
     // Readers must never see an old footer in the middle: cut it now.
     await this.storage.truncate(this.appendAt);
     this.fileSize = this.appendAt;
@@ -634,9 +643,21 @@ export class SparseExtent implements VmdkExtent {
     const start = at;
     // GTEs change after the grains are written (a concurrent read never sees unwritten space).
     const marks: Array<[Uint32Array, number, number]> = [];
+    // As VMware lays a stream out: a GT follows its grains once writing has moved past it.
+    if (grains.length > 0) {
+      const first = Math.floor(grains[0].gi / this.perGT);
+      if (first > this.openGT) {
+        for (const b of await this.gtBlocks(at, (i) => i < first)) {
+          parts.push(b);
+          at += b.length;
+        }
+      }
+      this.openGT = Math.max(this.openGT, Math.floor(grains[grains.length - 1].gi / this.perGT));
+    }
     for (const { gi, data } of grains) {
       const table = (await this.gt(Math.floor(gi / this.perGT))) as Uint32Array;
       const j = gi % this.perGT;
+      this.gtDirty.add(Math.floor(gi / this.perGT));
       if (!data) {
         marks.push([table, j, 0]);
         continue;
@@ -663,25 +684,43 @@ export class SparseExtent implements VmdkExtent {
   }
 
   /** streamOptimized close: GT markers and GTs, GD marker and GD, footer, EOS; header says GD_AT_END. */
+  /**
+   * GT marker + GT for each changed GT that `which` selects, to be written at
+   * byte `at`; records where each went. An emptied GT is dropped from the GD.
+   */
+  private async gtBlocks(at: number, which: (i: number) => boolean): Promise<Uint8Array[]> {
+    const gtSectors = alignUp(this.gtBytes, SECTOR) / SECTOR;
+    const out: Uint8Array[] = [];
+    for (const i of [...this.gtDirty].filter(which).sort((x, y) => x - y)) {
+      this.gtDirty.delete(i);
+      const t = (await this.gt(i)) as Uint32Array;
+      if (!t.some((e) => e !== 0)) {
+        this.gtAt.delete(i);
+        continue;
+      }
+      out.push(metadataMarker(MARKER_GT, gtSectors));
+      at += SECTOR;
+      this.gtAt.set(i, at / SECTOR);
+      const body = new Uint8Array(gtSectors * SECTOR);
+      body.set(u32Bytes(t));
+      out.push(body);
+      at += body.length;
+    }
+    return out;
+  }
+
+  /** streamOptimized close: the remaining GTs, GD marker and GD, footer, EOS; header says GD_AT_END. */
   private async finishStream(): Promise<void> {
     let at = this.appendAt as number;
     const parts: Uint8Array[] = [];
-    const gtSectors = alignUp(this.gtBytes, SECTOR) / SECTOR;
-    const gd = new Uint32Array(this.numGTs);
     const start = at;
     const push = (b: Uint8Array): void => {
       parts.push(b);
       at += b.length;
     };
-    for (let i = 0; i < this.numGTs; i++) {
-      const t = (await this.gt(i)) as Uint32Array;
-      if (!t.some((e) => e !== 0)) continue;
-      push(metadataMarker(MARKER_GT, gtSectors));
-      gd[i] = at / SECTOR;
-      const body = new Uint8Array(gtSectors * SECTOR);
-      body.set(u32Bytes(t));
-      push(body);
-    }
+    for (const b of await this.gtBlocks(at, () => true)) push(b);
+    const gd = new Uint32Array(this.numGTs);
+    for (const [i, sector] of this.gtAt) if (i < this.numGTs) gd[i] = sector;
     const gdSectors = Math.max(1, alignUp(this.numGTs * 4, SECTOR) / SECTOR);
     push(metadataMarker(MARKER_GD, gdSectors));
     const gdSector = at / SECTOR;
@@ -707,6 +746,9 @@ export class SparseExtent implements VmdkExtent {
     this.appendAt = undefined;
     this.dirty = false;
     this.gts.clear();
+    this.gtAt.clear();
+    this.gtDirty.clear();
+    this.openGT = -1;
   }
 
   // ---- resize ----
@@ -736,6 +778,9 @@ export class SparseExtent implements VmdkExtent {
         for (let i = 0; i < newGTs; i++)
           if (!this.gts.has(i)) this.gts.set(i, Promise.resolve(new Uint32Array(this.perGT)));
         for (const k of [...this.gts.keys()]) if (k >= newGTs) this.gts.delete(k);
+        for (let i = 0; i < newGTs; i++) this.gtDirty.add(i);
+        for (const k of [...this.gtDirty]) if (k >= newGTs) this.gtDirty.delete(k);
+        for (const k of [...this.gtAt.keys()]) if (k >= newGTs) this.gtAt.delete(k);
         this.header = { ...h, capacitySectors: newSectors };
         this.size = newSectors * SECTOR;
         return;

@@ -168,4 +168,55 @@ describe('vmdk: platter writes, qemu-img checks and reads', () => {
       }
     }
   });
+
+  it('streamOptimized is a well-formed stream: grains, each GT after its grains, GD, footer, EOS', async (t) => {
+    if (!needPeers(t, 'qemu-img')) return;
+    const path = join(dir, 'walk.vmdk');
+    const size = 130 * MiB; // five grain tables of 32 MiB
+    await createImage(nodeHost, path, { format: 'vmdk', size, options: { subformat: 'streamOptimized' } });
+    const disk = await openImage(nodeHost, path, { readOnly: false });
+    try {
+      for (const off of [0, 33 * MiB, 100 * MiB, 129 * MiB]) await disk.write(randomBytes(MiB), off);
+    } finally {
+      await disk.close();
+    }
+    const b = readFileSync(path);
+    const order: string[] = [];
+    let pos = Number(b.readBigUInt64LE(64)) * 512; // overHead: the first record
+    let lastLba = -1;
+    while (pos < b.length) {
+      const val = Number(b.readBigUInt64LE(pos));
+      const size = b.readUInt32LE(pos + 8);
+      if (size !== 0) {
+        assert.ok(val > lastLba, `grain LBAs ascend (${val} after ${lastLba})`);
+        lastLba = val;
+        order.push(`grain ${Math.floor(val / 65536)}`); // GT index of the grain (65536 sectors per GT)
+        pos += Math.ceil((12 + size) / 512) * 512;
+        continue;
+      }
+      const type = b.readUInt32LE(pos + 12);
+      order.push(['EOS', 'GT', 'GD', 'footer'][type] ?? `type ${type}`);
+      if (type === 0) {
+        pos += 512;
+        break;
+      }
+      pos += 512 + val * 512;
+    }
+    assert.equal(pos, b.length, 'EOS is the last sector');
+    const compact = order.filter((x, i) => x !== order[i - 1]);
+    assert.deepEqual(compact, [
+      'grain 0',
+      'GT',
+      'grain 1',
+      'GT',
+      'grain 3',
+      'GT',
+      'grain 4',
+      'GT',
+      'GD',
+      'footer',
+      'EOS',
+    ]);
+    assert.equal(run('qemu-img', ['check', path]).status, 0);
+  });
 });
