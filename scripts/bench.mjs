@@ -210,7 +210,14 @@ for (const c of chosen) {
     out: () => join(data, `out-${process.pid}.tmp`),
     data: () => data,
   };
-  const ours = best([...platterBin, ...c.platter], vars, c.output);
+  let ours;
+  try {
+    ours = best([...platterBin, ...c.platter], vars, c.output);
+  } catch (e) {
+    rows.push([c.name, c.file, 'platter', `FAILED: ${String(e.message).split('\n')[0].slice(-120)}`]);
+    failed++;
+    continue;
+  }
   rows.push([
     c.name,
     c.file,
@@ -223,7 +230,13 @@ for (const c of chosen) {
     '',
   ]);
   for (const peer of c.peers) {
-    const theirs = best(peer.argv, vars, c.output);
+    let theirs;
+    try {
+      theirs = best(peer.argv, vars, c.output);
+    } catch (e) {
+      rows.push(['', '', peer.name, `FAILED: ${String(e.message).split('\n')[0].slice(-120)}`]);
+      continue;
+    }
     const ratio = ours.sec > 0 ? theirs.sec / ours.sec : Number.POSITIVE_INFINITY;
     const want = c.target?.[peer.name];
     const verdict = want === undefined ? '' : ratio >= want ? `≥${want} ok` : `≥${want} MISSED`;
@@ -240,6 +253,7 @@ for (const c of chosen) {
       verdict,
     ]);
   }
+  process.stderr.write(`done: ${c.name} (${c.file})\n`);
   if (ours.rss / 1024 >= 200) {
     rows.push(['', '', 'platter', '', '', '', 'RSS ≥ 200 MiB: MISSED']);
     failed++;
