@@ -54,7 +54,8 @@ export interface NbdServerOptions {
   log?: (message: string) => void;
 }
 
-export type ListenAddress = { path: string } | { host?: string; port?: number };
+/** A unix socket path, a TCP address, or an inherited listening descriptor (socket activation). */
+export type ListenAddress = { path: string } | { fd: number } | { host?: string; port?: number };
 
 /** Drop this client: the byte stream cannot be trusted any more. */
 class Drop extends Error {}
@@ -102,11 +103,16 @@ export class NbdServer {
     await new Promise<void>((resolve, reject) => {
       server.once('error', (e: NodeJS.ErrnoException) => {
         const where =
-          'path' in addr ? addr.path : `${addr.host ?? '127.0.0.1'}:${addr.port ?? P.DEFAULT_PORT}`;
+          'path' in addr
+            ? addr.path
+            : 'fd' in addr
+              ? `inherited socket ${addr.fd}`
+              : `${addr.host ?? '127.0.0.1'}:${addr.port ?? P.DEFAULT_PORT}`;
         const why = e.code === 'EADDRINUSE' ? 'address already in use' : (e.code ?? e.message);
         reject(new PlatterError('EIO', `cannot listen on ${where}: ${why}`));
       });
       if ('path' in addr) server.listen(addr.path, resolve);
+      else if ('fd' in addr) server.listen({ fd: addr.fd }, resolve);
       else server.listen(addr.port ?? P.DEFAULT_PORT, addr.host ?? '127.0.0.1', resolve);
     });
     server.on('error', (e) => this.log(`server error: ${e.message}`));

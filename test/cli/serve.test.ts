@@ -15,7 +15,7 @@ import {
 } from 'node:fs';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
-import { must, needPeers, platter, run } from '../helpers/peers.js';
+import { must, needPeers, PLATTER, platter, run } from '../helpers/peers.js';
 import { tempDir } from '../helpers/tmp.js';
 import { socketPath, startQemuNbd, startServe } from '../nbd/helpers.js';
 
@@ -255,6 +255,16 @@ describe('platter serve', () => {
     assert.ok(sock, 'the URI names a socket');
     assert.equal(existsSync(sock), false, 'the private socket is gone afterwards');
     assert.equal(platter(['serve', '-r', path, '--run', 'exit 3']).status, 3);
+  });
+
+  it('socket activation: nbdinfo and nbdcopy start platter serve themselves', (t) => {
+    if (!needPeers(t, 'nbdinfo', 'nbdcopy')) return;
+    const { path, content } = fresh();
+    const cmd = ['[', process.execPath, PLATTER, 'serve', '-r', path, ']'];
+    assert.equal(must('nbdinfo', ['--size', '--', ...cmd]).trim(), String(8 * MiB), 'nothing else on stdout');
+    const out = join(dir, 'activated.out');
+    must('nbdcopy', ['--', ...cmd, out]);
+    assert.equal(readFileSync(out).equals(content), true);
   });
 
   it('bad arguments: port out of range, --socket with --port, missing image', () => {

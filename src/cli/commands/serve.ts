@@ -141,6 +141,10 @@ async function openServed(ctx: CliContext, image: string, o: ServeOpts): Promise
 }
 
 function listenAddress(o: ServeOpts): ListenAddress {
+  // systemd socket activation (how `nbdinfo -- [ platter serve IMG ]` and nbdcopy start servers).
+  const activated =
+    process.env.LISTEN_PID === String(process.pid) && Number(process.env.LISTEN_FDS ?? 0) >= 1;
+  if (activated && o.socket === undefined && o.port === undefined && o.bind === undefined) return { fd: 3 };
   if (o.socket !== undefined) {
     if (o.port !== undefined || o.bind !== undefined)
       throw invalid('--socket cannot be combined with --port or --bind');
@@ -200,7 +204,9 @@ async function serve(ctx: CliContext, image: string, o: ServeOpts): Promise<numb
       if (o.run !== undefined) {
         status = await runCaptive(ctx, o.run, uri, addr, server.exportName);
       } else {
-        if (o.json) {
+        // Socket-activated: the client started us and knows the socket; stdout is not ours to fill.
+        const quiet = o.quiet || 'fd' in addr;
+        if (o.json && !quiet) {
           const { exportName, readOnly } = server;
           const facts = {
             uri,
@@ -211,7 +217,7 @@ async function serve(ctx: CliContext, image: string, o: ServeOpts): Promise<numb
             physical: !!o.physical,
           };
           ctx.stdout.write(`${JSON.stringify(facts)}\n`);
-        } else if (!o.quiet) ctx.stdout.write(`${uri}\n`);
+        } else if (!quiet) ctx.stdout.write(`${uri}\n`);
         if (!ctx.signal.aborted)
           await new Promise((r) => ctx.signal.addEventListener('abort', r, { once: true }));
       }
