@@ -129,7 +129,7 @@ function measure(argv, vars, output) {
     encoding: 'utf8',
     maxBuffer: 64 * MiB,
   });
-  if (r.status !== 0) throw new Error(`${argv.join(' ')} exited ${r.status}: ${r.stderr.trim().slice(-500)}`);
+  if (r.status !== 0) throw new Error(`${subst(argv, vars).join(' ')} exited ${r.status}: ${r.stderr.trim().slice(-500)}`);
   const [sec, rss] = spawnSync('cat', [timeFile], { encoding: 'utf8' })
     .stdout.trim()
     .split(/\s+/)
