@@ -139,6 +139,48 @@ describe('acquire from failing sources', () => {
     }
   });
 
+  it('nbdkit export over nbd+unix://: bad sectors from the ddrescue filter, exact over NBD too', async (t) => {
+    if (!needPeers(t, 'nbdkit')) return;
+    const data = randomBytes(1 << 20);
+    const src = join(dir, 'nbd.raw');
+    writeFileSync(src, data);
+    const map = join(dir, 'nbd.map');
+    writeFileSync(
+      map,
+      ['0x0 + 1', '0x00000000 0x00010000 +', '0x00010000 0x00000400 -', '0x00010400 0x000EFC00 +', ''].join(
+        '\n',
+      ),
+    );
+    const sock = join(dir, 'nbd.sock');
+    const errFd = openSync(join(dir, 'nbdkit.stderr'), 'w');
+    const server = spawn(
+      'nbdkit',
+      ['-U', sock, '-f', '--exit-with-parent', '--filter=ddrescue', 'file', src, `ddrescue-mapfile=${map}`],
+      { stdio: ['ignore', 'ignore', errFd] },
+    );
+    closeSync(errFd);
+    try {
+      for (let i = 0; i < 100 && !existsSync(sock); i++) await new Promise((r) => setTimeout(r, 50));
+      const r = platter([
+        'acquire',
+        '--json',
+        '-r',
+        '0',
+        `nbd+unix:///?socket=${sock}`,
+        join(dir, 'from-nbd.raw'),
+      ]);
+      assert.equal(r.status, 0, r.stderr);
+      const rec = JSON.parse(r.stdout);
+      assert.deepEqual(rec.unreadable, [{ offset: 0x10000, length: 1024 }]);
+      const expect = Buffer.from(data);
+      expect.fill(0, 0x10000, 0x10400);
+      assert.equal(rec.hashes.sha256, hex('sha256', expect));
+      assert.equal(rec.verification.result, 'match');
+    } finally {
+      server.kill('SIGTERM');
+    }
+  });
+
   it('loop device: block-device identity, O_DIRECT, hashes equal the backing file', (t) => {
     if (!needPeers(t, 'losetup', 'md5sum')) return;
     const file = join(dir, 'loop.raw');
