@@ -44,7 +44,7 @@ async function checkLocked(img: Qcow2Image, repair: Repair): Promise<CheckResult
   const before = await compare(img, first);
   if (repair === 'none' || (before.corruptions === 0 && before.leaks === 0)) {
     if (repair === 'all' && img.h.incompatible & (INCOMPAT_CORRUPT | INCOMPAT_DIRTY)) await clearFlags(img);
-    return before;
+    return plain(before);
   }
   await img.beginChange();
   const needRebuild = repair === 'all' && (first.structureBroken || before.low > 0);
@@ -58,12 +58,17 @@ async function checkLocked(img: Qcow2Image, repair: Repair): Promise<CheckResult
   const after = await compare(img, await scan(img));
   if (repair === 'all' && after.corruptions === 0) await clearFlags(img);
   return {
-    ...after,
+    ...plain(after),
     repaired: {
       corruptions: Math.max(0, before.corruptions - after.corruptions),
       leaks: Math.max(0, before.leaks - after.leaks),
     },
   };
+}
+
+/** The public result, without the internal bookkeeping. */
+function plain(c: Comparison): CheckResult {
+  return { corruptions: c.corruptions, leaks: c.leaks, messages: c.messages, details: c.details };
 }
 
 async function clearFlags(img: Qcow2Image): Promise<void> {
@@ -111,9 +116,9 @@ async function scan(img: Qcow2Image): Promise<Scan> {
       if (!ref(l2off, cs, `${label} L2 table`)) continue;
       const table = await img.loadL2(l2off);
       for (let k = 0; k < img.l2Entries; k++) {
-        const [ehi, elo] = readHiLo(table, k);
+        const [ehi, elo] = readHiLo(table, img.l2Index(k));
         try {
-          const e = decodeL2(ehi, elo, img.v3, cs, img.file);
+          const e = decodeL2(ehi, elo, img.zeroFlag, cs, img.file);
           if (e.kind === 'compressed') {
             const c = decodeCompressed(ehi, elo, img.clusterBits, img.file);
             ref(c.sectorStart, c.sectorEnd - c.sectorStart, `${label} compressed cluster`);
@@ -187,7 +192,7 @@ async function scan(img: Qcow2Image): Promise<Scan> {
     }
     const table = await img.loadL2(l2off);
     for (let k = 0; k < img.l2Entries; k++) {
-      const [ehi, elo] = readHiLo(table, k);
+      const [ehi, elo] = readHiLo(table, img.l2Index(k));
       if (ehi & 0x40000000) continue;
       const off = offsetOf(ehi, elo);
       if (off === 0 || off % cs !== 0 || off + cs > nClusters * cs) continue;

@@ -17,6 +17,7 @@
  *   64-71   snapshots_offset
  *   -- version 3 --
  *   72-79   incompatible_features      0 dirty, 1 corrupt, 2 external data, 3 compression type, 4 extended L2
+ *                                      (extended L2: read-only support)
  *   80-87   compatible_features        0 lazy refcounts
  *   88-95   autoclear_features         0 bitmaps, 1 raw external data
  *   96-99   refcount_order             refcount_bits = 1 << order, order <= 6 (v2: 4)
@@ -43,7 +44,7 @@ export const INCOMPAT_CORRUPT = 2n;
 export const INCOMPAT_DATA_FILE = 4n;
 export const INCOMPAT_COMPRESSION = 8n;
 export const INCOMPAT_EXTL2 = 16n;
-const INCOMPAT_KNOWN = INCOMPAT_DIRTY | INCOMPAT_CORRUPT | INCOMPAT_COMPRESSION;
+const INCOMPAT_KNOWN = INCOMPAT_DIRTY | INCOMPAT_CORRUPT | INCOMPAT_COMPRESSION | INCOMPAT_EXTL2;
 export const COMPAT_LAZY_REFCOUNTS = 1n;
 
 export const EXT_END = 0;
@@ -237,6 +238,9 @@ export function parseHeader(c0: Uint8Array, file: string, fileSize: number): Hea
     };
   }
 
+  if (incompatible & INCOMPAT_EXTL2 && clusterBits < 14) {
+    throw corrupt(file, `extended L2 entries need cluster_bits of at least 14 (got ${clusterBits})`);
+  }
   validateLayout(h, file, fileSize);
   return h;
 }
@@ -256,7 +260,7 @@ function featureName(table: Uint8Array | undefined, type: number, bit: number): 
 /** One guard per table: aligned, inside the file, sized within qemu's limits. */
 function validateLayout(h: Header, file: string, fileSize: number): void {
   const cs = 2 ** h.clusterBits;
-  const l2Entries = cs / 8;
+  const l2Entries = cs / (h.incompatible & INCOMPAT_EXTL2 ? 16 : 8);
   const needL1 = Math.ceil(h.size / cs / l2Entries);
   if (h.l1Size * 8 > MAX_L1_BYTES) {
     throw corrupt(file, `l1_size ${h.l1Size} exceeds the limit of ${MAX_L1_BYTES / 8} entries`);

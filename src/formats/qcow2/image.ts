@@ -27,6 +27,7 @@ import {
   type Header,
   INCOMPAT_CORRUPT,
   INCOMPAT_DIRTY,
+  INCOMPAT_EXTL2,
   serializeHeader,
 } from './header.js';
 import { type RefcountHost, Refcounts } from './refcounts.js';
@@ -66,6 +67,8 @@ export class Qcow2Image implements RefcountHost {
   readonly cs: number;
   readonly clusterBits: number;
   readonly l2Entries: number;
+  /** Extended L2 entries: 128 bits each, 32 subclusters per cluster (read-only support). */
+  readonly extL2: boolean;
   readonly refcountOrder: number;
   fileSize: number;
   l1: Uint8Array;
@@ -89,7 +92,8 @@ export class Qcow2Image implements RefcountHost {
   ) {
     this.clusterBits = h.clusterBits;
     this.cs = 2 ** h.clusterBits;
-    this.l2Entries = this.cs / 8;
+    this.extL2 = (h.incompatible & INCOMPAT_EXTL2) !== 0n;
+    this.l2Entries = this.cs / (this.extL2 ? 16 : 8);
     this.refcountOrder = h.refcountOrder;
     this.fileSize = fileSize;
     this.l1 = l1;
@@ -144,9 +148,64 @@ export class Qcow2Image implements RefcountHost {
     this.refcounts.dropCache();
   }
 
+  /** Index of L2 entry i in 64-bit words (extended entries take two). */
+  l2Index(i: number): number {
+    return this.extL2 ? 2 * i : i;
+  }
+
+  /** Does bit 0 of a standard descriptor mean "zero"? (v3, not with extended L2) */
+  get zeroFlag(): boolean {
+    return this.v3 && !this.extL2;
+  }
+
   entry(table: Uint8Array, i: number): L2Entry {
-    const [hi, lo] = readHiLo(table, i);
-    return decodeL2(hi, lo, this.v3, this.cs, this.file);
+    const [hi, lo] = readHiLo(table, this.l2Index(i));
+    return decodeL2(hi, lo, this.zeroFlag, this.cs, this.file);
+  }
+
+  /**
+   * Extended L2: the subclusters of guest cluster c in [pos, pos+n), from the
+   * bitmap (bits 0-31 allocated, 32-63 reads as zeros; neither: hole).
+   */
+  private mapSubclusters(
+    out: Segment[],
+    table: Uint8Array,
+    e: L2Entry,
+    c: number,
+    pos: number,
+    n: number,
+  ): void {
+    const cs = this.cs;
+    const sc = cs / 32;
+    const [zeroBits, allocBits] = readHiLo(table, this.l2Index(c % this.l2Entries) + 1);
+    const base = c * cs;
+    for (let p = pos; p < pos + n; ) {
+      const s = Math.floor((p - base) / sc);
+      const q = Math.min(pos + n, base + (s + 1) * sc);
+      if ((allocBits >>> s) & 1) {
+        if (e.offset === 0) {
+          throw corrupt(
+            this.file,
+            `subcluster ${s} of guest cluster ${c} is allocated but its cluster has no host offset`,
+          );
+        }
+        if (e.offset + (q - base) > this.fileSize) {
+          throw corrupt(
+            this.file,
+            `data cluster offset 0x${e.offset.toString(16)} is past end of file (size ${this.fileSize})`,
+          );
+        }
+        this.pushSeg(out, { offset: p, length: q - p, kind: 'data', host: e.offset + (p - base) });
+      } else {
+        this.pushSeg(out, {
+          offset: p,
+          length: q - p,
+          kind: (zeroBits >>> s) & 1 ? 'zero' : 'hole',
+          host: 0,
+        });
+      }
+      p = q;
+    }
   }
 
   /** The mapping of guest bytes [offset, offset+length), in order, adjacent runs merged. */
@@ -173,7 +232,9 @@ export class Qcow2Image implements RefcountHost {
         const within = pos - c * cs;
         const n = Math.min(cs - within, tableEnd - pos);
         const e = this.entry(table, c % this.l2Entries);
-        if (e.kind === 'compressed') {
+        if (this.extL2 && e.kind !== 'compressed') {
+          this.mapSubclusters(out, table, e, c, pos, n);
+        } else if (e.kind === 'compressed') {
           const comp = decodeCompressed(e.hi, e.lo, this.clusterBits, this.file);
           if (comp.offset + 1 > this.fileSize) {
             throw corrupt(

@@ -6,12 +6,13 @@
  * clusters, compressed clusters (zlib and zstd) read and written, backing
  * files with a format name, lazy refcounts (dirty bit), the corrupt bit,
  * internal snapshots, check and repair, resize.
- * Refused with a clear error: encryption, external data files, extended L2
- * entries, unknown incompatible features. Bitmaps are kept but their
+ * Extended L2 entries (subclusters) are read, not written.
+ * Refused with a clear error: encryption, external data files, unknown
+ * incompatible features. Bitmaps are kept but their
  * autoclear bit is cleared on a write (so qemu treats them as stale).
  */
 import type { DiskImpl, FormatInfo } from '../../core/disk.js';
-import { invalid, PlatterError } from '../../core/errors.js';
+import { invalid, PlatterError, unsupported } from '../../core/errors.js';
 import type { Storage } from '../../core/storage.js';
 import type { FormatDriver, OpenContext, OpenedImage } from '../driver.js';
 import { checkImage } from './check.js';
@@ -72,6 +73,11 @@ async function open(storage: Storage, ctx: OpenContext): Promise<OpenedImage> {
   }
   const compress = ctx.options.compress === 'on';
   const img = await openQcow2(storage, ctx.readOnly, compress);
+  if (!ctx.readOnly && img.extL2) {
+    throw unsupported(
+      `${storage.name}: platter reads qcow2 images with extended L2 entries but cannot write them; open read-only, or convert to a new image`,
+    );
+  }
   if (!ctx.readOnly) {
     let rewrite = false;
     if (img.h.autoclear !== 0n) {

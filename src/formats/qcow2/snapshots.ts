@@ -142,8 +142,8 @@ export async function addTreeRefcounts(img: Qcow2Image, l1: Uint8Array, delta: n
     if (l2off === 0) continue;
     const table = await img.loadL2(l2off);
     for (let k = 0; k < img.l2Entries; k++) {
-      const [ehi, elo] = readHiLo(table, k);
-      const e = decodeL2(ehi, elo, img.v3, img.cs, img.file);
+      const [ehi, elo] = readHiLo(table, img.l2Index(k));
+      const e = decodeL2(ehi, elo, img.zeroFlag, img.cs, img.file);
       if (e.kind === 'compressed') {
         const c = decodeCompressed(ehi, elo, img.clusterBits, img.file);
         for (let x = Math.floor(c.sectorStart / img.cs); x < Math.ceil(c.sectorEnd / img.cs); x++) bump(x);
@@ -176,14 +176,19 @@ export async function refreshCopiedFlags(img: Qcow2Image): Promise<number> {
     const table = await img.loadL2(l2off);
     let changed = false;
     for (let k = 0; k < img.l2Entries; k++) {
-      const [ehi, elo] = readHiLo(table, k);
-      const e = decodeL2(ehi, elo, img.v3, img.cs, img.file);
+      const [ehi, elo] = readHiLo(table, img.l2Index(k));
+      const e = decodeL2(ehi, elo, img.zeroFlag, img.cs, img.file);
       let wantCopied = false;
       if (e.kind !== 'compressed' && e.offset !== 0)
         wantCopied = (await img.refcounts.get(e.offset / img.cs)) === 1;
       if (e.kind === 'compressed' || (e.offset === 0 && !e.copied)) continue;
       if (e.copied !== wantCopied) {
-        writeHiLo(table, k, wantCopied ? (ehi | COPIED_HI) >>> 0 : (ehi & ~COPIED_HI) >>> 0, elo);
+        writeHiLo(
+          table,
+          img.l2Index(k),
+          wantCopied ? (ehi | COPIED_HI) >>> 0 : (ehi & ~COPIED_HI) >>> 0,
+          elo,
+        );
         changed = true;
         fixed++;
       }

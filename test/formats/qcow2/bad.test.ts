@@ -78,7 +78,13 @@ describe('qcow2 bad input', () => {
       [(b) => b.writeUInt32BE(5, 4), /version 5 is not supported/, 'EUNSUPPORTED'],
       [(b) => b.writeUInt32BE(1, 32), /encrypted/, 'EUNSUPPORTED'],
       [(b) => (b[79] |= 4), /external data file/, 'EUNSUPPORTED'],
-      [(b) => (b[79] |= 16), /extended L2 entries/, 'EUNSUPPORTED'],
+      [
+        (b) => {
+          b[79] |= 16;
+          b.writeUInt32BE(12, 20);
+        },
+        /extended L2 entries need cluster_bits of at least 14 \(got 12\)/,
+      ],
       [(b) => (b[78] |= 4), /unknown incompatible feature bit 10/, 'EUNSUPPORTED'],
       [(b) => (b[79] |= 8), /compression type feature bit/],
       [
@@ -148,6 +154,7 @@ describe('qcow2 bad input', () => {
       qemuImage(),
       qemuImage('compat=0.10,cluster_size=4096'),
       qemuImage('cluster_size=512,refcount_bits=4'),
+      qemuImage('extended_l2=on,cluster_size=16384'),
     ];
     let seed = 12345;
     const rnd = (k: number): number => {

@@ -10,7 +10,7 @@ import type { Disk } from '../../../src/core/disk.js';
 import { PlatterError } from '../../../src/core/errors.js';
 import { must, needPeers } from '../../helpers/peers.js';
 import { tempDir } from '../../helpers/tmp.js';
-import { MiB, openRead, pattern, qemuRaw, readAll } from './util.js';
+import { MiB, openRead, openWrite, pattern, qemuRaw, readAll } from './util.js';
 
 const dir = tempDir('platter-qcow2-read-');
 let n = 0;
@@ -170,6 +170,50 @@ describe('qcow2 read: images made by qemu-img', () => {
       [['zero', 1]],
     );
     await d.close();
+  });
+
+  it('extended L2 entries (subclusters) over a backing file: read, not written', async (t) => {
+    if (!needPeers(t, 'qemu-img', 'qemu-io')) return;
+    const base = join(dir, 'xl2-base.qcow2');
+    must('qemu-img', ['create', '-q', '-f', 'qcow2', '-o', 'extended_l2=on', base, String(4 * MiB)]);
+    must('qemu-io', ['-c', 'write -P 0x01 0 4M', base]);
+    const top = join(dir, 'xl2-top.qcow2');
+    must('qemu-img', [
+      'create',
+      '-q',
+      '-f',
+      'qcow2',
+      '-o',
+      'extended_l2=on,cluster_size=32k',
+      '-b',
+      'xl2-base.qcow2',
+      '-F',
+      'qcow2',
+      top,
+    ]);
+    must('qemu-io', [
+      '-c',
+      'write -P 0xab 1000 7000',
+      '-c',
+      'write -z 65536 1024',
+      '-c',
+      `write -P 3 ${4 * MiB - 4304} 4304`,
+      top,
+    ]);
+    const d = await checkAgainstQemu(top);
+    const exts = await d.extents(0, 32768);
+    assert.deepEqual(
+      exts.map((e) => [e.offset, e.status, e.depth]),
+      [
+        [0, 'data', 0],
+        [8192, 'data', 1],
+      ],
+    );
+    await d.close();
+    await assert.rejects(
+      openWrite(top),
+      (e: unknown) => e instanceof PlatterError && e.code === 'EUNSUPPORTED',
+    );
   });
 
   it('a missing backing file is a clear error', async (t) => {
