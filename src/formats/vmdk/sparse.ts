@@ -445,7 +445,6 @@ export class SparseExtent implements VmdkExtent {
       const r = touched.get(ti);
       touched.set(ti, r ? [Math.min(r[0], j), Math.max(r[1], j + 1)] : [j, j + 1]);
     };
-    let end = alignUp(this.fileSize, gb);
     for (let done = 0; done < buf.length; ) {
       const pos = offset + done;
       const gi = Math.floor(pos / gb);
@@ -470,13 +469,14 @@ export class SparseExtent implements VmdkExtent {
         data = new Uint8Array(gb);
         data.set(sub, within);
       }
-      if (end / SECTOR >= 2 ** 32) throw tooBig(this.file);
-      pieces.push({ file: end, data });
-      mark(gi, end / SECTOR, table);
-      end += gb;
+      // fileSize moves now, so a GT allocated later in this loop goes after this grain.
+      const at = alignUp(this.fileSize, gb);
+      if (at / SECTOR >= 2 ** 32) throw tooBig(this.file);
+      pieces.push({ file: at, data });
+      mark(gi, at / SECTOR, table);
+      this.fileSize = at + gb;
     }
     await this.writePieces(pieces);
-    if (end > this.fileSize) this.fileSize = end;
     for (const [table, j, value] of marks) table[j] = value;
 
     for (const [ti, [a, b]] of touched) await this.writeGTEs(ti, a, b);

@@ -142,6 +142,44 @@ describe('vmdk check -r all', () => {
   });
 });
 
+describe('vmdk missing grain tables', () => {
+  it('a GD entry of 0 reads as a hole, and a write there allocates the GT (and its redundant copy)', async (t) => {
+    if (!needPeers(t, 'qemu-img', 'qemu-io')) return;
+    const path = join(dir, 'nogt.vmdk');
+    must('qemu-img', ['create', '-q', '-f', 'vmdk', path, '96M']); // three GTs
+    const b = readFileSync(path);
+    const gd = Number(b.readBigUInt64LE(56)) * 512;
+    const rgd = Number(b.readBigUInt64LE(48)) * 512;
+    patch(path, gd + 4, u32(0)); // GT 1 (32..64 MiB) absent in both directories
+    patch(path, rgd + 4, u32(0));
+    let disk = await openRO(path);
+    try {
+      assert.deepEqual(
+        (await disk.extents(0, disk.size)).map((e) => e.status),
+        ['hole'],
+      );
+    } finally {
+      await disk.close();
+    }
+    disk = await openImage(nodeHost, path, { readOnly: false });
+    try {
+      await disk.write(new Uint8Array(65536).fill(0x51), 40 * MiB);
+    } finally {
+      await disk.close();
+    }
+    const after = readFileSync(path);
+    assert.notEqual(after.readUInt32LE(gd + 4), 0, 'GD entry set');
+    assert.notEqual(after.readUInt32LE(rgd + 4), 0, 'RGD entry set');
+    assert.deepEqual((await checkOf(path)).messages, []);
+    assert.equal(run('qemu-img', ['check', path]).status, 0);
+    const raw = join(dir, 'nogt.raw');
+    must('qemu-img', ['convert', '-O', 'raw', path, raw]);
+    const r = readFileSync(raw);
+    assert.equal(r[40 * MiB], 0x51);
+    assert.equal(r[40 * MiB - 1], 0);
+  });
+});
+
 describe('vmdk bad input', () => {
   const desc = (lines: string[]): string => `${lines.join('\n')}\n`;
   const good = [
