@@ -13,7 +13,7 @@
 import type { CheckResult } from '../../core/disk.js';
 import { isPlatterError, PlatterError } from '../../core/errors.js';
 import { decodeCompressed } from './compressed.js';
-import { EXT_BITMAPS, INCOMPAT_CORRUPT, INCOMPAT_DIRTY } from './header.js';
+import { INCOMPAT_CORRUPT, INCOMPAT_DIRTY } from './header.js';
 import type { Qcow2Image } from './image.js';
 import { Refcounts } from './refcounts.js';
 import { readSnapshots, refreshCopiedFlags, snapshotTableBytes } from './snapshots.js';
@@ -224,40 +224,11 @@ async function refBitmaps(
   s: Scan,
   say: (m: string) => void,
 ): Promise<void> {
-  const ext = img.h.otherExtensions.find((e) => e.type === EXT_BITMAPS);
-  if (!ext || ext.data.length < 24) return;
-  const v = new DataView(ext.data.buffer, ext.data.byteOffset, ext.data.byteLength);
-  const count = v.getUint32(0);
-  const dirSize = Number(v.getBigUint64(8));
-  const dirOffset = Number(v.getBigUint64(16));
-  if (dirSize > 64 << 20 || dirOffset + dirSize > img.fileSize || count > 65535) {
+  const { ranges, error } = await img.bitmapRanges();
+  for (const [offset, length, what] of ranges) ref(offset, length, what);
+  if (error) {
     s.corruptions++;
-    say(`ERROR bitmap directory at 0x${dirOffset.toString(16)}+${dirSize} is invalid`);
-    return;
-  }
-  ref(dirOffset, dirSize, 'bitmap directory');
-  const dir = new Uint8Array(dirSize);
-  await img.storage.read(dir, dirOffset);
-  const dv = new DataView(dir.buffer);
-  for (let at = 0, i = 0; i < count && at + 24 <= dirSize; i++) {
-    const tOff = Number(dv.getBigUint64(at));
-    const tSize = dv.getUint32(at + 8);
-    const nameSize = dv.getUint16(at + 18);
-    const extra = dv.getUint32(at + 20);
-    if (tSize * 8 > 64 << 20 || tOff + tSize * 8 > img.fileSize) {
-      s.corruptions++;
-      say(`ERROR bitmap table ${i} at 0x${tOff.toString(16)} is past end of file`);
-      break;
-    }
-    ref(tOff, tSize * 8, 'bitmap table');
-    const t = new Uint8Array(tSize * 8);
-    await img.storage.read(t, tOff);
-    for (let k = 0; k < tSize; k++) {
-      const [hi, lo] = readHiLo(t, k);
-      const off = offsetOf(hi, lo);
-      if (off !== 0) ref(off, img.cs, 'bitmap data');
-    }
-    at += Math.ceil((24 + extra + nameSize) / 8) * 8;
+    say(`ERROR ${error}`);
   }
 }
 

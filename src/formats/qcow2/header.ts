@@ -378,8 +378,3 @@ export function serializeHeader(h: Header, file: string): Uint8Array {
   out.set(name, backingAt);
   return out;
 }
-
-/** Clears autoclear bits platter does not maintain (the spec's rule for writers). */
-export function clearAutoclear(h: Header): void {
-  h.autoclear = 0n;
-}

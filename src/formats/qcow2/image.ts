@@ -24,6 +24,7 @@ import {
 } from './compressed.js';
 import {
   COMPAT_LAZY_REFCOUNTS,
+  EXT_BITMAPS,
   type Header,
   INCOMPAT_CORRUPT,
   INCOMPAT_DIRTY,
@@ -36,6 +37,7 @@ import {
   decodeL2,
   type L2Entry,
   l2OffsetOf,
+  offsetOf,
   readHiLo,
   standardEntry,
   writeHiLo,
@@ -79,6 +81,8 @@ export class Qcow2Image implements RefcountHost {
   /** The host cluster compressed data is being packed into, and its next free byte. */
   private compTail?: { cluster: number; used: number };
   private dirtyMarked = false;
+  /** Has this open changed the image yet? (the first change drops bitmaps) */
+  private changed = false;
 
   constructor(
     readonly storage: Storage,
@@ -348,11 +352,71 @@ export class Qcow2Image implements RefcountHost {
 
   /** Lazy refcounts: mark the image dirty before the first metadata change. */
   async beginChange(): Promise<void> {
+    if (!this.changed) {
+      this.changed = true;
+      await this.dropBitmaps();
+    }
     if (this.dirtyMarked || !(this.h.compatible & COMPAT_LAZY_REFCOUNTS)) return;
     this.h.incompatible |= INCOMPAT_DIRTY;
     await this.writeHeader();
     await this.storage.flush();
     this.dirtyMarked = true;
+  }
+
+  /**
+   * Where the persistent dirty bitmaps live (bitmaps extension: directory,
+   * bitmap tables, data clusters), with sizes checked against the file.
+   */
+  async bitmapRanges(): Promise<{ ranges: Array<[number, number, string]>; error?: string }> {
+    const ranges: Array<[number, number, string]> = [];
+    const ext = this.h.otherExtensions.find((e) => e.type === EXT_BITMAPS);
+    if (!ext || ext.data.length < 24) return { ranges };
+    const v = new DataView(ext.data.buffer, ext.data.byteOffset, ext.data.byteLength);
+    const count = v.getUint32(0);
+    const dirSize = Number(v.getBigUint64(8));
+    const dirOffset = Number(v.getBigUint64(16));
+    if (dirSize > 64 << 20 || dirOffset + dirSize > this.fileSize || count > 65535) {
+      return { ranges, error: `bitmap directory at 0x${dirOffset.toString(16)}+${dirSize} is invalid` };
+    }
+    ranges.push([dirOffset, dirSize, 'bitmap directory']);
+    const dir = new Uint8Array(dirSize);
+    await this.storage.read(dir, dirOffset);
+    const dv = new DataView(dir.buffer);
+    for (let at = 0, i = 0; i < count && at + 24 <= dirSize; i++) {
+      const tOff = Number(dv.getBigUint64(at));
+      const tSize = dv.getUint32(at + 8);
+      const nameSize = dv.getUint16(at + 18);
+      const extra = dv.getUint32(at + 20);
+      if (tSize * 8 > 64 << 20 || tOff + tSize * 8 > this.fileSize) {
+        return { ranges, error: `bitmap table ${i} at 0x${tOff.toString(16)} is past end of file` };
+      }
+      ranges.push([tOff, tSize * 8, 'bitmap table']);
+      const t = new Uint8Array(tSize * 8);
+      await this.storage.read(t, tOff);
+      for (let k = 0; k < tSize; k++) {
+        const [hi, lo] = readHiLo(t, k);
+        const off = offsetOf(hi, lo);
+        if (off !== 0) ranges.push([off, this.cs, 'bitmap data']);
+      }
+      at += Math.ceil((24 + extra + nameSize) / 8) * 8;
+    }
+    return { ranges };
+  }
+
+  /**
+   * platter does not keep dirty bitmaps up to date, so before its first
+   * change it removes them cleanly (extension dropped and autoclear bits
+   * cleared first, their clusters freed after), rather than leaving stale
+   * bitmaps whose clusters qemu would then report as leaked.
+   */
+  private async dropBitmaps(): Promise<void> {
+    if (this.h.autoclear === 0n && !this.h.otherExtensions.some((e) => e.type === EXT_BITMAPS)) return;
+    const { ranges, error } = await this.bitmapRanges();
+    this.h.otherExtensions = this.h.otherExtensions.filter((e) => e.type !== EXT_BITMAPS);
+    this.h.autoclear = 0n;
+    await this.writeHeader();
+    await this.storage.flush();
+    if (!error) for (const [offset, length] of ranges) await this.refcounts.addBytes(offset, length, -1);
   }
 
   /** Clears the dirty bit once everything is on disk. */

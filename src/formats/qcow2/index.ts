@@ -8,8 +8,8 @@
  * internal snapshots, check and repair, resize.
  * Extended L2 entries (subclusters) are read, not written.
  * Refused with a clear error: encryption, external data files, unknown
- * incompatible features. Bitmaps are kept but their
- * autoclear bit is cleared on a write (so qemu treats them as stale).
+ * incompatible features. Persistent dirty bitmaps are removed (and their
+ * clusters freed) before platter's first change, since it cannot keep them.
  */
 import type { DiskImpl, FormatInfo } from '../../core/disk.js';
 import { invalid, PlatterError, unsupported } from '../../core/errors.js';
@@ -20,7 +20,6 @@ import { loadZstd } from './compressed.js';
 import { create } from './create.js';
 import {
   COMPAT_LAZY_REFCOUNTS,
-  clearAutoclear,
   clusterBitsOf,
   hasMagic,
   INCOMPAT_CORRUPT,
@@ -79,18 +78,12 @@ async function open(storage: Storage, ctx: OpenContext): Promise<OpenedImage> {
     );
   }
   if (!ctx.readOnly) {
-    let rewrite = false;
-    if (img.h.autoclear !== 0n) {
-      clearAutoclear(img.h);
-      rewrite = true;
-    }
     if (img.h.incompatible & INCOMPAT_DIRTY && !(img.h.incompatible & INCOMPAT_CORRUPT)) {
       // Refcounts may be stale after a crash with lazy refcounts: rebuild them.
       await checkImage(img, 'all');
       img.h.incompatible &= ~INCOMPAT_DIRTY;
-      rewrite = true;
+      await img.writeHeader();
     }
-    if (rewrite) await img.writeHeader();
   }
   return { disk: diskOf(img), backing: img.h.backing };
 }

@@ -181,6 +181,26 @@ describe('qcow2 write: platter creates, qemu-img checks', () => {
     });
   }
 
+  it('persistent bitmaps: kept by an open without changes, removed cleanly by the first write', async (t) => {
+    if (!needPeers(t, 'qemu-img', 'qemu-io')) return;
+    const path = join(dir, 'bitmaps.qcow2');
+    must('qemu-img', ['create', '-q', '-f', 'qcow2', path, String(4 * MiB)]);
+    must('qemu-img', ['bitmap', '--add', path, 'b0']);
+    must('qemu-io', ['-c', 'write -P 0x01 0 1M', path]);
+    const bitmaps = (): unknown[] =>
+      JSON.parse(must('qemu-img', ['info', '--output=json', path]))['format-specific'].data.bitmaps ?? [];
+    assert.equal(bitmaps().length, 1);
+    await (await openWrite(path)).close();
+    assert.equal(bitmaps().length, 1, 'an open without changes keeps the bitmap');
+    const d = await openWrite(path);
+    await d.write(new Uint8Array(65536).fill(2), 0);
+    await d.close();
+    assert.equal(bitmaps().length, 0);
+    const c = run('qemu-img', ['check', path]);
+    assert.equal(c.status, 0, c.stdout + c.stderr);
+    assert.doesNotMatch(c.stderr, /warning/);
+  });
+
   it('qcowinfo opens a platter-made image', async (t) => {
     if (!needPeers(t, 'qcowinfo')) return;
     const path = join(dir, 'libqcow.qcow2');
