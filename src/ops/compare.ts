@@ -17,7 +17,7 @@ import type { OpOptions } from './progress.js';
 export interface CompareOptions extends OpOptions {
   /** Find every differing range instead of stopping at the first. */
   all?: boolean;
-  /** Bytes per read. Default 1 MiB. */
+  /** Bytes per read. Default 2 MiB. */
   chunkSize?: number;
   /** Chunks read ahead (each reads A and B). Default 4. */
   readAhead?: number;
@@ -86,7 +86,7 @@ async function* segments(a: Disk, b: Disk, total: number, chunk: number): AsyncG
 }
 
 export async function compareDisks(a: Disk, b: Disk, opts: CompareOptions = {}): Promise<CompareResult> {
-  const chunk = Math.max(SECTOR, alignDown(opts.chunkSize ?? MiB, SECTOR));
+  const chunk = Math.max(SECTOR, alignDown(opts.chunkSize ?? 2 * MiB, SECTOR));
   const ahead = Math.max(1, opts.readAhead ?? 4);
   const total = Math.max(a.size, b.size);
   const { signal, onProgress } = opts;

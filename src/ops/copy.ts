@@ -11,9 +11,11 @@
  *     (default max(4 KiB, dst.granularity), like qemu-img's `-S 4k`): all-zero
  *     runs are not written when the destination already reads zeros
  *     (`dstZeroed`), and are written with writeZeroes({mayUnmap:true}) otherwise.
+ *   - Writes go out in offset order by default (`ordered`), while up to
+ *     `parallel` reads run ahead.
  *   - `parallel` chunks are in flight at once, each with its own buffer, so
- *     memory is parallel × chunkSize whatever the size of the disk. 1 MiB × 8
- *     measured faster than 4 MiB × 4 when reading from the page cache here.
+ *     memory is parallel × chunkSize (2 MiB × 8) whatever the size of the disk.
+ *     Buffers come from ioBuffer() (page-aligned: see ops/buffers.ts).
  *   - `onData`, if given, sees every byte of the source exactly once and in
  *     offset order (zeros as `data: undefined`), e.g. to hash while copying.
  *   - The signal stops it between chunks with ECANCELED; chunks in flight finish
@@ -29,7 +31,7 @@ import type { OpOptions } from './progress.js';
 export interface CopyOptions extends OpOptions {
   /** The destination already reads zeros everywhere (freshly created): zero ranges are skipped. */
   dstZeroed?: boolean;
-  /** Bytes per read/write; rounded to a multiple of dst.granularity. Default 1 MiB. */
+  /** Bytes per read/write; rounded to a multiple of dst.granularity. Default 2 MiB (as qemu-img). */
   chunkSize?: number;
   /** Chunks in flight. Default 8. */
   parallel?: number;
@@ -44,6 +46,13 @@ export interface CopyOptions extends OpOptions {
   phase?: string;
   /** Flush the destination at the end. Default true. */
   flush?: boolean;
+  /**
+   * Write in offset order (reads still run ahead in parallel), as qemu-img
+   * convert does without -W. Default true: parallel writes to one host file
+   * contend on its inode lock and were measured 2-3× slower here (ext4).
+   * false suits destinations with high latency and no ordering cost (NBD).
+   */
+  ordered?: boolean;
 }
 
 export interface CopyResult {
@@ -120,11 +129,12 @@ export async function copyDisk(src: Disk, dst: Disk, opts: CopyOptions = {}): Pr
   const g = Math.max(1, dst.granularity);
   const zeroBlock = opts.zeroBlock ?? Math.max(4096, g);
   const unit = lcmPow2(g, zeroBlock);
-  const chunk = Math.max(unit, alignDown(opts.chunkSize ?? MiB, unit));
+  const chunk = Math.max(unit, alignDown(opts.chunkSize ?? 2 * MiB, unit));
   const parallel = Math.max(1, Math.floor(opts.parallel ?? 8));
   const dstZeroed = opts.dstZeroed ?? false;
   const phase = opts.phase ?? 'copying';
   const { signal, onProgress, onData } = opts;
+  const ordered = opts.ordered ?? true;
 
   const result: CopyResult = {
     total: length,
@@ -210,15 +220,19 @@ export async function copyDisk(src: Disk, dst: Disk, opts: CopyOptions = {}): Pr
           const data = buf.subarray(0, t.length);
           await src.read(data, t.offset);
           result.bytesRead += t.length;
-          if (onData) {
+          if (ordered || onData) {
             await prev;
             if (failed !== undefined) return;
-            await onData({ offset: t.offset, length: t.length, data });
           }
+          await onData?.({ offset: t.offset, length: t.length, data });
           await writeChunk(data, t.offset);
           done += t.length;
           onProgress?.({ phase, done, total: length });
         } else {
+          if (ordered || onData) {
+            await prev;
+            if (failed !== undefined) return;
+          }
           // Zeros: no buffer; long ranges in steps so progress and cancellation move.
           for (let pos = t.offset; pos < t.offset + t.length; ) {
             throwIfAborted(signal);
@@ -228,11 +242,7 @@ export async function copyDisk(src: Disk, dst: Disk, opts: CopyOptions = {}): Pr
             done += n;
             onProgress?.({ phase, done, total: length });
           }
-          if (onData) {
-            await prev;
-            if (failed !== undefined) return;
-            await onData({ offset: t.offset, length: t.length });
-          }
+          await onData?.({ offset: t.offset, length: t.length });
         }
       } finally {
         release();

@@ -245,7 +245,7 @@ export function createMultiHash(
 }
 
 export interface HashOptions extends OpOptions, MultiHashOptions {
-  /** Bytes per read. Default 1 MiB. */
+  /** Bytes per read. Default 2 MiB. */
   chunkSize?: number;
   /** Reads in flight ahead of the hashing. Default 8. */
   readAhead?: number;
@@ -261,7 +261,7 @@ export async function hashDisk(
   algorithms: readonly HashAlgorithm[],
   opts: HashOptions = {},
 ): Promise<Digests> {
-  const chunk = Math.max(4096, alignDown(opts.chunkSize ?? MiB, 4096));
+  const chunk = Math.max(4096, alignDown(opts.chunkSize ?? 2 * MiB, 4096));
   const ahead = Math.max(1, opts.readAhead ?? 8);
   const phase = opts.phase ?? 'hashing';
   const { signal, onProgress } = opts;
