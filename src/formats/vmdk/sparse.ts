@@ -52,6 +52,8 @@ const deflate = promisify(deflateCb);
 /** Limits on header fields (QEMU refuses grains over 1 GiB; real ones are 64 KiB). */
 export const MAX_GRAIN_SECTORS = 1 << 17; // 64 MiB
 export const MAX_GTES_PER_GT = 4096;
+/** Grain tables kept in memory by a read-only extent (8192 x 2 KiB: 16 MiB, 256 GiB of disk). */
+const MAX_CACHED_GTS = 8192;
 /** Bytes of one grain marker header before the compressed data. */
 const GRAIN_MARKER = 12;
 /** Bytes of decompressed grains kept for small sequential reads of compressed images. */
@@ -278,6 +280,9 @@ export class SparseExtent implements VmdkExtent {
       p = readU32s(this.storage, sector * SECTOR, this.perGT);
       p.catch(() => this.gts.delete(i));
       this.gts.set(i, p);
+      // Read-only: GTs are only a cache, so bound it (a writer keeps its tables: they hold pending entries).
+      if (!this.write && this.gts.size > MAX_CACHED_GTS)
+        this.gts.delete(this.gts.keys().next().value as number);
     }
     return p;
   }
@@ -914,8 +919,9 @@ export class SparseExtent implements VmdkExtent {
       }
       let rewrite = false;
       for (let j = 0; j < this.perGT; j++) {
-        const gi = i * this.perGT + j;
         let e = t[j];
+        if (e === 0 && (!rt || rt[j] === 0)) continue; // the common case, without an await
+        const gi = i * this.perGT + j;
         let problem = await this.gteProblem(e, gi, i, j);
         if (rt && rt[j] !== e) {
           // The copies disagree: keep the one that makes sense (the GT when both do).
