@@ -84,8 +84,12 @@ export class Qcow2Image implements RefcountHost {
   /** Has this open changed the image yet? (the first change drops bitmaps) */
   private changed = false;
 
+  /** The image file; every write through it marks the image as needing a flush. */
+  readonly storage: Storage;
+  private unflushed = false;
+
   constructor(
-    readonly storage: Storage,
+    storage: Storage,
     readonly file: string,
     public h: Header,
     fileSize: number,
@@ -94,6 +98,18 @@ export class Qcow2Image implements RefcountHost {
     readonly readOnly: boolean,
     readonly compress: boolean,
   ) {
+    this.storage = new Proxy(storage, {
+      get: (target, prop, receiver) => {
+        if (prop === 'write') {
+          return (buf: Uint8Array, offset: number) => {
+            this.unflushed = true;
+            return target.write(buf, offset);
+          };
+        }
+        const v = Reflect.get(target, prop, receiver);
+        return typeof v === 'function' ? v.bind(target) : v;
+      },
+    });
     this.clusterBits = h.clusterBits;
     this.cs = 2 ** h.clusterBits;
     this.extL2 = (h.incompatible & INCOMPAT_EXTL2) !== 0n;
@@ -822,9 +838,15 @@ export class Qcow2Image implements RefcountHost {
 
   async flush(): Promise<void> {
     await this.lock.run(async () => {
+      // Nothing written since the last flush: no fsync (close after convert's flush).
+      if (!this.unflushed && !this.dirtyMarked) return;
+      this.unflushed = false;
       await this.storage.flush();
-      await this.endChanges();
-      await this.storage.flush();
+      if (this.dirtyMarked) {
+        await this.endChanges();
+        await this.storage.flush();
+      }
+      this.unflushed = false;
     });
   }
 
