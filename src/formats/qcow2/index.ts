@@ -137,6 +137,7 @@ async function infoOf(img: Qcow2Image): Promise<FormatInfo> {
       refcountBits: 2 ** h.refcountOrder,
       lazyRefcounts: (h.compatible & COMPAT_LAZY_REFCOUNTS) !== 0n,
       compressionType: h.compressionType,
+      extendedL2: img.extL2,
       l1Size: h.l1Size,
     },
   };
