@@ -449,6 +449,12 @@ function imageDisk(image: VmdkImage): DiskImpl {
           await t.writeZeroes(offset, length, o.mayUnmap);
         }
       : undefined,
+    discard: writable
+      ? async (offset, length) => {
+          await image.renewCid();
+          await t.discard(offset, length);
+        }
+      : undefined,
     extents: (offset, length) => t.extents(offset, length),
     flush: () => t.flush(),
     close: () => image.close(),

@@ -537,6 +537,49 @@ export class SparseExtent implements VmdkExtent {
     return table;
   }
 
+  /**
+   * Discard: whole grains go back to GTE 0 (a hole: the parent shows, or zeros);
+   * their space is not reclaimed. Partial grains are left as they are.
+   */
+  async discard(offset: number, length: number): Promise<void> {
+    const gb = this.grainBytes;
+    const first = Math.ceil(offset / gb);
+    const end =
+      offset + length === this.size ? Math.ceil(this.size / gb) : Math.floor((offset + length) / gb);
+    if (end <= first) return;
+    this.changed = true;
+    if (this.compressed) {
+      // In stream order, after the writes already queued.
+      const prev = this.appendChain;
+      const mine = (async () => {
+        await prev;
+        await this.lock.run(async () => {
+          await this.startAppend();
+          for (let gi = first; gi < end; gi++) {
+            const ti = Math.floor(gi / this.perGT);
+            const table = (await this.gt(ti)) as Uint32Array;
+            if (table[gi % this.perGT] === 0) continue;
+            table[gi % this.perGT] = 0;
+            this.gtDirty.add(ti);
+          }
+        });
+      })();
+      this.appendChain = mine.catch(() => undefined);
+      return mine;
+    }
+    await this.lock.run(async () => {
+      for (let ti = Math.floor(first / this.perGT); ti * this.perGT < end; ti++) {
+        const table = await this.gt(ti);
+        if (!table) continue;
+        const a = Math.max(first - ti * this.perGT, 0);
+        const b = Math.min(end - ti * this.perGT, this.perGT);
+        if (!table.subarray(a, b).some((e) => e !== 0)) continue;
+        table.fill(0, a, b);
+        await this.writeGTEs(ti, a, b);
+      }
+    });
+  }
+
   private async zeroRange(offset: number, length: number): Promise<void> {
     const zeros = new Uint8Array(Math.min(length, 1 << 20));
     for (let d = 0; d < length; d += zeros.length) {

@@ -18,6 +18,8 @@ export interface VmdkExtent {
   /** Absent: the extent cannot be written (ZERO, RDONLY, opened read-only). */
   write?(buf: Uint8Array, offset: number): Promise<void>;
   writeZeroes?(offset: number, length: number, mayUnmap: boolean): Promise<void>;
+  /** May make the range read as zeros or as the parent (whole grains only). */
+  discard?(offset: number, length: number): Promise<void>;
   /** Extents relative to this extent, starting exactly at `offset`; may cover less. */
   extents(offset: number, length: number): Promise<Extent[]>;
   flush(): Promise<void>;
@@ -90,6 +92,12 @@ export class ExtentTable {
       for (let d = 0; d < n; d += zeros.length) {
         await p.extent.write(zeros.subarray(0, Math.min(zeros.length, n - d)), rel + d);
       }
+    });
+  }
+
+  discard(offset: number, length: number): Promise<void> {
+    return this.each(offset, length, async (p, rel, n) => {
+      if (p.extent.write && p.extent.discard) await p.extent.discard(rel, n);
     });
   }
 

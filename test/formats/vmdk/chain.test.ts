@@ -185,4 +185,45 @@ describe('vmdk delta links', () => {
       await disk.close();
     }
   });
+
+  it('discard turns whole grains back into holes: the parent shows through (sparse and twoGb)', async (t) => {
+    if (!needPeers(t, 'qemu-img', 'qemu-io')) return;
+    for (const sub of ['monolithicSparse', 'twoGbMaxExtentSparse']) {
+      const base = join(dir, `d-base-${sub}.vmdk`);
+      const child = join(dir, `d-child-${sub}.vmdk`);
+      must('qemu-img', ['create', '-q', '-f', 'vmdk', base, '4M']);
+      qemuWrite(base, [[0, 4 * MiB, 0x71]]);
+      must('qemu-img', [
+        'create',
+        '-q',
+        '-f',
+        'vmdk',
+        '-o',
+        `subformat=${sub}`,
+        '-b',
+        `d-base-${sub}.vmdk`,
+        '-F',
+        'vmdk',
+        child,
+      ]);
+      const disk = await openImage(nodeHost, child, { readOnly: false });
+      try {
+        await disk.write(new Uint8Array(MiB).fill(0x72), MiB);
+        await disk.discard(MiB + 100, 200000); // grains 17 and 18 are whole; the edges stay
+        const ex = await disk.extents(MiB, MiB);
+        assert.deepEqual(
+          ex.map((e) => [e.offset - MiB, e.length, e.depth]),
+          [
+            [0, 65536, 0],
+            [65536, 2 * 65536, 1],
+            [3 * 65536, 13 * 65536, 0],
+          ],
+        );
+      } finally {
+        await disk.close();
+      }
+      assert.equal(run('qemu-img', ['check', child]).status, 0);
+      await compareWithQemu(dir, child);
+    }
+  });
 });

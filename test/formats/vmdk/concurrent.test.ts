@@ -30,7 +30,7 @@ describe('vmdk concurrent writes', () => {
     ['streamOptimized', {}],
     ['twoGbMaxExtentFlat', {}],
   ] as Array<[string, Record<string, string>]>) {
-    it(`${sub} ${JSON.stringify(extra)}: batches of 16 disjoint writes and zeroings in parallel`, async (t) => {
+    it(`${sub} ${JSON.stringify(extra)}: batches of 16 disjoint writes, zeroings and discards in parallel`, async (t) => {
       if (!needPeers(t, 'qemu-img')) return;
       const size = 8 * MiB;
       const path = join(dir, `${sub}-${Object.keys(extra).length}.vmdk`);
@@ -46,9 +46,15 @@ describe('vmdk concurrent writes', () => {
           for (let k = 0; k < 16; k++) {
             const off = k * slot + Math.floor(rnd() * slot * 0.5);
             const len = 1 + Math.floor(rnd() * (slot * 0.5 - 1));
-            if (rnd() < 0.2) {
+            const r = rnd();
+            if (r < 0.2) {
               model.fill(0, off, off + len);
               jobs.push(disk.writeZeroes(off, len));
+            } else if (r < 0.3) {
+              // Discard frees whole grains of sparse extents (no parent here: they read zeros).
+              if (!sub.endsWith('Flat'))
+                model.fill(0, Math.ceil(off / 65536) * 65536, Math.floor((off + len) / 65536) * 65536);
+              jobs.push(disk.discard(off, len));
             } else {
               const data = new Uint8Array(len).fill(1 + Math.floor(rnd() * 255));
               model.set(data, off);
