@@ -2,8 +2,9 @@
 //
 // Runs platter and its peers side by side, in one run, on the same files, and
 // prints MiB/s, the ratio platter ÷ peer and the peak RSS of each (GNU time's
-// %M). Each measurement is the best of BENCH_REPS runs (default 3): the
-// machine may be shared, and the best run is the least disturbed one.
+// %M). Each measurement is the best of BENCH_REPS runs (default 3), the tools
+// of a case interleaved and each run after `sync`: the machine may be shared,
+// and the best run is the least disturbed one.
 //
 // Files (made once in BENCH_DATA, default ./bench-data, and reused):
 //   random.raw  2 GiB of random bytes
@@ -129,7 +130,8 @@ function measure(argv, vars, output) {
     encoding: 'utf8',
     maxBuffer: 64 * MiB,
   });
-  if (r.status !== 0) throw new Error(`${subst(argv, vars).join(' ')} exited ${r.status}: ${r.stderr.trim().slice(-500)}`);
+  if (r.status !== 0)
+    throw new Error(`${subst(argv, vars).join(' ')} exited ${r.status}: ${r.stderr.trim().slice(-500)}`);
   const [sec, rss] = spawnSync('cat', [timeFile], { encoding: 'utf8' })
     .stdout.trim()
     .split(/\s+/)
@@ -142,18 +144,34 @@ function measure(argv, vars, output) {
   return { sec, rss, allocated };
 }
 
-function best(argv, vars, output) {
-  let b;
+/**
+ * Runs every tool of a case `reps` times, interleaved (platter, peer, peer,
+ * platter, ...) so that a burst of load on the shared machine hits all of them
+ * alike, with `sync` before each run so that no run pays for another's dirty
+ * pages. Returns the best time and the highest RSS of each tool (or its error).
+ */
+function bestOfInterleaved(tools, vars, output) {
+  const out = tools.map(() => undefined);
   for (let i = 0; i < reps; i++) {
-    const m = measure(argv, vars, output);
-    if (!b || m.sec < b.sec) b = { ...m, rss: Math.max(m.rss, b?.rss ?? 0) };
-    else b.rss = Math.max(b.rss, m.rss);
+    tools.forEach((argv, t) => {
+      if (out[t] instanceof Error) return;
+      spawnSync('sync');
+      let m;
+      try {
+        m = measure(argv, vars, output);
+      } catch (e) {
+        out[t] = e;
+        return;
+      }
+      const b = out[t];
+      out[t] =
+        !b || m.sec < b.sec
+          ? { ...m, rss: Math.max(m.rss, b?.rss ?? 0) }
+          : { ...b, rss: Math.max(b.rss, m.rss) };
+    });
   }
-  return b;
+  return out;
 }
-
-/** Modules may also export `extra({data, filters})`: a comparison that is not one command per tool; it prints its own lines and returns the number of missed targets. */
-const extras = [];
 
 async function loadCases() {
   const dir = join(root, 'scripts/bench');
@@ -210,11 +228,14 @@ for (const c of chosen) {
     out: () => join(data, `out-${process.pid}.tmp`),
     data: () => data,
   };
-  let ours;
-  try {
-    ours = best([...platterBin, ...c.platter], vars, c.output);
-  } catch (e) {
-    rows.push([c.name, c.file, 'platter', `FAILED: ${String(e.message).split('\n')[0].slice(-120)}`]);
+  const results = bestOfInterleaved(
+    [[...platterBin, ...c.platter], ...c.peers.map((p) => p.argv)],
+    vars,
+    c.output,
+  );
+  const ours = results[0];
+  if (ours instanceof Error) {
+    rows.push([c.name, c.file, 'platter', `FAILED: ${String(ours.message).split('\n')[0].slice(-120)}`]);
     failed++;
     continue;
   }
@@ -229,12 +250,10 @@ for (const c of chosen) {
     fmtMiB(ours.allocated),
     '',
   ]);
-  for (const peer of c.peers) {
-    let theirs;
-    try {
-      theirs = best(peer.argv, vars, c.output);
-    } catch (e) {
-      rows.push(['', '', peer.name, `FAILED: ${String(e.message).split('\n')[0].slice(-120)}`]);
+  for (const [pi, peer] of c.peers.entries()) {
+    const theirs = results[pi + 1];
+    if (theirs instanceof Error) {
+      rows.push(['', '', peer.name, `FAILED: ${String(theirs.message).split('\n')[0].slice(-120)}`]);
       continue;
     }
     const ratio = ours.sec > 0 ? theirs.sec / ours.sec : Number.POSITIVE_INFINITY;
