@@ -29,6 +29,10 @@
 // (removed after each run), {data} the data directory. A format engineer adds a file such as
 // scripts/bench/qcow2.mjs with cases like convert raw→qcow2 vs qemu-img.
 //
+// A case file may also export `extra({ data, filters })`: a measurement that
+// does not fit the table (it prints its own lines after it and returns the
+// number of targets it missed).
+//
 // FILTER arguments keep the cases whose name, file or file name contains one
 // of them: `npm run bench -- hash`, `npm run bench -- sparse convert`.
 import { spawnSync } from 'node:child_process';
@@ -172,6 +176,9 @@ function bestOfInterleaved(tools, vars, output) {
   }
   return out;
 }
+
+/** Optional `extra({ data, filters })` exports of case files: custom measurements run after the table; each returns the number of targets it missed. */
+const extras = [];
 
 async function loadCases() {
   const dir = join(root, 'scripts/bench');
