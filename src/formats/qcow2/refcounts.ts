@@ -77,7 +77,7 @@ export class Refcounts {
         this.h.file,
         `refcount table entry ${ti} (0x${hi.toString(16)}${lo.toString(16).padStart(8, '0')}) is too large`,
       );
-    const off = hi * 2 ** 32 + (lo & ~0x1ff) + (lo & 0x1ff ? 0 : 0);
+    const off = hi * 2 ** 32 + ((lo & ~0x1ff) >>> 0);
     if ((lo & 0x1ff) !== 0 || off % this.cs !== 0) {
       throw corrupt(
         this.h.file,

@@ -201,6 +201,23 @@ describe('qcow2 write: platter creates, qemu-img checks', () => {
     assert.doesNotMatch(c.stderr, /warning/);
   });
 
+  it('host offsets past 2 GiB and 4 GiB (sparse metadata preallocation of 6 GiB)', async (t) => {
+    if (!needPeers(t, 'qemu-img', 'qemu-io')) return;
+    const path = join(dir, 'big.qcow2');
+    await create(path, 6 * 2 ** 30, { preallocation: 'metadata' });
+    const d = await openWrite(path);
+    const at = 5.5 * 2 ** 30 + 1000;
+    await d.write(new Uint8Array(100000).fill(7), at);
+    await d.close();
+    assert.equal(qemuCheck(path).status, 0);
+    must('qemu-io', ['-c', `read -P 7 ${at} 100000`, path]);
+    const r = await openRead(path);
+    const b = new Uint8Array(100002);
+    await r.read(b, at - 1);
+    await r.close();
+    assert.deepEqual([b[0], b[1], b[100000], b[100001]], [0, 7, 7, 0]);
+  });
+
   it('qcowinfo opens a platter-made image', async (t) => {
     if (!needPeers(t, 'qcowinfo')) return;
     const path = join(dir, 'libqcow.qcow2');
