@@ -850,9 +850,14 @@ export class Qcow2Image implements RefcountHost {
     });
   }
 
+  /**
+   * Close does not fsync (like qemu-img's default cache mode; callers that
+   * need durability flush first), except to clear a lazy-refcounts dirty
+   * bit, which must only reach the disk after everything it covers.
+   */
   async close(): Promise<void> {
     try {
-      if (!this.readOnly) await this.flush();
+      if (!this.readOnly) await this.lock.run(() => this.endChanges());
     } finally {
       await this.storage.close();
     }
