@@ -108,8 +108,8 @@ describe('progress from the command', () => {
     if (!needPeers(t, 'nbdkit')) return;
     const sock = join(dir, 'slow.sock');
     const pidFile = join(dir, 'nbdkit.pid');
-    // A slow source: every read waits 20 ms.
-    run('nbdkit', ['-U', sock, '-P', pidFile, '--filter=delay', 'pattern', '64M', 'rdelay=20ms']);
+    // A slow source: every read waits 100 ms (256 MiB in 2 MiB reads, 8 at a time: ~1.6 s).
+    run('nbdkit', ['-U', sock, '-P', pidFile, '--filter=delay', 'pattern', '256M', 'rdelay=100ms']);
     try {
       const child = spawn(
         process.execPath,
@@ -126,7 +126,9 @@ describe('progress from the command', () => {
           if (stderr.includes('"phase":"copying"')) resolve();
         });
       });
-      await new Promise((r) => setTimeout(r, 300));
+      for (let i = 0; i < 50 && !existsSync(join(dir, 'out.raw.partial')); i++) {
+        await new Promise((r) => setTimeout(r, 20));
+      }
       assert.ok(existsSync(join(dir, 'out.raw.partial')), 'the work in progress is visibly partial');
       assert.ok(!existsSync(join(dir, 'out.raw')));
       child.kill('SIGINT');
