@@ -267,6 +267,32 @@ describe('platter serve', () => {
     assert.equal(readFileSync(out).equals(content), true);
   });
 
+  it('an E01: refused read-write with a hint; served with --read-only and with --snapshot', async (t) => {
+    if (!needPeers(t, 'ewfacquire', 'qemu-io', 'nbdcopy')) return;
+    const { path, content } = fresh();
+    const target = join(dir, 'evidence');
+    must('ewfacquire', ['-u', '-q', '-t', target, path]);
+    const e01 = `${target}.E01`;
+    const rw = platter(['serve', '--port', '0', e01]);
+    assert.equal(rw.status, 1);
+    assert.match(rw.stderr, /--read-only, or with --snapshot/);
+    const out = join(dir, 'e01.out');
+    const ro = platter(['serve', '-r', e01, '--run', `nbdcopy "$uri" ${out}`]);
+    assert.equal(ro.status, 0, ro.stderr);
+    assert.equal(readFileSync(out).equals(content), true);
+    const before = sha(e01);
+    const snap = platter([
+      'serve',
+      '-s',
+      e01,
+      '--run',
+      'qemu-io -f raw -c "write -P 9 0 4k" -c "read -P 9 0 4k" "$uri"',
+    ]);
+    assert.equal(snap.status, 0, snap.stderr);
+    assert.doesNotMatch(snap.stdout, /verification failed/);
+    assert.equal(sha(e01), before);
+  });
+
   it('bad arguments: port out of range, --socket with --port, missing image', () => {
     const { path } = fresh();
     const a = platter(['serve', '--port', '70000', path]);

@@ -113,12 +113,24 @@ async function openServed(ctx: CliContext, image: string, o: ServeOpts): Promise
     }
   } else {
     // A locked image fails here with ELOCKED, naming the lock (storage/file.ts).
-    disk = await openArg(
-      ctx,
-      image,
-      { format: o.format, forceShare: o.forceShare, imageOpts: o.imageOpts },
-      !readOnly && !o.snapshot,
-    );
+    const write = !readOnly && !o.snapshot;
+    try {
+      disk = await openArg(
+        ctx,
+        image,
+        { format: o.format, forceShare: o.forceShare, imageOpts: o.imageOpts },
+        write,
+      );
+    } catch (e) {
+      // A format platter cannot modify (E01, ...): say how to serve it anyway.
+      if (write && e instanceof PlatterError && e.code === 'EUNSUPPORTED') {
+        throw new PlatterError(
+          'EUNSUPPORTED',
+          `${e.message}; serve it with --read-only, or with --snapshot to take writes in a temporary overlay`,
+        );
+      }
+      throw e;
+    }
   }
   if (o.snapshot) {
     // The overlay lives in a temporary file, unlinked at once: nothing is left behind.
