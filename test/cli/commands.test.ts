@@ -8,8 +8,8 @@ import { createHash, randomBytes } from 'node:crypto';
 import { closeSync, existsSync, openSync, readFileSync, statSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
-import { platterIn } from './cli.js';
 import { tempDir } from '../helpers/tmp.js';
+import { platterIn } from './cli.js';
 
 const dir = tempDir();
 const p = (args: string[]) => platterIn(dir, args);
