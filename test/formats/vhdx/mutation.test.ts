@@ -82,7 +82,7 @@ function mutate(src: Buffer, r: () => number): Buffer {
 }
 
 async function exercise(path: string, write: boolean): Promise<void> {
-  const d = write ? await openWrite(path) : await openRead(path);
+  const d = write ? await openWrite(path, true) : await openRead(path);
   try {
     const n = Math.min(d.size, 8 * MiB);
     const buf = new Uint8Array(n);

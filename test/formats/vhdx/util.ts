@@ -21,8 +21,9 @@ export async function openRead(path: string): Promise<Disk> {
   return openImage(nodeHost, path, { readOnly: true });
 }
 
-export async function openWrite(path: string): Promise<Disk> {
-  return openImage(nodeHost, path, { readOnly: false });
+/** `unsafe`: open with cache=unsafe (no flushes), for tests that do not test durability. */
+export async function openWrite(path: string, unsafe = false): Promise<Disk> {
+  return openImage(nodeHost, path, { readOnly: false, options: unsafe ? { cache: 'unsafe' } : {} });
 }
 
 export async function create(
