@@ -583,8 +583,17 @@ export class VhdxImage {
 
   /** An ordering point: everything written so far is durable before what follows. */
   private async barrier(): Promise<void> {
-    if (!this.unsafe) await this.storage.flush();
+    if (!this.unsafe && !this.closing) await this.storage.flush();
   }
+
+  /**
+   * Set while close() commits: like the other drivers and qemu-img's default
+   * for convert, close does not fsync (callers that need durability flush
+   * first). The log protocol still runs in order, so a killed process (whose
+   * writes the page cache keeps, in order) leaves a replayable image; only a
+   * power loss before the host writes back can break the ordering.
+   */
+  private closing = false;
 
   /** Commits the staged metadata pages through the log. */
   async commit(): Promise<void> {
@@ -626,7 +635,10 @@ export class VhdxImage {
 
   async close(): Promise<void> {
     try {
-      if (!this.readOnly && !this.dead) await this.flush();
+      if (!this.readOnly && !this.dead) {
+        this.closing = true;
+        await this.lock.run(() => this.commit());
+      }
     } finally {
       await this.storage.close();
     }
