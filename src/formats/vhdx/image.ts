@@ -519,7 +519,15 @@ export class VhdxImage {
       // Writes into allocated blocks need no metadata and run in parallel; the rest allocate under the lock.
       if (this.bat.state(i) === FULLY_PRESENT)
         jobs.push(this.storage.write(data, this.bat.offset(i) + within));
-      else jobs.push(this.lock.run(() => this.writeInBlock(b, within, data)));
+      else {
+        // A block allocated while this write waited for the lock is written outside it.
+        const allocated = this.lock.run(async () => {
+          if (this.bat.state(i) === FULLY_PRESENT) return this.bat.offset(i);
+          await this.writeInBlock(b, within, data);
+          return -1;
+        });
+        jobs.push(allocated.then((off) => (off >= 0 ? this.storage.write(data, off + within) : undefined)));
+      }
       pos += n;
     }
     await Promise.all(jobs);
