@@ -4,6 +4,7 @@ import { randomBytes } from 'node:crypto';
 import { existsSync, readFileSync, rmSync, statSync, truncateSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
+import fc from 'fast-check';
 import { PlatterError } from '../../src/core/errors.js';
 import { openFile } from '../../src/storage/file.js';
 import { nodeHost } from '../../src/storage/host.js';
@@ -281,6 +282,80 @@ describe('split storage: seeded damage to sets', () => {
         await s.close();
       }
     }
+  });
+});
+
+describe('split storage: property test against a flat model', () => {
+  it('random segment layouts and random parallel writes/reads/truncates match one buffer', async () => {
+    await fc.assert(
+      fc.asyncProperty(
+        fc.integer({ min: 1, max: 4096 }),
+        fc.array(fc.integer({ min: 1, max: 8192 }), { minLength: 1, maxLength: 4 }),
+        fc.boolean(),
+        fc.array(
+          fc.oneof(
+            fc.record({
+              op: fc.constant('w'),
+              off: fc.nat(40000),
+              len: fc.integer({ min: 1, max: 6000 }),
+              v: fc.nat(255),
+            }),
+            fc.record({ op: fc.constant('t'), size: fc.integer({ min: 1, max: 40000 }) }),
+          ),
+          { maxLength: 12 },
+        ),
+        async (segSize, initial, rollover, ops) => {
+          // Existing segments: all but the last of size segSize (a well-formed set).
+          const sizes = initial.map((n, i) => (i < initial.length - 1 ? segSize : Math.min(n, segSize)));
+          const segs = sizes.map((n, i) => memoryStorage(`m${i}`, new Uint8Array(n).fill(i + 1)));
+          let model = Buffer.concat(segs.map((m) => Buffer.from(m.bytes())));
+          const byName = new Map(segs.map((m) => [m.name, m]));
+          const s = await splitStorage('prop', segs, {
+            segmentSize: rollover ? segSize : undefined,
+            createSegment: rollover
+              ? async (n) => {
+                  const m = memoryStorage(`m${n}`);
+                  byName.set(m.name, m);
+                  return m;
+                }
+              : undefined,
+            removeSegment: async (name) => {
+              byName.delete(name);
+            },
+          });
+          for (const o of ops) {
+            if (o.op === 'w') {
+              // Two halves in parallel, as the copy engine does.
+              const data = Buffer.alloc(o.len, o.v);
+              const half = Math.floor(o.len / 2);
+              await Promise.all([
+                s.write(data.subarray(0, half), o.off),
+                s.write(data.subarray(half), o.off + half),
+              ]);
+              if (o.off + o.len > model.length)
+                model = Buffer.concat([model, Buffer.alloc(o.off + o.len - model.length)]);
+              data.copy(model, o.off);
+            } else {
+              await s.truncate(o.size);
+              model =
+                o.size <= model.length
+                  ? model.subarray(0, o.size)
+                  : Buffer.concat([model, Buffer.alloc(o.size - model.length)]);
+            }
+            assert.equal(await s.size(), model.length);
+          }
+          const got = Buffer.alloc(model.length);
+          await s.read(got, 0);
+          assert.ok(got.equals(model));
+          // A well-formed set stays well formed: every segment but the last is
+          // full, and no empty segment is left behind the first.
+          const files = s.files!;
+          for (const f of files.slice(0, -1)) assert.equal(byName.get(f)!.bytes().length, segSize, f);
+          if (files.length > 1) assert.ok(byName.get(files[files.length - 1])!.bytes().length > 0);
+        },
+      ),
+      { numRuns: 150, seed: 0x51de },
+    );
   });
 });
 
