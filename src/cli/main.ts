@@ -29,12 +29,25 @@ export async function main(argv: string[]): Promise<void> {
     process.exitCode = status;
   };
 
+  // If the event loop empties while a command is still pending (a promise that
+  // can never settle: a deadlock), Node would exit 0 with the work half done.
+  let running = 0;
+  process.on('exit', (code) => {
+    if (running > 0 && code === 0) {
+      process.stderr.write('platter: internal error (a bug in platter): the command stopped before it finished\n');
+      process.exitCode = 70;
+    }
+  });
+
   const run: Runner =
     (action, opts = {}) =>
     async (...args) => {
+      running++;
       try {
         process.exitCode = await action(...args);
+        running--;
       } catch (e) {
+        running--;
         if (isPlatterError(e)) fail(e.message, opts.errorExit ?? 1);
         else {
           process.stderr.write(`platter: internal error (a bug in platter): ${(e as Error)?.stack ?? e}\n`);
