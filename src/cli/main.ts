@@ -6,7 +6,7 @@
 import { Command, CommanderError } from 'commander';
 import { isPlatterError } from '../core/errors.js';
 import { nodeHost } from '../storage/host.js';
-import { type Runner, commands } from './commands/index.js';
+import { commands, type Runner } from './commands/index.js';
 import type { CliContext } from './context.js';
 import { VERSION } from './version.js';
 
@@ -23,7 +23,12 @@ export async function main(argv: string[]): Promise<void> {
   process.on('SIGINT', onSignal);
   process.on('SIGTERM', onSignal);
 
-  const ctx: CliContext = { host: nodeHost, stdout: process.stdout, stderr: process.stderr, signal: abort.signal };
+  const ctx: CliContext = {
+    host: nodeHost,
+    stdout: process.stdout,
+    stderr: process.stderr,
+    signal: abort.signal,
+  };
   const fail = (message: string, status: number): void => {
     process.stderr.write(`platter: error: ${message}\n`);
     process.exitCode = status;
@@ -34,7 +39,9 @@ export async function main(argv: string[]): Promise<void> {
   let running = 0;
   process.on('exit', (code) => {
     if (running > 0 && code === 0) {
-      process.stderr.write('platter: internal error (a bug in platter): the command stopped before it finished\n');
+      process.stderr.write(
+        'platter: internal error (a bug in platter): the command stopped before it finished\n',
+      );
       process.exitCode = 70;
     }
   });

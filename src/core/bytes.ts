@@ -1,7 +1,16 @@
 /** Sizes, byte helpers and zero detection. Every size is in bytes (principle 12). */
 import { corrupt, invalid } from './errors.js';
 
-const SUFFIX: Record<string, number> = { '': 1, B: 1, K: 2 ** 10, M: 2 ** 20, G: 2 ** 30, T: 2 ** 40, P: 2 ** 50, E: 2 ** 60 };
+const SUFFIX: Record<string, number> = {
+  '': 1,
+  B: 1,
+  K: 2 ** 10,
+  M: 2 ** 20,
+  G: 2 ** 30,
+  T: 2 ** 40,
+  P: 2 ** 50,
+  E: 2 ** 60,
+};
 
 /** Parses "10G", "512", "1.5M", "64KiB" (powers of 1024). */
 export function parseSize(text: string, what = 'size'): number {

@@ -33,7 +33,7 @@ export function stack(top: Disk, below: Disk): Disk {
             return top.read(sub, e.offset);
           case 'zero':
             sub.fill(0);
-            return;
+            return Promise.resolve();
           case 'hole':
             return readBelow(sub, e.offset);
           default: {
@@ -97,7 +97,8 @@ export function stack(top: Disk, below: Disk): Disk {
       // Only the data/zero parts of top can differ from zero.
       buf.fill(0);
       for (const e of await top.extents(offset, buf.length)) {
-        if (e.status === 'data') await top.read(buf.subarray(e.offset - offset, e.offset - offset + e.length), e.offset);
+        if (e.status === 'data')
+          await top.read(buf.subarray(e.offset - offset, e.offset - offset + e.length), e.offset);
       }
       return;
     }

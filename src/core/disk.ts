@@ -258,7 +258,9 @@ async function collectExtents(
     for (const e of got) {
       if (pos >= end) break;
       if (e.offset !== pos || e.length <= 0) {
-        throw new Error(`internal error: ${name}: extents() gap or overlap at ${pos} (got ${e.offset}+${e.length})`);
+        throw new Error(
+          `internal error: ${name}: extents() gap or overlap at ${pos} (got ${e.offset}+${e.length})`,
+        );
       }
       const len = Math.min(e.length, end - pos);
       pushExtent(out, { offset: pos, length: len, status: e.status, depth: e.depth });

@@ -4,7 +4,7 @@
  */
 import { stack } from '../core/chain.js';
 import { type Disk, toDisk } from '../core/disk.js';
-import { PlatterError, corrupt } from '../core/errors.js';
+import { corrupt, PlatterError } from '../core/errors.js';
 import type { Host, Storage } from '../core/storage.js';
 import { zeroDisk } from '../core/zeros.js';
 import type { FormatDriver, OpenContext } from './driver.js';
@@ -61,7 +61,8 @@ async function openLayer(
   depth: number,
 ): Promise<Disk> {
   const maxDepth = opts.maxDepth ?? 256;
-  if (depth > maxDepth) throw new PlatterError('ECORRUPT', `${path}: backing chain is longer than ${maxDepth} images`);
+  if (depth > maxDepth)
+    throw new PlatterError('ECORRUPT', `${path}: backing chain is longer than ${maxDepth} images`);
   if (seen.has(path)) throw corrupt(path, `backing chain loops back to ${path}`);
   seen.add(path);
 
@@ -92,7 +93,10 @@ async function openLayer(
     } catch (e) {
       await top.close();
       if (e instanceof PlatterError && e.code === 'ENOENT') {
-        throw new PlatterError('ENOENT', `${path}: backing file ${opened.backing.name} not found (${backingPath})`);
+        throw new PlatterError(
+          'ENOENT',
+          `${path}: backing file ${opened.backing.name} not found (${backingPath})`,
+        );
       }
       throw e;
     }
@@ -114,7 +118,8 @@ export interface CreateImageOptions {
 
 export async function createImage(host: Host, path: string, opts: CreateImageOptions): Promise<void> {
   const driver = byName(opts.format);
-  if (!driver.create) throw new PlatterError('EUNSUPPORTED', `${opts.format}: platter cannot create this format`);
+  if (!driver.create)
+    throw new PlatterError('EUNSUPPORTED', `${opts.format}: platter cannot create this format`);
   if (opts.backing && !driver.capabilities.backing) {
     throw new PlatterError('EUNSUPPORTED', `${opts.format} images cannot have a backing file`);
   }

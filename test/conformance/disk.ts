@@ -36,7 +36,11 @@ async function expectCode(p: Promise<unknown>, code: string): Promise<void> {
   await assert.rejects(p, (e: unknown) => e instanceof PlatterError && e.code === code);
 }
 
-export function testDisk(name: string, make: (size: number) => Promise<MadeDisk>, opts: ConformanceOptions = {}): void {
+export function testDisk(
+  name: string,
+  make: (size: number) => Promise<MadeDisk>,
+  opts: ConformanceOptions = {},
+): void {
   const want = opts.size ?? 4 * 1024 * 1024 + 3 * 512;
 
   describe(`conformance: ${name}`, () => {
@@ -46,7 +50,10 @@ export function testDisk(name: string, make: (size: number) => Promise<MadeDisk>
         const { disk } = m;
         const buf = new Uint8Array(Math.min(disk.size, 1 << 20));
         await disk.read(buf, 0);
-        assert.ok(buf.every((b) => b === 0), 'new disk reads zeros');
+        assert.ok(
+          buf.every((b) => b === 0),
+          'new disk reads zeros',
+        );
         const tail = new Uint8Array(1);
         await disk.read(tail, disk.size - 1);
         assert.equal(tail[0], 0, 'last byte reads zero');
@@ -86,17 +93,27 @@ export function testDisk(name: string, make: (size: number) => Promise<MadeDisk>
         model.fill(0, 100, 1100);
         await disk.flush();
         const check = async (d: Disk): Promise<void> => {
-          for (const [off, len] of [[0, size], [3, 70001], [size - 600, 600]] as const) {
+          for (const [off, len] of [
+            [0, size],
+            [3, 70001],
+            [size - 600, 600],
+          ] as const) {
             const got = new Uint8Array(len);
             await d.read(got, off);
-            assert.ok(Buffer.from(got).equals(Buffer.from(model.subarray(off, off + len))), `content at ${off}+${len}`);
+            assert.ok(
+              Buffer.from(got).equals(Buffer.from(model.subarray(off, off + len))),
+              `content at ${off}+${len}`,
+            );
           }
           const exts = await d.extents(0, size);
           checkTiling(exts, 0, size);
           for (const e of exts) {
             if (e.status === 'data') continue;
             const part = model.subarray(e.offset, e.offset + e.length);
-            assert.ok(part.every((b) => b === 0), `${e.status} extent at ${e.offset}+${e.length} must read zeros`);
+            assert.ok(
+              part.every((b) => b === 0),
+              `${e.status} extent at ${e.offset}+${e.length} must read zeros`,
+            );
           }
           const sub = await d.extents(3, 1000);
           checkTiling(sub, 3, 1000);

@@ -100,7 +100,13 @@ describe('stack', () => {
     assert.equal(buf[1023], 1);
     assert.equal(buf[1024], 0);
     const exts = await chain.extents(0, 4096);
-    assert.deepEqual(exts.map((e) => [e.offset, e.status]), [[0, 'data'], [1024, 'hole']]);
+    assert.deepEqual(
+      exts.map((e) => [e.offset, e.status]),
+      [
+        [0, 'data'],
+        [1024, 'hole'],
+      ],
+    );
   });
 
   it('concurrent partial writes in one hole granule keep both', async () => {
@@ -108,7 +114,10 @@ describe('stack', () => {
     const base = stack(toDisk(toyImpl(g, 512), { name: 'b', readOnly: false }), zeroDisk(g));
     await base.write(new Uint8Array(g).fill(5), 0);
     const chain = stack(toDisk(toyImpl(g, g), { name: 't', readOnly: false }), base);
-    await Promise.all([chain.write(new Uint8Array(1).fill(1), 10), chain.write(new Uint8Array(1).fill(2), 20)]);
+    await Promise.all([
+      chain.write(new Uint8Array(1).fill(1), 10),
+      chain.write(new Uint8Array(1).fill(2), 20),
+    ]);
     const buf = new Uint8Array(g);
     await chain.read(buf, 0);
     assert.deepEqual([buf[9], buf[10], buf[20], buf[21]], [5, 1, 2, 5]);

@@ -36,7 +36,11 @@ export interface RunResult {
 }
 
 /** Runs a command synchronously; never throws for a non-zero exit (the test asserts). */
-export function run(cmd: string, args: string[], opts: { input?: string | Uint8Array; cwd?: string; env?: NodeJS.ProcessEnv; timeout?: number } = {}): RunResult {
+export function run(
+  cmd: string,
+  args: string[],
+  opts: { input?: string | Uint8Array; cwd?: string; env?: NodeJS.ProcessEnv; timeout?: number } = {},
+): RunResult {
   const r = spawnSync(cmd, args, {
     encoding: 'utf8',
     input: opts.input,

@@ -7,7 +7,7 @@ import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { after, before, describe, it } from 'node:test';
+import { before, describe, it } from 'node:test';
 import { failingFile } from '../helpers/nbdfuse.js';
 import { hasPeer, must, needPeers, PLATTER, platter, run } from '../helpers/peers.js';
 import { tempDir } from '../helpers/tmp.js';

@@ -163,7 +163,12 @@ describe('rescue engine', () => {
         src,
         dst,
         map,
-        base({ signal: ac.signal, saveMap: async (m) => void (saved = JSON.stringify(m.blocks)) }),
+        base({
+          signal: ac.signal,
+          saveMap: async (m) => {
+            saved = JSON.stringify(m.blocks);
+          },
+        }),
       ),
       /interrupted/,
     );
