@@ -24,3 +24,20 @@ await build({
   sourcemap: 'linked',
   logLevel: 'warning',
 });
+
+// The command line as one file: loading one module instead of ~115 saves about
+// 50 ms of start-up per run (hyperfine: 181 ms -> 129 ms for `platter --version`).
+// npm packages stay external (zstd's wasm is found next to its own module); it
+// sits in dist/cli/ at the same depth as dist/storage/, so native.ts's relative
+// path to native/build still resolves.
+await build({
+  entryPoints: [join(root, 'src/cli/main.ts')],
+  outfile: join(root, 'dist/cli/platter.js'),
+  bundle: true,
+  packages: 'external',
+  format: 'esm',
+  platform: 'node',
+  target: 'node20',
+  sourcemap: 'linked',
+  logLevel: 'warning',
+});
