@@ -243,23 +243,33 @@ static short lock_type(int32_t t) {
   return t == 0 ? F_UNLCK : t == 1 ? F_RDLCK : F_WRLCK;
 }
 
-static napi_value ofd_lock(napi_env env, napi_callback_info info) {
-  napi_value argv[4], res;
+/* Reads (fd, type, start, length) and runs one OFD fcntl on that range, retrying
+ * EINTR. Returns fcntl's result (errno set), or -2 when the arguments were bad
+ * (a JS exception is pending). */
+static int ofd_fcntl(napi_env env, napi_callback_info info, int cmd, struct flock *fl) {
+  napi_value argv[4];
   int32_t fd, type;
   int64_t start, len;
   if (!get_args(env, info, 4, argv) || !get_int(env, argv[0], &fd) || !get_int(env, argv[1], &type) ||
       !get_off(env, argv[2], &start) || !get_off(env, argv[3], &len))
-    return NULL;
-  struct flock fl;
-  memset(&fl, 0, sizeof fl); /* l_pid must be 0 for OFD locks */
-  fl.l_type = lock_type(type);
-  fl.l_whence = SEEK_SET;
-  fl.l_start = (off_t)start;
-  fl.l_len = (off_t)len;
+    return -2;
+  memset(fl, 0, sizeof *fl); /* l_pid must be 0 for OFD locks */
+  fl->l_type = lock_type(type);
+  fl->l_whence = SEEK_SET;
+  fl->l_start = (off_t)start;
+  fl->l_len = (off_t)len;
   int r;
   do {
-    r = fcntl(fd, F_OFD_SETLK, &fl);
+    r = fcntl(fd, cmd, fl);
   } while (r < 0 && errno == EINTR);
+  return r;
+}
+
+static napi_value ofd_lock(napi_env env, napi_callback_info info) {
+  napi_value res;
+  struct flock fl;
+  int r = ofd_fcntl(env, info, F_OFD_SETLK, &fl);
+  if (r == -2) return NULL;
   if (r < 0) {
     if (errno == EAGAIN || errno == EACCES) {
       napi_get_boolean(env, false, &res);
@@ -272,22 +282,10 @@ static napi_value ofd_lock(napi_env env, napi_callback_info info) {
 }
 
 static napi_value ofd_test(napi_env env, napi_callback_info info) {
-  napi_value argv[4], res;
-  int32_t fd, type;
-  int64_t start, len;
-  if (!get_args(env, info, 4, argv) || !get_int(env, argv[0], &fd) || !get_int(env, argv[1], &type) ||
-      !get_off(env, argv[2], &start) || !get_off(env, argv[3], &len))
-    return NULL;
+  napi_value res;
   struct flock fl;
-  memset(&fl, 0, sizeof fl);
-  fl.l_type = lock_type(type);
-  fl.l_whence = SEEK_SET;
-  fl.l_start = (off_t)start;
-  fl.l_len = (off_t)len;
-  int r;
-  do {
-    r = fcntl(fd, F_OFD_GETLK, &fl);
-  } while (r < 0 && errno == EINTR);
+  int r = ofd_fcntl(env, info, F_OFD_GETLK, &fl);
+  if (r == -2) return NULL;
   if (r < 0) return throw_errno(env, errno, "fcntl(F_OFD_GETLK)");
   if (fl.l_type == F_UNLCK) {
     napi_get_null(env, &res);

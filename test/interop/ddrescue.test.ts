@@ -54,6 +54,13 @@ function fuse(t: TestContext): boolean {
   return false;
 }
 
+/** Starts a slow rescue (4 KiB clusters) in the background, to be interrupted. */
+function startRescue(source: string, img: string, map: string, extra: string[] = []) {
+  return spawn(process.execPath, [PLATTER, 'rescue', '-q', '-d', '-c', '8', ...extra, source, img, map], {
+    stdio: ['ignore', 'ignore', 'pipe'],
+  });
+}
+
 /** Waits until a rescue has written its first mapfile and read for a moment. */
 async function started(map: string): Promise<void> {
   for (let i = 0; i < 200 && !existsSync(map); i++) await new Promise((r) => setTimeout(r, 50));
@@ -150,19 +157,7 @@ describe('rescue vs GNU ddrescue', { concurrency: false }, () => {
     const map = join(dir, 'killed.map');
     const f = await failingFile(dir, src, truth, { delayReadMs: 3 });
     try {
-      const child = spawn(process.execPath, [
-        PLATTER,
-        'rescue',
-        '-q',
-        '-d',
-        '-c',
-        '8',
-        '--mapfile-interval',
-        '0.1',
-        f.path,
-        img,
-        map,
-      ]);
+      const child = startRescue(f.path, img, map, ['--mapfile-interval', '0.1']);
       await started(map);
       assert.equal(child.exitCode, null, 'still running when killed');
       child.kill('SIGKILL');
@@ -187,9 +182,7 @@ describe('rescue vs GNU ddrescue', { concurrency: false }, () => {
     const map = join(dir, 'int.map');
     const f = await failingFile(dir, src, truth, { delayReadMs: 3 });
     try {
-      const child = spawn(process.execPath, [PLATTER, 'rescue', '-q', '-d', '-c', '8', f.path, img, map], {
-        stdio: ['ignore', 'ignore', 'pipe'],
-      });
+      const child = startRescue(f.path, img, map);
       let err = '';
       child.stderr.on('data', (d) => {
         err += d;

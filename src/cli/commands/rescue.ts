@@ -201,8 +201,7 @@ async function runRescue(
           `${mapfile}: mapfile covers ${existing.start}..${existing.end}, but the source ${source} has ${srcSize} bytes and the rescue domain is ${ipos}..${ipos + size} (a mapfile of another rescue or another size?)`,
         );
       }
-      if (existing.end < ipos + size)
-        existing.blocks.push({ pos: existing.end, size: ipos + size - existing.end, status: '?' });
+      existing.extendTo(ipos + size);
       map = existing;
     } else map = RescueMap.fresh(ipos, size);
 

@@ -111,6 +111,9 @@ export async function rescue(
   const WRITES_IN_FLIGHT = 4;
   const pending = new Set<Promise<void>>();
   const free: Uint8Array[] = [];
+  /** Cluster-sized buffers are reused: `take` a view of one, `release` it when done. */
+  const take = (len: number): Uint8Array => (free.pop() ?? new Uint8Array(cluster)).subarray(0, len);
+  const release = (b: Uint8Array): void => void free.push(new Uint8Array(b.buffer));
   const drain = async (): Promise<void> => {
     while (pending.size > 0) await Promise.race(pending);
   };
@@ -118,7 +121,7 @@ export async function rescue(
     while (pending.size >= WRITES_IN_FLIGHT) await Promise.race(pending);
     const p: Promise<void> = dst.write(b, at).finally(() => {
       pending.delete(p);
-      if (b.buffer.byteLength === cluster) free.push(new Uint8Array(b.buffer));
+      release(b);
     });
     pending.add(p);
     // A failed write surfaces at the next race/drain; keep it from being unhandled meanwhile.
@@ -178,14 +181,14 @@ export async function rescue(
   /** Reads [pos, pos+len) of the source; true on success (and writes it out). */
   const attempt = async (pos: number, len: number): Promise<{ ok: boolean; slow: boolean }> => {
     map.currentPos = pos;
-    const b = (free.pop() ?? new Uint8Array(cluster)).subarray(0, len);
+    const b = take(len);
     const start = now();
     try {
       await src.read(b, pos);
     } catch (e) {
       if (!(e instanceof PlatterError) || e.code === 'ECLOSED') throw e;
       readErrors++;
-      free.push(new Uint8Array(b.buffer));
+      release(b);
       await checkSource(pos);
       return { ok: false, slow: false };
     }
@@ -193,7 +196,7 @@ export async function rescue(
     lastGood = t;
     readBytes += len;
     if (!(o.sparse && isAllZero(b))) await writeBehind(b, pos - o.inputPos + o.outputPos);
-    else free.push(new Uint8Array(b.buffer));
+    else release(b);
     const slow = o.minReadRate !== undefined && t > start && (len * 1000) / (t - start) < o.minReadRate;
     return { ok: true, slow };
   };

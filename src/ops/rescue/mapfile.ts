@@ -95,6 +95,15 @@ export class RescueMap {
     }
   }
 
+  /** Grows the map to `end` with non-tried blocks (a mapfile that stopped short, as ddrescue does). */
+  extendTo(end: number): void {
+    const from = this.end;
+    if (end <= from) return;
+    const last = this.blocks[this.blocks.length - 1];
+    if (last?.status === '?') last.size += end - from;
+    else this.blocks.push({ pos: from, size: end - from, status: '?' });
+  }
+
   /** Total bytes per status. */
   totals(): Record<BlockStatus, number> & { areas: Record<BlockStatus, number> } {
     const t = { '?': 0, '*': 0, '/': 0, '-': 0, '+': 0, areas: { '?': 0, '*': 0, '/': 0, '-': 0, '+': 0 } };
