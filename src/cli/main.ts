@@ -22,6 +22,16 @@ export async function main(argv: string[]): Promise<void> {
   };
   process.on('SIGINT', onSignal);
   process.on('SIGTERM', onSignal);
+  // A reader that stops early (`platter map IMG | head`) closes the pipe: end
+  // quietly with the status a C tool killed by SIGPIPE has (128 + 13), not with a
+  // stack trace. Any other failure of an output stream (a full disk) is one line.
+  const onOutputError = (name: string) => (e: NodeJS.ErrnoException) => {
+    if (e.code === 'EPIPE') process.exit(141);
+    if (name !== 'stderr') process.stderr.write(`platter: error: ${name}: ${e.message}\n`);
+    process.exit(1);
+  };
+  process.stdout.on('error', onOutputError('stdout'));
+  process.stderr.on('error', onOutputError('stderr'));
 
   const ctx: CliContext = {
     host: nodeHost,
