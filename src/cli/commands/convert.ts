@@ -51,6 +51,22 @@ function inPlace(p: string): boolean {
   }
 }
 
+/**
+ * --force replaces an existing DST only at the end (rename); if another program
+ * holds it (qemu, a running VM), say so now rather than after the whole copy.
+ * Only a lock conflict counts here: anything else (no write permission on a file
+ * the rename may still replace) is left to the rename.
+ */
+async function refuseIfHeld(ctx: CliContext, path: string): Promise<void> {
+  if (!(await ctx.host.exists(path))) return;
+  try {
+    const held = await ctx.host.open(path, { write: true });
+    await held.close();
+  } catch (e) {
+    if (isPlatterError(e) && e.code === 'ELOCKED') throw e;
+  }
+}
+
 async function convert(ctx: CliContext, srcPath: string, dstPath: string, o: ConvertOpts): Promise<number> {
   const driver = byName(o.outputFormat);
   if (!driver.create)
@@ -69,6 +85,11 @@ async function convert(ctx: CliContext, srcPath: string, dstPath: string, o: Con
     throw new PlatterError('EEXIST', `${dstPath}: already exists (use --force to overwrite)`);
   }
   const src = await openInput(ctx, srcPath, { format: o.format, forceShare: o.forceShare });
+  if (o.force && !inPlace(dstPath))
+    await refuseIfHeld(ctx, dstPath).catch(async (e) => {
+      await closeAll(src);
+      throw e;
+    });
   const progress = progressFor(ctx, o);
   const openOpts: Record<string, string> = o.compress ? { compress: 'on' } : {};
   let dst: Disk | undefined;
