@@ -11,6 +11,7 @@ import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import { must, needPeers, platter, run } from '../helpers/peers.js';
 import { tempDir } from '../helpers/tmp.js';
+import { waitFor } from '../helpers/wait.js';
 
 const dir = tempDir('platter-acq-src-');
 const hex = (alg: string, b: Uint8Array): string => createHash(alg).update(b).digest('hex');
@@ -32,8 +33,6 @@ async function fuseDisk(args: string[]): Promise<{ path: string; stop(): Promise
     },
   );
   closeSync(errFd);
-  for (let i = 0; i < 100 && !existsSync(path) && child.exitCode === null; i++)
-    await new Promise((r) => setTimeout(r, 50));
   const stop = async (): Promise<void> => {
     spawnSync('fusermount3', ['-u', mnt]);
     if (child.exitCode === null) {
@@ -49,9 +48,11 @@ async function fuseDisk(args: string[]): Promise<{ path: string; stop(): Promise
       });
     }
   };
-  if (!existsSync(path)) {
+  try {
+    await waitFor('nbdfuse', () => existsSync(path), { child, stderr: () => readFileSync(errPath, 'utf8') });
+  } catch (e) {
     await stop();
-    throw new Error(`nbdfuse did not start: ${readFileSync(errPath, 'utf8')}`);
+    throw e;
   }
   return { path, stop };
 }
@@ -152,15 +153,32 @@ describe('acquire from failing sources', () => {
       ),
     );
     const sock = join(dir, 'nbd.sock');
-    const errFd = openSync(join(dir, 'nbdkit.stderr'), 'w');
+    const pidFile = join(dir, 'nbdkit.pid');
+    const errPath = join(dir, 'nbdkit.stderr');
+    const errFd = openSync(errPath, 'w');
+    // -P: nbdkit writes the pid file once it accepts connections (the socket file exists earlier).
     const server = spawn(
       'nbdkit',
-      ['-U', sock, '-f', '--exit-with-parent', '--filter=ddrescue', 'file', src, `ddrescue-mapfile=${map}`],
+      [
+        '-U',
+        sock,
+        '-P',
+        pidFile,
+        '-f',
+        '--exit-with-parent',
+        '--filter=ddrescue',
+        'file',
+        src,
+        `ddrescue-mapfile=${map}`,
+      ],
       { stdio: ['ignore', 'ignore', errFd] },
     );
     closeSync(errFd);
     try {
-      for (let i = 0; i < 100 && !existsSync(sock); i++) await new Promise((r) => setTimeout(r, 50));
+      await waitFor('nbdkit', () => existsSync(pidFile), {
+        child: server,
+        stderr: () => readFileSync(errPath, 'utf8'),
+      });
       const r = platter([
         'acquire',
         '--json',

@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import type { CliContext } from '../../src/cli/context.js';
 import { makeProgress } from '../../src/cli/progress.js';
-import { needPeers, run } from '../helpers/peers.js';
+import { must, needPeers, run } from '../helpers/peers.js';
 import { tempDir } from '../helpers/tmp.js';
 import { BIN, platterIn } from './cli.js';
 
@@ -109,7 +109,8 @@ describe('progress from the command', () => {
     const sock = join(dir, 'slow.sock');
     const pidFile = join(dir, 'nbdkit.pid');
     // A slow source: every read waits 100 ms (256 MiB in 2 MiB reads, 8 at a time: ~1.6 s).
-    run('nbdkit', ['-U', sock, '-P', pidFile, '--filter=delay', 'pattern', '256M', 'rdelay=100ms']);
+    // Returns once nbdkit accepts connections (it forks into the background then).
+    must('nbdkit', ['-U', sock, '-P', pidFile, '--filter=delay', 'pattern', '256M', 'rdelay=100ms']);
     try {
       const child = spawn(
         process.execPath,
@@ -119,16 +120,24 @@ describe('progress from the command', () => {
         },
       );
       let stderr = '';
-      const exited = new Promise<number>((resolve) => child.on('exit', (code) => resolve(code ?? -1)));
-      await new Promise<void>((resolve) => {
-        child.stderr.on('data', (d) => {
-          stderr += d;
-          if (stderr.includes('"phase":"copying"')) resolve();
-        });
-      });
-      for (let i = 0; i < 50 && !existsSync(join(dir, 'out.raw.partial')); i++) {
-        await new Promise((r) => setTimeout(r, 20));
-      }
+      // 'close', not 'exit': the error line must be read whole, after stderr has ended.
+      const exited = new Promise<number>((resolve) => child.on('close', (code) => resolve(code ?? -1)));
+      // Wait for the copy to begin (DST.partial is made before it); an early exit fails here, never hangs.
+      let copying = false;
+      await Promise.race([
+        new Promise<void>((resolve) => {
+          child.stderr.on('data', (d) => {
+            stderr += d;
+            if (stderr.includes('"phase":"copying"')) {
+              copying = true;
+              resolve();
+            }
+          });
+        }),
+        exited.then((code) => {
+          if (!copying) throw new Error(`convert exited (${code}) before copying: ${stderr}`);
+        }),
+      ]);
       assert.ok(existsSync(join(dir, 'out.raw.partial')), 'the work in progress is visibly partial');
       assert.ok(!existsSync(join(dir, 'out.raw')));
       child.kill('SIGINT');

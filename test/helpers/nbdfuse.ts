@@ -6,6 +6,7 @@
 import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
+import { waitFor } from './wait.js';
 
 export interface FailingFile {
   path: string;
@@ -39,13 +40,12 @@ export async function failingFile(
     stderr += d;
   });
   const path = join(mnt, 'disk');
-  for (let i = 0; i < 100 && !existsSync(path); i++) {
-    if (child.exitCode !== null) break;
-    await new Promise((r) => setTimeout(r, 50));
-  }
-  if (!existsSync(path)) {
+  try {
+    await waitFor('nbdfuse', () => existsSync(path), { child, stderr: () => stderr });
+  } catch (e) {
+    spawnSync('fusermount3', ['-u', mnt]);
     child.kill('SIGKILL');
-    throw new Error(`nbdfuse did not come up: ${stderr}`);
+    throw e;
   }
   return {
     path,

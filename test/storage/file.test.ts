@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { type ChildProcess, execFileSync, spawn, spawnSync } from 'node:child_process';
+import { execFileSync, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { closeSync, mkdirSync, openSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -10,6 +10,7 @@ import { hostError } from '../../src/storage/errors.js';
 import { type FileStorage, openFile } from '../../src/storage/file.js';
 import { nodeHost } from '../../src/storage/host.js';
 import { fallback, native, WRITE_LOCK } from '../../src/storage/native.js';
+import { holdWith, qemuIoHold, stop } from '../helpers/holder.js';
 import { needPeers, run } from '../helpers/peers.js';
 import { tempDir } from '../helpers/tmp.js';
 
@@ -311,34 +312,6 @@ describe('file storage: bad input', () => {
 
 // ---- Locking, against QEMU's own tools -----------------------------------
 
-/** Spawns a long-lived peer and waits until it has locked byte 100 of `path`. */
-async function holdWith(cmd: string, args: string[], path: string): Promise<ChildProcess> {
-  const child = spawn(cmd, args, { stdio: ['ignore', 'ignore', 'pipe'] });
-  let stderr = '';
-  child.stderr?.on('data', (d) => {
-    stderr += d;
-  });
-  const fd = openSync(path, 'r');
-  try {
-    for (let i = 0; i < 200; i++) {
-      if (native.ofdTest(fd, WRITE_LOCK, 100, 1)) return child;
-      if (child.exitCode !== null) break;
-      await new Promise((r) => setTimeout(r, 25));
-    }
-  } finally {
-    closeSync(fd);
-  }
-  child.kill('SIGKILL');
-  throw new Error(`${cmd} did not lock ${path}: ${stderr}`);
-}
-
-async function stop(child: ChildProcess): Promise<void> {
-  if (child.exitCode !== null) return;
-  const done = new Promise((r) => child.once('exit', r));
-  child.kill('SIGTERM');
-  await done;
-}
-
 describe('file storage: QEMU-compatible locking', () => {
   const image = (name: string): string => {
     const p = join(dir, name);
@@ -397,10 +370,7 @@ describe('file storage: QEMU-compatible locking', () => {
     it(`while ${peer} holds the image writable, platter's opens are refused and -U reads`, async (t) => {
       if (!needPeers(t, peer) || !needNative(t)) return;
       const p = image(`${peer}-holds.img`);
-      const args =
-        peer === 'qemu-io'
-          ? ['-f', 'raw', '-c', 'sleep 20000', p]
-          : ['-f', 'raw', '-k', join(dir, `${peer}.sock`), p];
+      const args = peer === 'qemu-io' ? qemuIoHold(p) : ['-f', 'raw', '-k', join(dir, `${peer}.sock`), p];
       const child = await holdWith(peer, args, p);
       try {
         await assert.rejects(openFile(p, { write: true }), (e: unknown) => {

@@ -3,14 +3,15 @@
  * locked, and the command line reports a lock conflict as one error line.
  */
 import assert from 'node:assert/strict';
-import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
-import { closeSync, existsSync, openSync, readFileSync, writeFileSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import { PlatterError } from '../../src/core/errors.js';
 import { openImage } from '../../src/formats/open.js';
 import { nodeHost } from '../../src/storage/host.js';
-import { native, WRITE_LOCK } from '../../src/storage/native.js';
+import { native } from '../../src/storage/native.js';
+import { holdWith, qemuIoHold, stop } from '../helpers/holder.js';
 import { needPeers, platter, run } from '../helpers/peers.js';
 import { tempDir } from '../helpers/tmp.js';
 
@@ -21,33 +22,6 @@ function needNative(t: { skip(msg: string): void }): boolean {
   if (native.available) return true;
   t.skip('native addon not loaded: no locks to test');
   return false;
-}
-
-async function holdWith(cmd: string, args: string[], path: string): Promise<ChildProcess> {
-  const child = spawn(cmd, args, { stdio: ['ignore', 'ignore', 'pipe'] });
-  let stderr = '';
-  child.stderr?.on('data', (d) => {
-    stderr += d;
-  });
-  const fd = openSync(path, 'r');
-  try {
-    for (let i = 0; i < 200; i++) {
-      if (native.ofdTest(fd, WRITE_LOCK, 100, 1)) return child;
-      if (child.exitCode !== null) break;
-      await new Promise((r) => setTimeout(r, 25));
-    }
-  } finally {
-    closeSync(fd);
-  }
-  child.kill('SIGKILL');
-  throw new Error(`${cmd} did not lock ${path}: ${stderr}`);
-}
-
-async function stop(child: ChildProcess): Promise<void> {
-  if (child.exitCode !== null) return;
-  const done = new Promise((r) => child.once('exit', r));
-  child.kill('SIGTERM');
-  await done;
 }
 
 function oneError(r: { status: number; stderr: string }): string {
@@ -158,7 +132,7 @@ describe('image locking of every file of an image', () => {
     } finally {
       await d.close();
     }
-    const io = await holdWith('qemu-io', ['-f', 'raw', '-c', 'sleep 20000', files[1]], files[1]);
+    const io = await holdWith('qemu-io', qemuIoHold(files[1]), files[1]);
     try {
       await assert.rejects(
         openImage(nodeHost, files[0], { readOnly: true }),

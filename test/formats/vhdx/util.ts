@@ -3,11 +3,11 @@ import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { closeSync, ftruncateSync, mkdirSync, openSync, readdirSync, readFileSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
-import { setTimeout as sleep } from 'node:timers/promises';
 import type { Disk } from '../../../src/core/disk.js';
 import { createImage, openImage } from '../../../src/formats/open.js';
 import { nodeHost } from '../../../src/storage/host.js';
 import { must, run } from '../../helpers/peers.js';
+import { waitFor } from '../../helpers/wait.js';
 
 export const MiB = 1 << 20;
 
@@ -77,9 +77,17 @@ export function writeSparse(path: string, buf: Uint8Array): void {
 export async function vhdimountRead(image: string): Promise<Buffer> {
   const mnt = `${image}.mnt`;
   mkdirSync(mnt, { recursive: true });
-  const p = spawn('vhdimount', ['-v', image, mnt], { stdio: 'ignore' });
+  // -v keeps it in the foreground, logging to stderr: kept for the error, never left to fill a pipe.
+  const p = spawn('vhdimount', ['-v', image, mnt], { stdio: ['ignore', 'ignore', 'pipe'] });
+  let stderr = '';
+  p.stderr?.on('data', (d) => {
+    if (stderr.length < 1 << 16) stderr += d;
+  });
   try {
-    for (let i = 0; i < 100 && readdirSync(mnt).length === 0; i++) await sleep(50);
+    await waitFor(`vhdimount ${image}`, () => readdirSync(mnt).length > 0, {
+      child: p,
+      stderr: () => stderr,
+    });
     const files = readdirSync(mnt).sort();
     assert.ok(files.length > 0, 'vhdimount exposed no file');
     return readFileSync(join(mnt, files[files.length - 1]));
