@@ -54,6 +54,8 @@ export const MAX_GRAIN_SECTORS = 1 << 17; // 64 MiB
 export const MAX_GTES_PER_GT = 4096;
 /** Grain tables kept in memory by a read-only extent (8192 x 2 KiB: 16 MiB, 256 GiB of disk). */
 const MAX_CACHED_GTS = 8192;
+/** Most bytes of back-to-back grain tables loaded by one read. */
+const GT_BATCH_BYTES = 1 << 20;
 /** Bytes of one grain marker header before the compressed data. */
 const GRAIN_MARKER = 12;
 /** Bytes of decompressed grains kept for small sequential reads of compressed images. */
@@ -277,14 +279,35 @@ export class SparseExtent implements VmdkExtent {
           ),
         );
       }
-      p = readU32s(this.storage, sector * SECTOR, this.perGT);
-      p.catch(() => this.gts.delete(i));
-      this.gts.set(i, p);
+      // The GTs that follow this one back to back in the file (as qemu-img and
+      // VMware lay them out) and are not loaded yet come in the same read: one
+      // trip to the thread pool for up to 1 MiB of tables instead of one each.
+      const stride = alignUp(this.gtBytes, SECTOR) / SECTOR;
+      const most = Math.max(1, Math.floor(GT_BATCH_BYTES / (stride * SECTOR)));
+      let n = 1;
+      while (
+        n < most &&
+        i + n < this.numGTs &&
+        !this.gts.has(i + n) &&
+        this.gd[i + n] === sector + n * stride &&
+        (sector + n * stride) * SECTOR + this.gtBytes <= this.fileSize
+      ) {
+        n++;
+      }
+      const all = readU32s(this.storage, sector * SECTOR, ((n - 1) * stride * SECTOR + this.gtBytes) / 4);
+      const step = (stride * SECTOR) / 4;
+      for (let m = 0; m < n; m++) {
+        const k = i + m;
+        const q = all.then((u) => u.slice(m * step, m * step + this.perGT));
+        q.catch(() => this.gts.delete(k));
+        this.gts.set(k, q);
+        if (m === 0) p = q;
+      }
       // Read-only: GTs are only a cache, so bound it (a writer keeps its tables: they hold pending entries).
-      if (!this.write && this.gts.size > MAX_CACHED_GTS)
+      while (!this.write && this.gts.size > MAX_CACHED_GTS)
         this.gts.delete(this.gts.keys().next().value as number);
     }
-    return p;
+    return p as Promise<Uint32Array | undefined>;
   }
 
   private async gte(grain: number): Promise<number> {
@@ -484,7 +507,7 @@ export class SparseExtent implements VmdkExtent {
     await this.writePieces(pieces);
     for (const [table, j, value] of marks) table[j] = value;
 
-    for (const [ti, [a, b]] of touched) await this.writeGTEs(ti, a, b);
+    await Promise.all([...touched].map(([ti, [a, b]]) => this.writeGTEs(ti, a, b)));
   }
 
   /** Writes pieces, joining those that are adjacent in the file. */
@@ -507,8 +530,13 @@ export class SparseExtent implements VmdkExtent {
     const table = await this.gt(ti);
     if (!table) throw new Error('internal error: GT vanished');
     const bytes = u32Bytes(table, a, b);
-    await this.storage.write(bytes, this.gd[ti] * SECTOR + a * 4);
-    if (this.rgd && this.rgd[ti] !== 0) await this.storage.write(bytes, this.rgd[ti] * SECTOR + a * 4);
+    // Both copies at once (one trip to the thread pool, not two): they are
+    // independent, and the grains they point to are already written.
+    const gtWrite = this.storage.write(bytes, this.gd[ti] * SECTOR + a * 4);
+    if (this.rgd && this.rgd[ti] !== 0) {
+      const rgtWrite = this.storage.write(bytes, this.rgd[ti] * SECTOR + a * 4);
+      await Promise.all([gtWrite, rgtWrite]);
+    } else await gtWrite;
   }
 
   /** The GT for index ti, allocating it (and its redundant copy) at the end of the file if missing. */
