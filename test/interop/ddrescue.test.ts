@@ -5,7 +5,7 @@
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { before, describe, it, type TestContext } from 'node:test';
 import { failingFile } from '../helpers/nbdfuse.js';
@@ -128,6 +128,57 @@ describe('rescue vs GNU ddrescue', { concurrency: false }, () => {
       .split('\n')
       .filter((l) => /^0x/.test(l));
     assert.deepEqual(readLines, [], 'ddrescue had nothing left to read');
+  });
+
+  it('the synchronous and the thread-pool I/O paths make the same reads (nbdkit log) and maps', async (t) => {
+    if (!needPeers(t, 'nbdfuse', 'nbdkit', 'ddrescue') || !fuse(t)) return;
+    if (!existsSync(join(dir, 'ref.map')))
+      must('ddrescue', ['-q', '-H', truth, src, join(dir, 'ref.img'), join(dir, 'ref.map')]);
+    const counts: Array<{ reads: number; failed: number }> = [];
+    for (const async of ['1', '0']) {
+      const mnt = join(dir, `mnt-log-${async}`);
+      const log = join(dir, `reads-${async}.log`);
+      mkdirSync(mnt);
+      const fuseProc = spawn(
+        'nbdfuse',
+        [
+          join(mnt, 'disk'),
+          '--command',
+          'nbdkit',
+          '-s',
+          '--exit-with-parent',
+          '--filter=log',
+          '--filter=ddrescue',
+          'file',
+          src,
+          `ddrescue-mapfile=${truth}`,
+          `logfile=${log}`,
+        ],
+        { stdio: 'ignore' },
+      );
+      try {
+        for (let i = 0; i < 200 && !existsSync(join(mnt, 'disk')); i++)
+          await new Promise((r) => setTimeout(r, 50));
+        const img = join(dir, `paths-${async}.img`);
+        const map = join(dir, `paths-${async}.map`);
+        const r = platter(['rescue', '-q', '-d', join(mnt, 'disk'), img, map], {
+          env: { PLATTER_RESCUE_ASYNC: async },
+        });
+        assert.equal(r.status, 0, r.stderr);
+        assert.deepEqual(blockLines(map), blockLines(join(dir, 'ref.map')), `PLATTER_RESCUE_ASYNC=${async}`);
+        assert.ok(readFileSync(img).equals(expected));
+      } finally {
+        run('fusermount3', ['-u', mnt]);
+        if (fuseProc.exitCode === null) await new Promise((r) => fuseProc.once('exit', r));
+      }
+      const lines = readFileSync(log, 'utf8').split('\n');
+      counts.push({
+        reads: lines.filter((l) => / Read id=\d+ offset=/.test(l)).length,
+        failed: lines.filter((l) => /\.\.\.Read id=\d+ return=-?[1-9]/.test(l)).length,
+      });
+    }
+    assert.ok(counts[0].failed > 0, 'bad sectors were read');
+    assert.deepEqual(counts[1], counts[0], 'synchronous path: the same reads and failed reads');
   });
 
   it('resumes a partial GNU ddrescue run (stopped after its first read error) to the same result', async (t) => {

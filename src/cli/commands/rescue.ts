@@ -19,6 +19,7 @@ import type { CliContext } from '../context.js';
 import { printJson } from '../output.js';
 import { VERSION } from '../version.js';
 import type { RegisterCommand } from './index.js';
+import { openRescueIo, type RescueFileIo } from './rescue-io.js';
 
 /** ddrescue numbers: decimal, 0x hex, with K/M/G… (1024) or `s` (sectors) suffixes. */
 function num(text: string, what: string, sector = 512): number {
@@ -171,6 +172,7 @@ async function runRescue(
     lock: f.forceShare ? 'none' : 'auto',
   });
   let dst: Disk | undefined;
+  let io: RescueFileIo | undefined;
   try {
     const srcSize = await src.size();
     const ipos = f.inputPosition ? num(f.inputPosition, 'input position', ss) : 0;
@@ -219,6 +221,7 @@ async function runRescue(
     if (!existing) await writeMapfile(ctx.host, mapfile, map, header);
     dst = await openDestination(ctx, dest, f, opos + size);
     const printer = statusPrinter(ctx, f);
+    io = await openRescueIo(src, dst);
     const result = await rescue(src, dst, map, {
       sectorSize: ss,
       clusterSectors,
@@ -238,7 +241,10 @@ async function runRescue(
       saveMap: (m, finished) => writeMapfile(ctx.host, mapfile, m, { ...header, finished }),
       saveIntervalMs: f.mapfileInterval ? parseInterval(f.mapfileInterval) : 5000,
       onStatus: (s) => printer.onStatus(s),
+      io,
     });
+    io?.close();
+    io = undefined;
     await dst.close();
     dst = undefined;
     printer.finish(result);
@@ -263,6 +269,11 @@ async function runRescue(
     }
     return 0;
   } finally {
+    try {
+      io?.close();
+    } catch {
+      // closing the second descriptors cannot lose data (the map was saved after a flush)
+    }
     await dst?.close().catch(() => undefined);
     await src.close().catch(() => undefined);
   }

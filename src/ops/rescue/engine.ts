@@ -13,6 +13,14 @@
  *
  * `-R` reverses every direction. The destination is flushed before each save of
  * the map, so the mapfile never claims data that is not on disk.
+ *
+ * I/O goes through `src` and `dst` (promises: each read and write is a hand-off
+ * to libuv's thread pool), or, when the caller offers `io`, through its
+ * synchronous calls on the same source and destination: a 64 KiB read from a
+ * healthy source costs less than the hand-off, so the synchronous path is what
+ * keeps up with GNU ddrescue. It makes exactly the same reads in the same order
+ * (the read pattern never depends on the path) and gives the event loop a turn
+ * every few milliseconds (SIGINT, timers) and at every check of the signal.
  */
 import { isAllZero } from '../../core/bytes.js';
 import type { Disk } from '../../core/disk.js';
@@ -20,6 +28,23 @@ import { PlatterError } from '../../core/errors.js';
 import type { Storage } from '../../core/storage.js';
 import type { OpOptions } from '../progress.js';
 import type { Block, BlockStatus, CurrentStatus, RescueMap } from './mapfile.js';
+
+/**
+ * Synchronous access to the rescue's source and destination (see the top of the
+ * file). The CLI offers it for a local file or device rescued into a raw file.
+ */
+export interface RescueSyncIo {
+  /** Like `src.read`: fills `buf` from source offset `pos`, or throws (a PlatterError for a read error). */
+  read(buf: Uint8Array, pos: number): void;
+  /** Like `dst.write` at destination offset `pos`. */
+  write(buf: Uint8Array, pos: number): void;
+  /** The source's size now (else `src.size()` is asked). */
+  size?(): number;
+  /** A buffer for reads of up to `size` bytes (page-aligned for direct I/O). */
+  buffer(size: number): Uint8Array;
+  /** Makes everything written durable (instead of `dst.flush()`). */
+  flush(): Promise<void>;
+}
 
 export interface RescueOptions extends OpOptions {
   /** -b: sector size of the source in bytes. */
@@ -55,6 +80,8 @@ export interface RescueOptions extends OpOptions {
   saveIntervalMs?: number;
   onStatus?(s: RescueStatus): void;
   now?(): number;
+  /** Synchronous reads and writes of the same source and destination (faster; same reads). */
+  io?: RescueSyncIo;
 }
 
 export interface RescueStatus {
@@ -96,6 +123,7 @@ export async function rescue(
   o: RescueOptions,
 ): Promise<RescueResult> {
   const now = o.now ?? Date.now;
+  const io = o.io;
   const ss = o.sectorSize;
   const cluster = ss * o.clusterSectors;
   const t0 = now();
@@ -112,7 +140,8 @@ export async function rescue(
   const pending = new Set<Promise<void>>();
   const free: Uint8Array[] = [];
   /** Cluster-sized buffers are reused: `take` a view of one, `release` it when done. */
-  const take = (len: number): Uint8Array => (free.pop() ?? new Uint8Array(cluster)).subarray(0, len);
+  const take = (len: number): Uint8Array =>
+    (free.pop() ?? (io ? io.buffer(cluster) : new Uint8Array(cluster))).subarray(0, len);
   const release = (b: Uint8Array): void => void free.push(new Uint8Array(b.buffer));
   const drain = async (): Promise<void> => {
     while (pending.size > 0) await Promise.race(pending);
@@ -149,14 +178,32 @@ export async function rescue(
     };
   };
 
+  // One save at a time: the sector workers of scraping tick concurrently, and two
+  // saves at once would race on the mapfile's temporary file.
+  let saving: Promise<void> | undefined;
   const save = async (finished = false): Promise<void> => {
-    await drain();
-    await dst.flush();
-    await o.saveMap(map, finished);
-    lastSave = now();
+    while (saving) await saving;
+    const run = async (): Promise<void> => {
+      await drain();
+      await (io ? io.flush() : dst.flush());
+      await o.saveMap(map, finished);
+      lastSave = now();
+    };
+    saving = run().finally(() => {
+      saving = undefined;
+    });
+    await saving;
   };
 
+  // The synchronous path holds the event loop: let it run every YIELD_MS (real
+  // time, whatever `now` says), so that a signal handler can abort the signal.
+  const YIELD_MS = 5;
+  let lastYield = performance.now();
   const tick = async (): Promise<void> => {
+    if (io && performance.now() - lastYield >= YIELD_MS) {
+      await new Promise<void>((resolve) => setImmediate(resolve));
+      lastYield = performance.now();
+    }
     if (o.signal?.aborted) {
       await save();
       throw new PlatterError('ECANCELED', 'interrupted: mapfile saved; run the same command again to resume');
@@ -169,7 +216,8 @@ export async function rescue(
       );
     }
     const t = now();
-    if (t - lastSave >= (o.saveIntervalMs ?? 5000)) await save();
+    if (saving) await saving;
+    else if (t - lastSave >= (o.saveIntervalMs ?? 5000)) await save();
     // Status is a walk over the map: report it a few times a second, not per read.
     if (o.onStatus && t - lastStatus >= 100) {
       lastStatus = t;
@@ -184,7 +232,8 @@ export async function rescue(
     const b = take(len);
     const start = now();
     try {
-      await src.read(b, pos);
+      if (io) io.read(b, pos);
+      else await src.read(b, pos);
     } catch (e) {
       if (!(e instanceof PlatterError) || e.code === 'ECLOSED') throw e;
       readErrors++;
@@ -195,8 +244,14 @@ export async function rescue(
     const t = now();
     lastGood = t;
     readBytes += len;
-    if (!(o.sparse && isAllZero(b))) await writeBehind(b, pos - o.inputPos + o.outputPos);
-    else release(b);
+    if (o.sparse && isAllZero(b)) release(b);
+    else if (io) {
+      try {
+        io.write(b, pos - o.inputPos + o.outputPos);
+      } finally {
+        release(b);
+      }
+    } else await writeBehind(b, pos - o.inputPos + o.outputPos);
     const slow = o.minReadRate !== undefined && t > start && (len * 1000) / (t - start) < o.minReadRate;
     return { ok: true, slow };
   };
@@ -205,7 +260,7 @@ export async function rescue(
   const checkSource = async (pos: number): Promise<void> => {
     let size: number;
     try {
-      size = await src.size();
+      size = io?.size ? io.size() : await src.size();
     } catch (e) {
       await save();
       throw new PlatterError(
@@ -330,6 +385,7 @@ export async function rescue(
    * Every sector of [from, to), in the given direction (sectors aligned to the
    * source). Each sector is read once whatever happens to the others, so up to
    * SECTORS_IN_FLIGHT reads overlap: the same reads as one by one, less waiting.
+   * Synchronous reads cannot overlap: with `io` they are made one by one, in order.
    */
   const SECTORS_IN_FLIGHT = 8;
   const eachSector = async (from: number, to: number, forward: boolean): Promise<void> => {
@@ -347,7 +403,7 @@ export async function rescue(
         await sector(a, b);
       }
     };
-    await Promise.all(Array.from({ length: Math.min(SECTORS_IN_FLIGHT, pieces.length) }, worker));
+    await Promise.all(Array.from({ length: Math.min(io ? 1 : SECTORS_IN_FLIGHT, pieces.length) }, worker));
   };
 
   const scrape = async (): Promise<void> => {

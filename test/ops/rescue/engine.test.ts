@@ -3,8 +3,9 @@ import { randomBytes } from 'node:crypto';
 import { describe, it } from 'node:test';
 import { stack } from '../../../src/core/chain.js';
 import { type Disk, toDisk } from '../../../src/core/disk.js';
+import { PlatterError } from '../../../src/core/errors.js';
 import { zeroDisk } from '../../../src/core/zeros.js';
-import { type RescueOptions, rescue } from '../../../src/ops/rescue/engine.js';
+import { type RescueOptions, type RescueSyncIo, rescue } from '../../../src/ops/rescue/engine.js';
 import { RescueMap } from '../../../src/ops/rescue/mapfile.js';
 import { faultyStorage } from '../../helpers/faulty.js';
 
@@ -213,5 +214,248 @@ describe('rescue engine', () => {
       rescue(src, memDisk(data.length), RescueMap.fresh(0, data.length), base()),
       /unreachable/,
     );
+  });
+
+  it('two saves never overlap, even when the sector workers of scraping tick together', async () => {
+    const size = 1 << 20;
+    const data = randomBytes(size);
+    const bad: Array<[number, number]> = [[0x20000, 0x8000]];
+    let active = 0;
+    let most = 0;
+    let saves = 0;
+    const map = RescueMap.fresh(0, size);
+    await rescue(
+      faultyStorage(data, bad),
+      memDisk(size),
+      map,
+      base({
+        saveIntervalMs: 0,
+        saveMap: async () => {
+          active++;
+          most = Math.max(most, active);
+          saves++;
+          await new Promise((r) => setTimeout(r, 1));
+          active--;
+        },
+      }),
+    );
+    assert.deepEqual(map.blocks, truth(size, bad).blocks);
+    assert.ok(saves > 10, `saves ${saves}`);
+    assert.equal(most, 1, 'one save at a time');
+  });
+});
+
+/**
+ * The synchronous path (`io`) over the same bytes and bad ranges as a
+ * faultyStorage: it must make the same reads in the same order and end with the
+ * same map and bytes as the promise path.
+ */
+function syncPair(data: Uint8Array, bad: Array<[number, number]>, dstSize = data.length) {
+  const log: string[] = [];
+  const src = faultyStorage(data, bad);
+  const read = src.read.bind(src);
+  src.read = async (b, o) => {
+    log.push(`${o}+${b.length}`);
+    return read(b, o);
+  };
+  const dst = memDisk(dstSize);
+  const ioLog: string[] = [];
+  const ioDst = new Uint8Array(dstSize);
+  let flushes = 0;
+  const io: RescueSyncIo & { reads: number; badReads: number; flushes(): number } = {
+    reads: 0,
+    badReads: 0,
+    read(b, o) {
+      io.reads++;
+      ioLog.push(`${o}+${b.length}`);
+      const end = o + b.length;
+      if (end > data.length) throw new PlatterError('EIO', 'sync: read past end');
+      if (bad.some(([a, len]) => o < a + len && a < end)) {
+        io.badReads++;
+        throw new PlatterError('EIO', `sync: input/output error at ${o}`);
+      }
+      b.set(data.subarray(o, end));
+    },
+    write(b, o) {
+      ioDst.set(b, o);
+    },
+    size: () => data.length,
+    buffer: (n) => new Uint8Array(n),
+    flush: async () => void flushes++,
+    flushes: () => flushes,
+  };
+  // The promise path must not be used when io is given.
+  const unused = faultyStorage(new Uint8Array(data.length), [[0, data.length]], 'unused');
+  return { src, dst, log, io, ioLog, ioDst, unused };
+}
+
+describe('rescue engine: the synchronous path', () => {
+  const layouts: Array<[string, number, Array<[number, number]>, Partial<RescueOptions>]> = [
+    ['healthy', 3 << 20, [], {}],
+    [
+      'bad sectors in clusters',
+      8 << 20,
+      [
+        [0, 512],
+        [0x100000, 0x1000],
+        [0x301000, 0x400],
+        [0x400200, 0x200],
+        [0x5ff000, 0x21000],
+        [(8 << 20) - 512, 512],
+      ],
+      {},
+    ],
+    [
+      '-R',
+      4 << 20,
+      [
+        [0x100000, 0x3000],
+        [0x200200, 0x200],
+      ],
+      { reverse: true },
+    ],
+    [
+      '-r 2 -c 8',
+      1 << 20,
+      [
+        [0x8000, 1024],
+        [0x9000, 0x4000],
+      ],
+      { retryPasses: 2, clusterSectors: 8 },
+    ],
+    ['-i/-o and a partial last sector', 10000, [[5000, 10]], { inputPos: 1000, outputPos: 5000 }],
+  ];
+  for (const [name, size, bad, over] of layouts) {
+    it(`${name}: the same reads, map and bytes as the promise path`, async () => {
+      const data = randomBytes(size);
+      const p = syncPair(data, bad, size + 10000);
+      const start = over.inputPos ?? 0;
+      const m1 = RescueMap.fresh(start, size - start);
+      const m2 = RescueMap.fresh(start, size - start);
+      const r1 = await rescue(p.src, p.dst, m1, base(over));
+      const r2 = await rescue(p.unused, p.dst, m2, base({ ...over, io: p.io }));
+      assert.equal(p.unused.reads, 0, 'the promise path was not used');
+      // The same reads; in the same order up to scraping (the promise path overlaps
+      // up to 8 sector reads there, the synchronous one reads them in order, like ddrescue).
+      assert.deepEqual([...p.ioLog].sort(), [...p.log].sort(), 'the same reads');
+      const scrapeAt = (log: string[]) => {
+        const i = log.findIndex((r, k) => r.endsWith('+512') && log[k + 1]?.endsWith('+512'));
+        return i < 0 ? log.length : i;
+      };
+      assert.deepEqual(p.ioLog.slice(0, scrapeAt(p.log)), p.log.slice(0, scrapeAt(p.log)));
+      assert.deepEqual(m2.blocks, m1.blocks);
+      assert.equal(p.io.badReads, p.src.badReads);
+      assert.deepEqual(
+        { ...r2, elapsedMs: 0, sinceLastGoodMs: 0 },
+        { ...r1, elapsedMs: 0, sinceLastGoodMs: 0 },
+      );
+      assert.ok(Buffer.from(p.ioDst).equals(Buffer.from(p.dst.bytes)), 'same destination bytes');
+      assert.ok(p.io.flushes() >= 2, 'io.flush before the saves');
+    });
+  }
+
+  it('-S: all-zero clusters are not written', async () => {
+    const data = new Uint8Array(1 << 20);
+    data.fill(7, 0x10000, 0x20000);
+    const p = syncPair(data, []);
+    const writes: number[] = [];
+    const write = p.io.write;
+    p.io.write = (b, o) => {
+      writes.push(o);
+      write(b, o);
+    };
+    await rescue(p.unused, p.dst, RescueMap.fresh(0, data.length), base({ sparse: true, io: p.io }));
+    assert.deepEqual(writes, [0x10000]);
+    assert.ok(Buffer.from(p.ioDst).equals(Buffer.from(data)));
+  });
+
+  it('a failing write stops the run with that error (the map is not saved past it)', async () => {
+    const data = randomBytes(1 << 20);
+    const p = syncPair(data, []);
+    let n = 0;
+    p.io.write = () => {
+      if (++n === 3) throw new PlatterError('ENOSPC', 'dst: no space left on device');
+    };
+    const saved: string[] = [];
+    const map = RescueMap.fresh(0, data.length);
+    await assert.rejects(
+      rescue(
+        p.unused,
+        p.dst,
+        map,
+        base({ io: p.io, saveMap: async (m) => void saved.push(JSON.stringify(m.blocks)) }),
+      ),
+      /no space left/,
+    );
+    assert.equal(saved.length, 1, 'only the initial save');
+    assert.equal(map.totals()['+'], 2 * 65536, 'the cluster that was not written is not rescued');
+  });
+
+  it('a source that shrinks is seen through io.size', async () => {
+    const data = randomBytes(1 << 20);
+    const p = syncPair(data, []);
+    let n = 0;
+    const read = p.io.read;
+    p.io.read = (b, o) => {
+      if (++n > 3) throw new PlatterError('EIO', 'sync: input/output error');
+      read(b, o);
+    };
+    p.io.size = () => (n > 3 ? 1000 : data.length);
+    let saves = 0;
+    await assert.rejects(
+      rescue(
+        p.unused,
+        p.dst,
+        RescueMap.fresh(0, data.length),
+        base({ io: p.io, saveMap: async () => void saves++ }),
+      ),
+      /source shrank to 1000 bytes/,
+    );
+    assert.ok(saves >= 2, 'saved at the stop');
+  });
+
+  it('an error that is not a PlatterError propagates (our bug, not a bad sector)', async () => {
+    const data = randomBytes(1 << 20);
+    const p = syncPair(data, []);
+    p.io.read = () => {
+      throw new TypeError('boom');
+    };
+    await assert.rejects(
+      rescue(p.unused, p.dst, RescueMap.fresh(0, data.length), base({ io: p.io })),
+      /boom/,
+    );
+  });
+
+  it('gives the event loop a turn: an abort from a timer stops a run whose reads never wait', async () => {
+    const size = 64 << 20;
+    const data = new Uint8Array(size);
+    const p = syncPair(data, []);
+    const read = p.io.read;
+    p.io.read = (b, o) => {
+      const until = performance.now() + 0.2;
+      while (performance.now() < until); // a read that blocks the thread, like readSync
+      read(b, o);
+    };
+    const ac = new AbortController();
+    setTimeout(() => ac.abort(), 30);
+    let saved = '';
+    const map = RescueMap.fresh(0, size);
+    await assert.rejects(
+      rescue(
+        p.unused,
+        p.dst,
+        map,
+        base({
+          io: p.io,
+          signal: ac.signal,
+          saveMap: async (m) => {
+            saved = JSON.stringify(m.blocks);
+          },
+        }),
+      ),
+      /interrupted/,
+    );
+    assert.equal(saved, JSON.stringify(map.blocks), 'map saved at the interruption');
+    assert.ok(map.totals()['?'] > 0, 'stopped long before the end');
   });
 });

@@ -1,0 +1,155 @@
+/**
+ * The synchronous file path of `platter rescue` (src/cli/commands/rescue-io.ts):
+ * reads equal the file's bytes at any offset and length, buffered and direct
+ * (aligned straight into the buffer, unaligned through the bounce buffer), the
+ * end of the file is one clear error, writes land, and it is offered exactly for
+ * a local file or device into a raw file.
+ */
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { closeSync, constants, openSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { describe, it, type TestContext } from 'node:test';
+import { fileRescueIo, openRescueIo } from '../../../src/cli/commands/rescue-io.js';
+import { PlatterError } from '../../../src/core/errors.js';
+import { createImage, openImage } from '../../../src/formats/open.js';
+import { nodeHost } from '../../../src/storage/host.js';
+import { memoryStorage } from '../../../src/storage/memory.js';
+import { native } from '../../../src/storage/native.js';
+import { tempDir } from '../../helpers/tmp.js';
+
+const SIZE = (1 << 20) + 1000; // not a multiple of the sector
+
+describe('rescue synchronous file I/O', () => {
+  const dir = tempDir();
+  const src = join(dir, 'src.img');
+  const data = randomBytes(SIZE);
+  writeFileSync(src, data);
+
+  const pieces: Array<[number, number]> = [
+    [0, 65536],
+    [65536, 512],
+    [100, 1000],
+    [4095, 2],
+    [SIZE - 1000, 1000],
+    [SIZE - 1, 1],
+    [1 << 20, 512],
+    [0, SIZE],
+  ];
+
+  const directOk = (t: TestContext): boolean => {
+    if (!native.alignedMemory || constants.O_DIRECT === undefined) {
+      t.skip('no aligned memory or O_DIRECT here');
+      return false;
+    }
+    try {
+      closeSync(openSync(src, constants.O_RDONLY | constants.O_DIRECT));
+      return true;
+    } catch {
+      t.skip('the temporary directory refuses O_DIRECT');
+      return false;
+    }
+  };
+
+  for (const direct of [false, true]) {
+    it(`reads any piece exactly (${direct ? 'direct' : 'buffered'}), and the end of the file is a clear error`, (t) => {
+      if (direct && !directOk(t)) return;
+      const dst = join(dir, `dst-${direct}.img`);
+      writeFileSync(dst, Buffer.alloc(SIZE));
+      const io = fileRescueIo(src, dst, { direct, sectorSize: 512, isBlockDevice: false });
+      try {
+        for (const [pos, len] of pieces) {
+          for (const buf of [io.buffer(Math.max(len, 65536)).subarray(0, len), new Uint8Array(len)]) {
+            buf.fill(0xee);
+            io.read(buf, pos);
+            assert.ok(Buffer.from(buf).equals(data.subarray(pos, pos + len)), `${pos}+${len}`);
+          }
+        }
+        // Past the end: aligned (direct reads part, then finds the end) and unaligned.
+        for (const [pos, len] of [
+          [1 << 20, 4096],
+          [SIZE - 10, 20],
+          [SIZE, 512],
+        ]) {
+          assert.throws(
+            () => io.read(io.buffer(4096).subarray(0, len), pos),
+            (e: unknown) =>
+              e instanceof PlatterError && e.code === 'EIO' && /unexpected end of file/.test(e.message),
+          );
+        }
+        assert.equal(io.size?.(), SIZE);
+        const w = io.buffer(65536);
+        w.set(data.subarray(0, 65536));
+        io.write(w, 4096);
+        io.write(data.subarray(SIZE - 7), SIZE - 7);
+      } finally {
+        io.close();
+        io.close(); // twice is harmless
+      }
+      const out = readFileSync(dst);
+      assert.ok(out.subarray(4096, 4096 + 65536).equals(data.subarray(0, 65536)));
+      assert.ok(out.subarray(SIZE - 7).equals(data.subarray(SIZE - 7)));
+    });
+  }
+
+  it('flush resolves; a block device source offers no size() (its Storage keeps it)', async () => {
+    const dst = join(dir, 'dst-flush.img');
+    writeFileSync(dst, Buffer.alloc(16));
+    const io = fileRescueIo(src, dst, { direct: false, sectorSize: 512, isBlockDevice: true });
+    try {
+      io.write(new Uint8Array([1, 2, 3]), 5);
+      await io.flush();
+      assert.equal(io.size, undefined);
+    } finally {
+      io.close();
+    }
+    assert.deepEqual([...readFileSync(dst).subarray(4, 9)], [0, 1, 2, 3, 0]);
+  });
+
+  it('a missing source or destination is one clear error', () => {
+    assert.throws(
+      () => fileRescueIo(join(dir, 'nope'), src, { direct: false, sectorSize: 512, isBlockDevice: false }),
+      /nope: no such file/,
+    );
+    assert.throws(
+      () => fileRescueIo(src, join(dir, 'nope2'), { direct: false, sectorSize: 512, isBlockDevice: false }),
+      /nope2: no such file/,
+    );
+  });
+
+  it('is offered for a file into a raw file only, and not with PLATTER_RESCUE_ASYNC=1', async (t) => {
+    const raw = join(dir, 'offer.img');
+    const qcow = join(dir, 'offer.qcow2');
+    await createImage(nodeHost, raw, { format: 'raw', size: SIZE });
+    await createImage(nodeHost, qcow, { format: 'qcow2', size: 1 << 20 });
+    const s = await nodeHost.open(src, { write: false });
+    const d = await openImage(nodeHost, raw, { format: 'raw', readOnly: false });
+    const q = await openImage(nodeHost, qcow, { format: 'qcow2', readOnly: false });
+    const saved = process.env.PLATTER_RESCUE_ASYNC;
+    t.after(() => {
+      if (saved === undefined) delete process.env.PLATTER_RESCUE_ASYNC;
+      else process.env.PLATTER_RESCUE_ASYNC = saved;
+    });
+    try {
+      delete process.env.PLATTER_RESCUE_ASYNC;
+      const io = await openRescueIo(s, d);
+      assert.ok(io, 'file into raw: offered');
+      const b = io.buffer(512);
+      io.read(b, 512);
+      assert.ok(Buffer.from(b).equals(data.subarray(512, 1024)));
+      io.close();
+      assert.equal(await openRescueIo(s, q), undefined, 'into qcow2: not offered');
+      assert.equal(
+        await openRescueIo(memoryStorage('mem', new Uint8Array(SIZE)), d),
+        undefined,
+        'not a file: not offered',
+      );
+      process.env.PLATTER_RESCUE_ASYNC = '1';
+      assert.equal(await openRescueIo(s, d), undefined, 'turned off');
+    } finally {
+      await q.close();
+      await d.close();
+      await s.close();
+    }
+  });
+});
