@@ -4,8 +4,18 @@
  * Writes follow the crash-safe order of qcow2.txt's model: a new cluster's
  * refcount is set, then its data is written, then the L2 entry, then (for a
  * new L2 table) the L1 entry; an old cluster's reference is removed before its
- * refcount is dropped. Metadata is written through at once (no write-back
- * cache), so a killed process leaves at most leaked clusters.
+ * refcount is dropped, so a killed process leaves at most leaked clusters.
+ *
+ * Write-back (as qemu's metadata caches): when plain data lands in new
+ * clusters, the refcount increments and the L2 entries stay in the cached
+ * tables, marked dirty, and go out together later (flushMeta: refcounts
+ * first, then L2 entries), instead of two small writes per request. They go
+ * out before anything that depends on them is written (an L1 entry, an
+ * immediate L2 write, a refcount decrement, the header at close), at flush
+ * and close, when too much is held back, and before any other operation takes
+ * the lock (check, snapshots, surgery see the image as it is on disk). A kill
+ * before that leaves only leaked clusters: data and refcounts are written
+ * before the entries that reference them.
  *
  * Clusters shared with an internal snapshot (refcount > 1) and compressed
  * clusters are copied on write; L2 tables shared with a snapshot likewise.
@@ -64,6 +74,9 @@ export interface Segment {
 }
 
 const L2_CACHE_BYTES = 32 << 20;
+/** Write-back limits: L2 tables with unwritten entries, and clusters mapped by them. */
+const MAX_DIRTY_TABLES = 8;
+const MAX_DIRTY_CLUSTERS = 16384;
 
 export class Qcow2Image implements RefcountHost {
   readonly cs: number;
@@ -75,8 +88,22 @@ export class Qcow2Image implements RefcountHost {
   fileSize: number;
   l1: Uint8Array;
   refcounts: Refcounts;
-  readonly lock = new Mutex();
+  private readonly mutex = new Mutex();
+  /**
+   * The metadata lock for operations outside the write path (check,
+   * snapshots, surgery): held-back metadata is written first.
+   */
+  readonly lock: Pick<Mutex, 'run'> = {
+    run: <T>(fn: () => Promise<T>): Promise<T> =>
+      this.mutex.run(async () => {
+        await this.flushMeta();
+        return fn();
+      }),
+  };
   private readonly l2cache = new Map<number, Uint8Array>();
+  /** L2 tables with entries not yet written: table offset -> [table, first entry, end entry). */
+  private readonly dirtyL2 = new Map<number, [Uint8Array, number, number]>();
+  private dirtyClusters = 0;
   private lastComp?: { key: string; data: Uint8Array };
   /** The host cluster compressed data is being packed into, and its next free byte. */
   private compTail?: { cluster: number; used: number };
@@ -155,13 +182,28 @@ export class Qcow2Image implements RefcountHost {
     if (t) return t;
     t = new Uint8Array(this.cs);
     await this.storage.read(t, offset);
-    if (this.l2cache.size * this.cs >= L2_CACHE_BYTES)
-      this.l2cache.delete(this.l2cache.keys().next().value as number);
-    this.l2cache.set(offset, t);
+    const held = this.l2cache.get(offset);
+    if (held) return held; // loaded meanwhile (and maybe changed since): keep that one
+    this.cacheL2(offset, t);
     return t;
   }
 
+  /** Puts a table in the L2 cache, evicting the oldest one without unwritten entries when full. */
+  private cacheL2(offset: number, table: Uint8Array): void {
+    if (!this.l2cache.has(offset) && this.l2cache.size * this.cs >= L2_CACHE_BYTES) {
+      for (const k of this.l2cache.keys()) {
+        if (!this.dirtyL2.has(k)) {
+          this.l2cache.delete(k);
+          break;
+        }
+      }
+    }
+    this.l2cache.set(offset, table);
+  }
+
   dropCaches(): void {
+    if (this.dirtyL2.size > 0 || this.refcounts.dirtyBlocks > 0)
+      throw new Error('internal error: qcow2 caches dropped with unwritten metadata');
     this.l2cache.clear();
     this.lastComp = undefined;
     this.compTail = undefined;
@@ -444,13 +486,46 @@ export class Qcow2Image implements RefcountHost {
     this.dirtyMarked = false;
   }
 
+  /** Writes the held-back metadata: refcount increments first, then the L2 entries that need them. */
+  async flushMeta(): Promise<void> {
+    await this.refcounts.flushDirty();
+    for (const [l2off, [table, from, to]] of this.dirtyL2) {
+      this.guard(l2off, this.cs, 'L2 table');
+      await this.storage.write(table.subarray(from * 8, to * 8), l2off + from * 8);
+      this.dirtyL2.delete(l2off);
+    }
+    this.dirtyClusters = 0;
+  }
+
   async writeL1Entry(l1i: number, hi: number, lo: number): Promise<void> {
+    await this.flushMeta();
     writeHiLo(this.l1, l1i, hi, lo);
     await this.storage.write(this.l1.subarray(l1i * 8, l1i * 8 + 8), this.h.l1Offset + l1i * 8);
   }
 
-  private async writeL2Entries(l2off: number, table: Uint8Array, from: number, to: number): Promise<void> {
+  /** Writes L2 entries [from, to) of a table now, or (`hold`) leaves them for flushMeta. */
+  private async writeL2Entries(
+    l2off: number,
+    table: Uint8Array,
+    from: number,
+    to: number,
+    hold = false,
+  ): Promise<void> {
     this.guard(l2off, this.cs, 'L2 table');
+    // Held entries live in the cached table; one that left the cache meanwhile is written now.
+    if (hold && this.l2cache.get(l2off) === table) {
+      const d = this.dirtyL2.get(l2off);
+      this.dirtyL2.set(l2off, d ? [table, Math.min(d[1], from), Math.max(d[2], to)] : [table, from, to]);
+      this.dirtyClusters += to - from;
+      if (this.dirtyL2.size > MAX_DIRTY_TABLES || this.dirtyClusters > MAX_DIRTY_CLUSTERS) {
+        await this.flushMeta();
+      }
+      return;
+    }
+    // The table may hold entries whose refcounts are not written yet.
+    await this.flushMeta();
+    // A table that left the cache meanwhile comes back: the writer's copy is the current one.
+    if (this.l2cache.get(l2off) !== table) this.cacheL2(l2off, table);
     await this.storage.write(table.subarray(from * 8, to * 8), l2off + from * 8);
   }
 
@@ -508,7 +583,7 @@ export class Qcow2Image implements RefcountHost {
     }
     const off = await this.allocClusters(1);
     await this.writeHost(table, off);
-    this.l2cache.set(off, table);
+    this.cacheL2(off, table);
     const [hi, lo] = standardEntry(off, true);
     await this.writeL1Entry(l1i, hi, lo);
     if (old !== 0) await this.refcounts.add(old / this.cs, 1, -1);
@@ -517,6 +592,9 @@ export class Qcow2Image implements RefcountHost {
 
   /** Drops one reference to what an L2 entry pointed at (after the entry was rewritten). */
   private async release(e: L2Entry): Promise<void> {
+    if (e.kind === 'hole' || (e.kind !== 'compressed' && e.offset === 0)) return;
+    // The entry that dropped the reference reaches the disk before the refcount drops.
+    await this.flushMeta();
     if (e.kind === 'compressed') {
       const c = decodeCompressed(e.hi, e.lo, this.clusterBits, this.file);
       await this.refcounts.addBytes(c.sectorStart, c.sectorEnd - c.sectorStart, -1);
@@ -541,7 +619,7 @@ export class Qcow2Image implements RefcountHost {
   async write(buf: Uint8Array, offset: number): Promise<void> {
     this.checkWritable();
     if (this.compress) return this.writeCompressed(buf, offset);
-    await this.lock.run(() => this.writeLocked(buf, offset));
+    await this.mutex.run(() => this.writeLocked(buf, offset));
   }
 
   private async writeLocked(buf: Uint8Array, offset: number): Promise<void> {
@@ -621,14 +699,21 @@ export class Qcow2Image implements RefcountHost {
       content.set(data, offset - start);
     }
     // The last cluster of a disk whose size is not cluster-aligned: keep the file tidy.
-    const host = await this.allocClusters(n);
+    // Refcounts and L2 entries are held back (write-back); the data goes out now, before them.
+    this.refcounts.writeBack = true;
+    let host: number;
+    try {
+      host = await this.allocClusters(n);
+    } finally {
+      this.refcounts.writeBack = false;
+    }
     await this.writeHost(content, host);
     const i0 = c % this.l2Entries;
     for (let k = 0; k < n; k++) {
       const [hi, lo] = standardEntry(host + k * cs, true);
       writeHiLo(table, i0 + k, hi, lo);
     }
-    await this.writeL2Entries(l2off, table, i0, i0 + n);
+    await this.writeL2Entries(l2off, table, i0, i0 + n, true);
     for (const e of entries) await this.release(e);
   }
 
@@ -644,7 +729,7 @@ export class Qcow2Image implements RefcountHost {
     const first = Math.ceil(offset / cs);
     // The disk's last cluster counts as whole when the write reaches the disk's end.
     const lastEnd = end === this.h.size ? Math.ceil(end / cs) : Math.floor(end / cs);
-    if (lastEnd <= first) return this.lock.run(() => this.writeLocked(buf, offset));
+    if (lastEnd <= first) return this.mutex.run(() => this.writeLocked(buf, offset));
     let whole = buf.subarray(first * cs - offset, Math.min(lastEnd * cs, end) - offset);
     if (whole.length < (lastEnd - first) * cs) {
       const padded = new Uint8Array((lastEnd - first) * cs);
@@ -652,7 +737,7 @@ export class Qcow2Image implements RefcountHost {
       whole = padded;
     }
     const packed = await compressClusters(whole, cs, this.h.compressionType);
-    await this.lock.run(async () => {
+    await this.mutex.run(async () => {
       await this.beginChange();
       if (offset < first * cs) await this.writeLocked(buf.subarray(0, first * cs - offset), offset);
       for (let c = first; c < lastEnd; ) {
@@ -773,7 +858,7 @@ export class Qcow2Image implements RefcountHost {
     const end = offset + length;
     const a = Math.ceil(offset / cs) * cs;
     const b = end === this.h.size ? Math.ceil(end / cs) * cs : Math.floor(end / cs) * cs;
-    await this.lock.run(async () => {
+    await this.mutex.run(async () => {
       await this.beginChange();
       if (!this.v3 || a >= b) {
         for (let p = offset; p < end; p += 1 << 20) {
@@ -800,7 +885,7 @@ export class Qcow2Image implements RefcountHost {
     const a = Math.ceil(offset / cs);
     const b = end === this.h.size ? Math.ceil(end / cs) : Math.floor(end / cs);
     if (a >= b) return;
-    await this.lock.run(async () => {
+    await this.mutex.run(async () => {
       await this.beginChange();
       await this.remapClusters(a, b, 'hole');
     });
@@ -837,7 +922,8 @@ export class Qcow2Image implements RefcountHost {
   }
 
   async flush(): Promise<void> {
-    await this.lock.run(async () => {
+    await this.mutex.run(async () => {
+      await this.flushMeta();
       // Nothing written since the last flush: no fsync (close after convert's flush).
       if (!this.unflushed && !this.dirtyMarked) return;
       this.unflushed = false;
@@ -857,7 +943,12 @@ export class Qcow2Image implements RefcountHost {
    */
   async close(): Promise<void> {
     try {
-      if (!this.readOnly) await this.lock.run(() => this.endChanges());
+      if (!this.readOnly) {
+        await this.mutex.run(async () => {
+          await this.flushMeta();
+          await this.endChanges();
+        });
+      }
     } finally {
       await this.storage.close();
     }

@@ -39,6 +39,16 @@ export class Refcounts {
   private hint = 0;
   private deferTableWrites = false;
   private readonly max: number;
+  /**
+   * Write-back of increments (the image's write path sets this around data
+   * cluster allocation): raised refcounts stay in the cached block, marked
+   * dirty, until flushDirty(). Writing an increment late only risks a leak
+   * if the process dies; the image writes them before any entry that
+   * references the clusters. Decrements are always written through.
+   */
+  writeBack = false;
+  /** Cached blocks with increments not yet written: block offset -> [block, from byte, to byte). */
+  private readonly dirty = new Map<number, [Uint8Array, number, number]>();
 
   constructor(
     private readonly h: RefcountHost,
@@ -107,7 +117,15 @@ export class Refcounts {
     if (!b) {
       b = new Uint8Array(this.cs);
       await this.h.storage.read(b, off);
-      if (this.blocks.size >= 256) this.blocks.delete(this.blocks.keys().next().value as number);
+      if (this.blocks.size >= 256) {
+        // Dirty blocks stay until written.
+        for (const k of this.blocks.keys()) {
+          if (!this.dirty.has(k)) {
+            this.blocks.delete(k);
+            break;
+          }
+        }
+      }
       this.blocks.set(off, b);
     }
     return b;
@@ -172,8 +190,11 @@ export class Refcounts {
       }
       // Compute and check every new value before touching the cached block.
       const values = new Array<number>(count);
+      let lower = false;
       for (let i = 0; i < count; i++) {
-        const v = fn(this.entry(b, first + i), c + i);
+        const old = this.entry(b, first + i);
+        const v = fn(old, c + i);
+        if (v < old) lower = true;
         if (v < 0) throw corrupt(this.h.file, `refcount of cluster ${c + i} would drop below 0`);
         if (v > this.max) {
           throw unsupported(
@@ -188,8 +209,27 @@ export class Refcounts {
       }
       const from = Math.floor((first * this.bits) / 8);
       const to = Math.ceil(((first + count) * this.bits) / 8);
-      await this.h.storage.write(b.subarray(from, to), this.blockOffset(ti) + from);
+      const off = this.blockOffset(ti);
+      if (this.writeBack && !lower) {
+        const d = this.dirty.get(off);
+        this.dirty.set(off, d ? [b, Math.min(d[1], from), Math.max(d[2], to)] : [b, from, to]);
+      } else {
+        await this.h.storage.write(b.subarray(from, to), off + from);
+      }
       c += count;
+    }
+  }
+
+  /** How many blocks hold increments not yet written. */
+  get dirtyBlocks(): number {
+    return this.dirty.size;
+  }
+
+  /** Writes the increments held back by writeBack. */
+  async flushDirty(): Promise<void> {
+    for (const [off, [b, from, to]] of this.dirty) {
+      await this.h.storage.write(b.subarray(from, to), off + from);
+      this.dirty.delete(off);
     }
   }
 
@@ -260,6 +300,8 @@ export class Refcounts {
     this.h.fileSize = Math.max(this.h.fileSize, off + this.cs);
     this.blocks.set(off, nb);
     this.setTableEntry(ti, off);
+    // The new block's own refcount (in another block) is on disk before anything points at it.
+    await this.flushDirty();
     if (!this.deferTableWrites)
       await this.h.storage.write(this.table.subarray(ti * 8, ti * 8 + 8), this.tableOffset + ti * 8);
   }
@@ -290,6 +332,7 @@ export class Refcounts {
     } finally {
       this.deferTableWrites = prevDefer;
     }
+    await this.flushDirty();
     await this.h.storage.write(this.table, t * this.cs);
     this.h.fileSize = Math.max(this.h.fileSize, (t + clusters) * this.cs);
     this.tableOffset = t * this.cs;
@@ -299,6 +342,8 @@ export class Refcounts {
 
   /** Forgets cached blocks (after a repair rewrote them). */
   dropCache(): void {
+    if (this.dirty.size > 0)
+      throw new Error('internal error: refcount cache dropped with unwritten increments');
     this.blocks.clear();
     this.hint = 0;
   }
