@@ -17,6 +17,7 @@ import { createHash, type Hash } from 'node:crypto';
 import type { Disk } from '../core/disk.js';
 import { PlatterError, throwIfAborted } from '../core/errors.js';
 import type { Storage } from '../core/storage.js';
+import { ioBuffer } from './buffers.js';
 import { createMultiHash, type Digests, type HashAlgorithm } from './hash.js';
 import type { OpOptions } from './progress.js';
 
@@ -49,6 +50,17 @@ export interface AcquireOptions extends OpOptions {
    * pages or read-ahead windows, which would over-report bad sectors.
    */
   reopenSourcePrecise?: () => Promise<Storage>;
+  /**
+   * Starts pushing the destination's data written so far to stable storage
+   * and resolves when that is done (fdatasync of a raw file). It must be safe
+   * while further writes are in flight: acquire calls it in the background
+   * every `writebackEvery` bytes (one call at a time), so that the device
+   * writes while the source is still being read and hashed, and the final
+   * `dest.flush()` waits only for the tail instead of the whole image.
+   */
+  writeback?: () => Promise<void>;
+  /** Bytes written between background `writeback` calls. Default 128 MiB. */
+  writebackEvery?: number;
 }
 
 export interface Verification {
@@ -187,10 +199,7 @@ export async function acquire(src: Storage, dest: Disk, opts: AcquireOptions): P
   // thread (and the hash workers), up to WRITE_BEHIND writes in flight.
   const READ_AHEAD = 3;
   const WRITE_BEHIND = 3;
-  const free: Uint8Array[] = Array.from(
-    { length: READ_AHEAD + WRITE_BEHIND + 1 },
-    () => new Uint8Array(blockSize),
-  );
+  const free: Uint8Array[] = Array.from({ length: READ_AHEAD + WRITE_BEHIND + 1 }, () => ioBuffer(blockSize));
   const blocks = Math.ceil(size / blockSize);
   const reads: Array<Promise<Uint8Array>> = [];
   const writes: Array<Promise<Uint8Array>> = [];
@@ -207,6 +216,28 @@ export async function acquire(src: Storage, dest: Disk, opts: AcquireOptions): P
   };
   const recycle = (b: Uint8Array): void => {
     free.push(new Uint8Array(b.buffer, b.byteOffset, blockSize));
+  };
+  // Background writeback: one call in flight, started once enough has been written since the last.
+  const writebackEvery = Math.max(1, opts.writebackEvery ?? 128 << 20);
+  let syncing: Promise<void> | undefined;
+  let syncFailure: unknown;
+  let unsynced = 0;
+  const writeback = (written: number): void => {
+    unsynced += written;
+    if (!opts.writeback || syncing || unsynced < writebackEvery || syncFailure) return;
+    unsynced = 0;
+    syncing = opts
+      .writeback()
+      .catch((e) => {
+        syncFailure ??= e;
+      })
+      .finally(() => {
+        syncing = undefined;
+      });
+  };
+  const settleWriteback = async (): Promise<void> => {
+    while (syncing) await syncing;
+    if (syncFailure) throw syncFailure;
   };
 
   try {
@@ -232,16 +263,22 @@ export async function acquire(src: Storage, dest: Disk, opts: AcquireOptions): P
       w.catch(() => undefined);
       writes.push(w);
       await mh.update(buf);
-      while (writes.length >= WRITE_BEHIND || (free.length === 0 && writes.length > 0))
-        recycle(await writes.shift()!);
+      while (writes.length >= WRITE_BEHIND || (free.length === 0 && writes.length > 0)) {
+        const done = await writes.shift()!;
+        recycle(done);
+        writeback(done.length);
+      }
       startReads();
       progress(off + buf.length);
     }
     for (const w of writes.splice(0)) recycle(await w);
     digests = await mh.digest();
+    await settleWriteback();
   } catch (e) {
     mh.abort();
     await Promise.allSettled([...reads, ...writes]);
+    // The destination is closed by the caller: no writeback may still use it.
+    while (syncing) await syncing;
     throw e;
   } finally {
     if (precise) {
@@ -281,7 +318,7 @@ async function verifyCopy(
       return { result: 'mismatch', detail: `the destination holds ${disk.size} bytes, the source ${size}` };
     }
     const step = 4 << 20;
-    const bufs = [new Uint8Array(step), new Uint8Array(step)];
+    const bufs = [ioBuffer(step), ioBuffer(step)];
     let ahead: Promise<Uint8Array> | undefined;
     const readAt = async (off: number, b: Uint8Array): Promise<Uint8Array> => {
       const sub = b.subarray(0, Math.min(step, size - off));

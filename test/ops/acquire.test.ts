@@ -174,3 +174,127 @@ describe('acquire: bad sectors', () => {
     assert.match(must('ewfverify', ['-q', path]), /SUCCESS/);
   });
 });
+
+describe('acquire: background writeback', () => {
+  /**
+   * A writeback that records how many calls overlap. It finishes when the
+   * destination sees its next write (so writes provably go on meanwhile) or,
+   * failing that, after a short timer (the last one, when no write follows).
+   */
+  function slowWriteback(fail?: PlatterError) {
+    const w = {
+      calls: 0,
+      active: 0,
+      maxActive: 0,
+      writesDuring: 0,
+      finish: undefined as (() => void) | undefined,
+    };
+    const fn = async (): Promise<void> => {
+      w.calls++;
+      w.active++;
+      w.maxActive = Math.max(w.maxActive, w.active);
+      await new Promise<void>((r) => {
+        w.finish = r;
+        setTimeout(r, 2);
+      });
+      w.finish = undefined;
+      w.active--;
+      if (fail) throw fail;
+    };
+    /** Call from the destination's write. */
+    const onWrite = (): void => {
+      if (w.active) w.writesDuring++;
+      w.finish?.();
+    };
+    return Object.assign(w, { fn, onWrite });
+  }
+
+  it('syncs in the background, one call at a time, while writes go on; the image and hashes are exact', async () => {
+    const data = randomBytes((3 << 20) + 1536);
+    const dst = memDisk(data.length);
+    const wb = slowWriteback();
+    const write = dst.write.bind(dst);
+    dst.write = async (b, o) => {
+      wb.onWrite();
+      return write(b, o);
+    };
+    const r = await acquire(failing(data, []), dst, {
+      algorithms: ['md5', 'sha1', 'sha256'],
+      blockSize: 65536,
+      writeback: wb.fn,
+      writebackEvery: 256 << 10,
+    });
+    assert.ok(Buffer.from(dst.bytes).equals(data));
+    assert.equal(r.hashes.md5, hex('md5', data));
+    assert.equal(r.hashes.sha1, hex('sha1', data));
+    assert.equal(r.hashes.sha256, hex('sha256', data));
+    assert.ok(wb.calls >= 2, `writeback was called during the copy (${wb.calls} calls)`);
+    assert.ok(wb.calls <= Math.ceil(data.length / (256 << 10)), `at most one call per ${256 << 10} bytes`);
+    assert.equal(wb.maxActive, 1, 'never two writebacks at once');
+    assert.equal(wb.active, 0, 'no writeback still running when acquire returns');
+    assert.ok(wb.writesDuring > 0, 'writes went on while a writeback ran');
+  });
+
+  it('a failing writeback fails the acquisition, after every write and writeback has settled', async () => {
+    const data = randomBytes(2 << 20);
+    const wb = slowWriteback(new PlatterError('EIO', 'dest: fsync: input/output error'));
+    let closed = false;
+    const dst = memDisk(data.length);
+    dst.close = async () => {
+      closed = true;
+    };
+    await assert.rejects(
+      acquire(failing(data, []), dst, {
+        algorithms: ['md5'],
+        blockSize: 65536,
+        writeback: wb.fn,
+        writebackEvery: 65536,
+      }),
+      /fsync: input\/output error/,
+    );
+    assert.equal(wb.calls, 1, 'no further writeback after one failed');
+    assert.equal(wb.active, 0);
+    assert.equal(closed, false, 'the destination is left to the caller (which removes it)');
+  });
+
+  it('a source error waits for the writeback in flight before rejecting', async () => {
+    const data = randomBytes(2 << 20);
+    const src = failing(data, []);
+    const read = src.read.bind(src);
+    src.read = async (b, o) => {
+      if (o >= 1 << 20) throw new PlatterError('ECLOSED', 'failing: closed under us');
+      return read(b, o);
+    };
+    let wbActive = 0;
+    const r = acquire(src, memDisk(data.length), {
+      algorithms: ['sha256'],
+      blockSize: 65536,
+      writebackEvery: 65536,
+      writeback: async () => {
+        wbActive++;
+        await new Promise((res) => setTimeout(res, 20));
+        wbActive--;
+      },
+    });
+    await assert.rejects(r, /closed under us/);
+    assert.equal(wbActive, 0, 'no writeback runs once acquire has rejected');
+  });
+
+  it('without a writeback option the destination is only flushed at the end', async () => {
+    const data = randomBytes(1 << 20);
+    const dst = memDisk(data.length);
+    let flushes = 0;
+    const flush = dst.flush.bind(dst);
+    dst.flush = async () => {
+      flushes++;
+      return flush();
+    };
+    const r = await acquire(failing(data, []), dst, {
+      algorithms: ['md5'],
+      blockSize: 65536,
+      writebackEvery: 1,
+    });
+    assert.equal(flushes, 1);
+    assert.equal(r.hashes.md5, hex('md5', data));
+  });
+});

@@ -214,11 +214,14 @@ async function acquireCmd(
     }
 
     let reopen: () => Promise<Disk>;
+    // Raw and split files can be synced while further writes go on (image formats keep their flush to the end).
+    let writeback: (() => Promise<void>) | undefined;
     if (fmt === 'raw' || fmt === 'split') {
       const st =
         fmt === 'raw' ? await ctx.host.create(dest, {}) : await createSplit(ctx.host, dest, segmentSize!, {});
       created.push(dest);
       dst = storageDisk(st, size, false);
+      writeback = () => st.flush();
       reopen = async () => storageDisk(await ctx.host.open(dest, { write: false }), size, true);
     } else {
       const options = parseKeyValues(o.options);
@@ -250,6 +253,7 @@ async function acquireCmd(
       sectorSize,
       verify: o.verify,
       reopen,
+      writeback,
       reopenSourcePrecise: isUri(source)
         ? undefined
         : () => ctx.host.open(source, { write: false, direct: true }),
