@@ -7,6 +7,7 @@
 import { createHash, type Hash } from 'node:crypto';
 import type { Disk } from '../core/disk.js';
 import { PlatterError, throwIfAborted } from '../core/errors.js';
+import { ioBuffer } from './buffers.js';
 import { createMultiHash, type Digests, type HashAlgorithm } from './hash.js';
 import type { OpOptions } from './progress.js';
 
@@ -47,7 +48,7 @@ export async function verifyDisk(
   }
   const mh = createMultiHash(algs);
   const step = 4 << 20;
-  const bufs = [new Uint8Array(step), new Uint8Array(step)];
+  const bufs = [ioBuffer(step), ioBuffer(step)];
   const readAt = async (off: number, b: Uint8Array): Promise<Uint8Array> => {
     const sub = b.subarray(0, Math.min(step, size - off));
     await disk.read(sub, off);
