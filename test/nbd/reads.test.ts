@@ -1,0 +1,334 @@
+/**
+ * Reads through the server's two paths over raw sockets: small reads (one data
+ * chunk or one simple reply, the hot path of bulk readers like nbdcopy) and
+ * large reads (split at holes into hole chunks), with simple and with
+ * structured replies, many in flight, answered out of order; and disks whose
+ * reads fail, where each failing request gets its error and the buffers and
+ * the memory budget go back (a leak would stall the server after 64 MiB).
+ */
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { connect, type Socket } from 'node:net';
+import { describe, it } from 'node:test';
+import { stack } from '../../src/core/chain.js';
+import { type Disk, toDisk } from '../../src/core/disk.js';
+import { PlatterError } from '../../src/core/errors.js';
+import { zeroDisk } from '../../src/core/zeros.js';
+import { cow } from '../../src/layers/cow.js';
+import * as P from '../../src/nbd/protocol.js';
+import { SocketReader } from '../../src/nbd/stream.js';
+import { tempDir } from '../helpers/tmp.js';
+import { serveDisk } from './helpers.js';
+
+const KiB = 1024;
+const MiB = 1 << 20;
+const SIZE = 16 * MiB;
+
+interface Reply {
+  cookie: bigint;
+  errno: number;
+  message: string;
+  /** Bytes of the requested range as the reply described them (data and hole chunks). */
+  data: Buffer;
+  holeChunks: number;
+  dataChunks: number;
+}
+
+/** A minimal NBD client on a raw socket: many requests in flight, replies in any order. */
+class Raw {
+  private readonly reader: SocketReader;
+  private structured = false;
+  private readonly pending = new Map<bigint, { offset: number; length: number }>();
+  private nextCookie = 1n;
+
+  private constructor(private readonly socket: Socket) {
+    this.reader = new SocketReader(socket);
+    socket.on('error', () => undefined);
+  }
+
+  static async open(uri: string, structured: boolean): Promise<Raw> {
+    const path = decodeURIComponent(new URL(uri).searchParams.get('socket')!);
+    const s = connect(path);
+    await new Promise<void>((resolve, reject) => {
+      s.once('connect', resolve);
+      s.once('error', reject);
+    });
+    const r = new Raw(s);
+    await r.handshake(structured);
+    return r;
+  }
+
+  private async handshake(structured: boolean): Promise<void> {
+    const g = await this.reader.read(18);
+    assert.equal(g.readBigUInt64BE(0), P.NBDMAGIC);
+    this.socket.write(u32(P.FLAG_C_FIXED_NEWSTYLE | P.FLAG_C_NO_ZEROES));
+    if (structured) {
+      this.socket.write(P.optionRequest(P.OPT_STRUCTURED_REPLY));
+      assert.equal((await this.optionReply()).type, P.REP_ACK);
+      this.structured = true;
+    }
+    this.socket.write(P.optionRequest(P.OPT_GO, Buffer.concat([u32(0), Buffer.alloc(2)])));
+    for (;;) {
+      const r = await this.optionReply();
+      if (r.type === P.REP_ACK) return;
+      assert.ok(r.type < 0x80000000, `GO refused: ${r.type.toString(16)}`);
+    }
+  }
+
+  private async optionReply(): Promise<{ type: number }> {
+    const h = await this.reader.read(20);
+    assert.equal(h.readBigUInt64BE(0), P.OPT_REPLY_MAGIC);
+    await this.reader.read(h.readUInt32BE(16));
+    return { type: h.readUInt32BE(12) };
+  }
+
+  /** Sends a READ; returns its cookie. */
+  read(offset: number, length: number, flags = 0): bigint {
+    const cookie = this.nextCookie++;
+    this.pending.set(cookie, { offset, length });
+    this.socket.write(P.encodeRequest({ flags, type: P.CMD_READ, cookie, offset, length }));
+    return cookie;
+  }
+
+  /** The next whole reply (all chunks of one request, for structured replies). */
+  async reply(): Promise<Reply> {
+    if (!this.structured) {
+      const h = await this.reader.read(16);
+      assert.equal(h.readUInt32BE(0), P.SIMPLE_REPLY_MAGIC);
+      const errno = h.readUInt32BE(4);
+      const cookie = h.readBigUInt64BE(8);
+      const req = this.pending.get(cookie);
+      assert.ok(req, `reply to an unknown cookie ${cookie}`);
+      this.pending.delete(cookie);
+      const data = errno === 0 ? Buffer.from(await this.reader.read(req.length)) : Buffer.alloc(0);
+      return { cookie, errno, message: '', data, holeChunks: 0, dataChunks: errno === 0 ? 1 : 0 };
+    }
+    // Chunks of different requests may interleave; collect until one request is done.
+    for (;;) {
+      const h = await this.reader.read(20);
+      assert.equal(h.readUInt32BE(0), P.STRUCTURED_REPLY_MAGIC);
+      const flags = h.readUInt16BE(4);
+      const type = h.readUInt16BE(6);
+      const cookie = h.readBigUInt64BE(8);
+      const payload = Buffer.from(await this.reader.read(h.readUInt32BE(16)));
+      const req = this.pending.get(cookie);
+      assert.ok(req, `reply to an unknown cookie ${cookie}`);
+      const acc = (this.partial.get(cookie) ?? {
+        cookie,
+        errno: 0,
+        message: '',
+        data: Buffer.alloc(req.length, 0xee),
+        holeChunks: 0,
+        dataChunks: 0,
+      }) as Reply;
+      this.partial.set(cookie, acc);
+      if (type === P.REPLY_TYPE_OFFSET_DATA) {
+        const off = Number(payload.readBigUInt64BE(0));
+        payload.copy(acc.data, off - req.offset, 8);
+        acc.dataChunks++;
+      } else if (type === P.REPLY_TYPE_OFFSET_HOLE) {
+        const off = Number(payload.readBigUInt64BE(0));
+        acc.data.fill(0, off - req.offset, off - req.offset + payload.readUInt32BE(8));
+        acc.holeChunks++;
+      } else if (type & 0x8000) {
+        acc.errno = payload.readUInt32BE(0);
+        acc.message = payload.subarray(6, 6 + payload.readUInt16BE(4)).toString();
+      } else assert.equal(type, P.REPLY_TYPE_NONE);
+      if (flags & P.REPLY_FLAG_DONE) {
+        this.partial.delete(cookie);
+        this.pending.delete(cookie);
+        return acc;
+      }
+    }
+  }
+  private readonly partial = new Map<bigint, Reply>();
+
+  /** Sends all reads (at most `window` in flight); the replies in the order of the reads. */
+  async readAll(
+    reads: Array<{ offset: number; length: number; flags?: number }>,
+    window = 64,
+  ): Promise<Array<{ offset: number; length: number; reply: Reply }>> {
+    const out: Array<{ offset: number; length: number; reply: Reply }> = [];
+    const byCookie = new Map<bigint, number>();
+    let sent = 0;
+    let received = 0;
+    while (received < reads.length) {
+      while (sent < reads.length && sent - received < window) {
+        const r = reads[sent];
+        byCookie.set(this.read(r.offset, r.length, r.flags ?? 0), sent++);
+      }
+      const reply = await this.reply();
+      const i = byCookie.get(reply.cookie)!;
+      out[i] = { offset: reads[i].offset, length: reads[i].length, reply };
+      received++;
+    }
+    return out;
+  }
+
+  close(): void {
+    this.socket.destroy();
+  }
+}
+
+function u32(n: number): Buffer {
+  const b = Buffer.alloc(4);
+  b.writeUInt32BE(n >>> 0);
+  return b;
+}
+
+/** A memory disk: random data everywhere but a hole at 8-10 MiB. */
+async function memoryDisk(): Promise<{ disk: Disk; content: Buffer }> {
+  const disk = stack(toDisk(cow(SIZE), { name: 'mem', readOnly: false }), zeroDisk(SIZE));
+  const content = randomBytes(SIZE);
+  content.fill(0, 8 * MiB, 10 * MiB);
+  await disk.write(content.subarray(0, 8 * MiB), 0);
+  await disk.write(content.subarray(10 * MiB), 10 * MiB);
+  return { disk, content };
+}
+
+/** A disk whose reads touching [badStart, badEnd) fail with `error()`. */
+function failingDisk(content: Buffer, badStart: number, badEnd: number, error: () => Error): Disk {
+  return toDisk(
+    {
+      size: content.length,
+      async read(buf, offset) {
+        if (offset < badEnd && offset + buf.length > badStart) throw error();
+        buf.set(content.subarray(offset, offset + buf.length));
+      },
+    },
+    { name: 'failing', readOnly: true },
+  );
+}
+
+/** Bulk-reader requests: `count` adjacent reads of `size` bytes from `start`. */
+function sequential(start: number, count: number, size: number): Array<{ offset: number; length: number }> {
+  return Array.from({ length: count }, (_, i) => ({ offset: start + i * size, length: size }));
+}
+
+describe('nbd server: reads', () => {
+  const dir = tempDir();
+
+  for (const structured of [false, true]) {
+    const mode = structured ? 'structured replies' : 'simple replies';
+
+    it(`${mode}: 64 bulk reads in flight and odd sizes return the image's bytes`, async () => {
+      const { disk, content } = await memoryDisk();
+      const s = await serveDisk(disk, dir);
+      const c = await Raw.open(s.uri, structured);
+      try {
+        const reads = [
+          ...sequential(0, SIZE / (256 * KiB), 256 * KiB),
+          { offset: 0, length: 1 },
+          { offset: SIZE - 1, length: 1 },
+          { offset: 12345, length: 256 * KiB },
+          { offset: 777, length: 256 * KiB - 1 },
+          { offset: 3 * MiB + 5, length: 256 * KiB + 1 },
+          { offset: 7 * MiB, length: 4 * MiB },
+          { offset: SIZE - 3 * MiB, length: 3 * MiB },
+        ];
+        for (const r of await c.readAll(reads)) {
+          assert.equal(r.reply.errno, 0, `read ${r.offset}+${r.length}: ${r.reply.message}`);
+          assert.ok(
+            r.reply.data.equals(content.subarray(r.offset, r.offset + r.length)),
+            `bytes of ${r.offset}+${r.length}`,
+          );
+          if (r.length <= 256 * KiB) assert.equal(r.reply.dataChunks, 1, 'a small read is one piece');
+        }
+      } finally {
+        c.close();
+        await s.stop();
+        await disk.close();
+      }
+    });
+
+    it(`${mode}: a failing disk answers each read that touches the bad range with EIO`, async () => {
+      const content = randomBytes(SIZE);
+      const disk = failingDisk(content, 4 * MiB, 5 * MiB, () => new PlatterError('EIO', 'bad sector'));
+      const logs: string[] = [];
+      const s = await serveDisk(disk, dir, { log: (m) => logs.push(m) });
+      const c = await Raw.open(s.uri, structured);
+      try {
+        // 4 MiB of reads around the bad MiB, then 128 MiB of failing small reads (twice the
+        // server's buffer budget: a read that failed and kept its share would stall it).
+        const reads = [
+          ...sequential(3 * MiB, 12, 256 * KiB),
+          { offset: 4 * MiB - 1, length: 2 },
+          { offset: 2 * MiB, length: 4 * MiB },
+          ...Array.from({ length: 512 }, (_, i) => ({
+            offset: 4 * MiB + (i % 4) * 256 * KiB,
+            length: 256 * KiB,
+          })),
+          ...sequential(6 * MiB, 8, 256 * KiB),
+        ];
+        const results = await c.readAll(reads);
+        assert.equal(results.length, reads.length);
+        for (const r of results) {
+          const bad = r.offset < 5 * MiB && r.offset + r.length > 4 * MiB;
+          if (bad) {
+            assert.equal(r.reply.errno, P.EIO, `read ${r.offset}+${r.length} fails`);
+            if (structured) assert.match(r.reply.message, /bad sector/);
+          } else {
+            assert.equal(r.reply.errno, 0, `read ${r.offset}+${r.length}: ${r.reply.message}`);
+            assert.ok(r.reply.data.equals(content.subarray(r.offset, r.offset + r.length)));
+          }
+        }
+        assert.deepEqual(
+          logs.filter((m) => /internal error/.test(m)),
+          [],
+          'a PlatterError is no internal error',
+        );
+      } finally {
+        c.close();
+        await s.stop();
+      }
+    });
+  }
+
+  it('a bug in the disk (not a PlatterError) is EIO to the client and logged as an internal error', async () => {
+    const content = randomBytes(SIZE);
+    const disk = failingDisk(content, 0, 64 * KiB, () => new TypeError('oops'));
+    const logs: string[] = [];
+    const s = await serveDisk(disk, dir, { log: (m) => logs.push(m) });
+    const c = await Raw.open(s.uri, true);
+    try {
+      const [small, large, fine] = await c.readAll([
+        { offset: 0, length: 4 * KiB },
+        { offset: 0, length: MiB },
+        { offset: MiB, length: 256 * KiB },
+      ]);
+      assert.equal(small.reply.errno, P.EIO);
+      assert.equal(large.reply.errno, P.EIO);
+      assert.equal(fine.reply.errno, 0);
+      assert.ok(fine.reply.data.equals(content.subarray(MiB, MiB + 256 * KiB)));
+      assert.equal(logs.filter((m) => /internal error serving a request: TypeError: oops/.test(m)).length, 2);
+    } finally {
+      c.close();
+      await s.stop();
+    }
+  });
+
+  it('structured: a large read over a hole has hole chunks, a small one is one data chunk of zeros', async () => {
+    const { disk, content } = await memoryDisk();
+    const s = await serveDisk(disk, dir);
+    const c = await Raw.open(s.uri, true);
+    try {
+      const [big, small, df] = await c.readAll([
+        { offset: 7 * MiB, length: 4 * MiB },
+        { offset: 8 * MiB, length: 256 * KiB },
+        { offset: 7 * MiB, length: 4 * MiB, flags: P.CMD_FLAG_DF },
+      ]);
+      assert.equal(small.reply.holeChunks, 0);
+      assert.equal(small.reply.dataChunks, 1);
+      assert.ok(small.reply.data.equals(Buffer.alloc(256 * KiB)));
+      assert.equal(big.reply.holeChunks, 1, 'the hole at 8-10 MiB is one hole chunk');
+      assert.ok(big.reply.data.equals(content.subarray(7 * MiB, 11 * MiB)));
+      assert.equal(df.reply.holeChunks, 0, "DF: don't fragment");
+      assert.equal(df.reply.dataChunks, 1);
+      assert.ok(df.reply.data.equals(content.subarray(7 * MiB, 11 * MiB)));
+    } finally {
+      c.close();
+      await s.stop();
+      await disk.close();
+    }
+  });
+});
