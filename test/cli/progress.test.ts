@@ -6,6 +6,7 @@ import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { connect } from 'node:net';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import type { CliContext } from '../../src/cli/context.js';
@@ -78,6 +79,19 @@ describe('progress renderer', () => {
   });
 });
 
+/** Sends one command to nbdkit's pause filter and resolves with its one-letter answer. */
+function pauseControl(path: string, cmd: 'p' | 'r'): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const s = connect(path);
+    s.once('error', reject);
+    s.once('data', (d) => {
+      s.end();
+      resolve(String(d));
+    });
+    s.once('connect', () => s.write(cmd));
+  });
+}
+
 describe('progress from the command', () => {
   it('--progress=json and -p in a pipe', () => {
     const j = platterIn(dir, ['convert', '--progress=json', '-O', 'raw', 'src.raw', 'j.raw']);
@@ -108,9 +122,22 @@ describe('progress from the command', () => {
     if (!needPeers(t, 'nbdkit')) return;
     const sock = join(dir, 'slow.sock');
     const pidFile = join(dir, 'nbdkit.pid');
-    // A slow source: every read waits 100 ms (256 MiB in 2 MiB reads, 8 at a time: ~1.6 s).
-    // Returns once nbdkit accepts connections (it forks into the background then).
-    must('nbdkit', ['-U', sock, '-P', pidFile, '--filter=delay', 'pattern', '256M', 'rdelay=100ms']);
+    const control = join(dir, 'pause.sock');
+    // A slow source (every read waits 100 ms: 256 MiB in 2 MiB reads, 8 at a time, ~1.6 s) that
+    // the test pauses once the copy has begun: Ctrl-C then surely lands mid-copy, however fast
+    // the machine or however large platter's reads. must() returns once nbdkit accepts connections.
+    must('nbdkit', [
+      '-U',
+      sock,
+      '-P',
+      pidFile,
+      '--filter=pause',
+      '--filter=delay',
+      'pattern',
+      '256M',
+      'rdelay=100ms',
+      `pause-control=${control}`,
+    ]);
     try {
       const child = spawn(
         process.execPath,
@@ -138,9 +165,13 @@ describe('progress from the command', () => {
           if (!copying) throw new Error(`convert exited (${code}) before copying: ${stderr}`);
         }),
       ]);
+      // Requests sent from now on wait; 'P' comes back once those already sent are answered.
+      assert.equal(await pauseControl(control, 'p'), 'P');
       assert.ok(existsSync(join(dir, 'out.raw.partial')), 'the work in progress is visibly partial');
       assert.ok(!existsSync(join(dir, 'out.raw')));
       child.kill('SIGINT');
+      // Resumed, the held reads complete (or fail) and platter ends on its own.
+      assert.equal(await pauseControl(control, 'r'), 'R');
       const code = await exited;
       assert.equal(code, 1);
       const errs = stderr.split('\n').filter((l) => l.startsWith('platter:'));
