@@ -90,10 +90,16 @@ export function fileRescueIo(source: string, dest: string, o: FileIoOptions): Re
   const eof = (len: number, pos: number): PlatterError =>
     new PlatterError('EIO', `${source}: unexpected end of file reading ${len} bytes at offset ${pos}`);
   const pread = (fd: number, b: Uint8Array, pos: number): number => {
+    // A failed read is a bad sector, not a bug: thousands of them must not each
+    // capture a stack trace (Node's errno error, then our PlatterError).
+    const limit = Error.stackTraceLimit;
+    Error.stackTraceLimit = 0;
     try {
       return fs.readSync(fd, b, 0, b.length, pos);
     } catch (e) {
       throw hostError(e, source, `read at offset ${pos}`);
+    } finally {
+      Error.stackTraceLimit = limit;
     }
   };
 

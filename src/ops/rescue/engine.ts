@@ -195,6 +195,12 @@ export async function rescue(
     await saving;
   };
 
+  // Between phases as between reads, the map is saved when the interval is up
+  // (like GNU ddrescue): each save flushes the destination first.
+  const saveIfDue = async (): Promise<void> => {
+    if (now() - lastSave >= (o.saveIntervalMs ?? 5000)) await save();
+  };
+
   // The synchronous path holds the event loop: let it run every YIELD_MS (real
   // time, whatever `now` says), so that a signal handler can abort the signal.
   const YIELD_MS = 5;
@@ -217,7 +223,7 @@ export async function rescue(
     }
     const t = now();
     if (saving) await saving;
-    else if (t - lastSave >= (o.saveIntervalMs ?? 5000)) await save();
+    else await saveIfDue();
     // Status is a walk over the map: report it a few times a second, not per read.
     if (o.onStatus && t - lastStatus >= 100) {
       lastStatus = t;
@@ -424,19 +430,19 @@ export async function rescue(
     await copyPass(1, fwd, true);
     if (has('?')) await copyPass(2, !fwd, true);
     if (has('?')) await copyPass(3, fwd, false);
-    await save();
+    await saveIfDue();
   }
   if (!o.noTrim && has('*')) {
     await trim();
-    await save();
+    await saveIfDue();
   }
   if (!o.noScrape && has('/')) {
     await scrape();
-    await save();
+    await saveIfDue();
   }
   for (let pass = 1; (o.retryPasses < 0 || pass <= o.retryPasses) && has('-'); pass++) {
     await retry(pass);
-    await save();
+    await saveIfDue();
   }
   enter('finished', map.currentPass);
   const finished = !has('?') && (o.noTrim || !has('*')) && (o.noScrape || !has('/'));
