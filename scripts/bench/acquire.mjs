@@ -5,6 +5,11 @@
 //     core). platter runs with --no-verify: dc3dd does not re-read either.
 //     The log goes to {out}.map, which the runner removes after each run
 //     (acquire never overwrites, so a log left behind would stop the next run).
+//     platter's image is on stable storage when it exits (it fdatasyncs the
+//     destination, in the background during the copy and once at the end);
+//     dc3dd leaves it dirty in the page cache. The peer 'dc3dd+fdatasync'
+//     (no target) is dc3dd followed by `sync -d` of its image: the same
+//     promise as platter's, for a like-for-like figure.
 //   - acquire to E01 with fast compression: at least 1.5x `ewfacquire -c fast`,
 //     on random (incompressible) and sparse (75 % zeros) data. The outputs are
 //     segment sets (.E01, .E02 ...), so this is an `extra()` that runs each tool
@@ -23,6 +28,17 @@ export const cases = [
     platter: ['acquire', '-q', '--no-verify', '-a', 'md5,sha1,sha256', '--log', '{out}.map', '{in}', '{out}'],
     peers: [
       { name: 'dc3dd', argv: ['dc3dd', 'if={in}', 'of={out}', 'hash=md5', 'hash=sha1', 'hash=sha256'] },
+      {
+        name: 'dc3dd+fdatasync',
+        argv: [
+          'sh',
+          '-c',
+          'dc3dd if="$1" of="$2" hash=md5 hash=sha1 hash=sha256 && sync -d "$2"',
+          'sh',
+          '{in}',
+          '{out}',
+        ],
+      },
     ],
     target: { dc3dd: 3.0 },
     needs: ['dc3dd'],
