@@ -156,6 +156,13 @@ export class NbdServer {
   private budgetUsed = 0;
   private readonly budgetWaiters: Array<() => void> = [];
 
+  /** Takes `bytes` of the budget if they fit now (see reserve); false and nothing taken if not. */
+  tryReserve(bytes: number): boolean {
+    if (this.budgetUsed > 0 && this.budgetUsed + bytes > MAX_INFLIGHT_BYTES) return false;
+    this.budgetUsed += bytes;
+    return true;
+  }
+
   /** Waits until `bytes` more request buffers fit in MAX_INFLIGHT_BYTES (one request always fits). */
   async reserve(bytes: number): Promise<void> {
     while (this.budgetUsed > 0 && this.budgetUsed + bytes > MAX_INFLIGHT_BYTES) {
@@ -433,7 +440,7 @@ class Session {
           this.socket.on('close', done);
         });
       }
-      const h = await this.reader.read(P.REQUEST_SIZE);
+      const h = this.reader.readNow(P.REQUEST_SIZE) ?? (await this.reader.read(P.REQUEST_SIZE));
       const req = P.parseRequest(h);
       if (!req) throw new Drop('bad request magic');
       if (req.type === P.CMD_WRITE && req.length > P.MAX_REQUEST) {
@@ -447,7 +454,7 @@ class Session {
       // Buffers for reads and write payloads come out of the server-wide budget.
       const bytes =
         req.type === P.CMD_READ || req.type === P.CMD_WRITE ? Math.min(req.length, P.MAX_REQUEST) : 0;
-      await this.server.reserve(bytes);
+      if (!this.server.tryReserve(bytes)) await this.server.reserve(bytes);
       let payload: Buffer | undefined;
       if (req.type === P.CMD_WRITE) {
         payload = pool.take(req.length);

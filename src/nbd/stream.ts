@@ -78,8 +78,21 @@ export class SocketReader {
     if (this.buffered < HIGH_WATER) this.socket.resume();
   }
 
+  /**
+   * The next n bytes if all of them are buffered already, else null and
+   * nothing is taken (a request loop then awaits read(): no promise per
+   * request while requests arrive faster than they are served).
+   */
+  readNow(n: number): Buffer | null {
+    return this.buffered >= n ? this.takeBuffered(n) : null;
+  }
+
   async read(n: number): Promise<Buffer> {
     await this.wait(n);
+    return this.takeBuffered(n);
+  }
+
+  private takeBuffered(n: number): Buffer {
     const c = this.chunks[0];
     if (c && c.length >= n) {
       // Fast path: a slice of one chunk, no copy.

@@ -8,7 +8,8 @@
  */
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { connect, type Socket } from 'node:net';
+import { connect, createServer, type Socket } from 'node:net';
+import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import { stack } from '../../src/core/chain.js';
 import { type Disk, toDisk } from '../../src/core/disk.js';
@@ -207,6 +208,37 @@ function sequential(start: number, count: number, size: number): Array<{ offset:
 
 describe('nbd server: reads', () => {
   const dir = tempDir();
+
+  it('SocketReader.readNow takes only bytes already buffered, across chunks, else nothing', async () => {
+    const path = join(dir, 'reader.sock');
+    const accepted = new Promise<Socket>((resolve) => {
+      const srv = createServer((s) => {
+        srv.close();
+        resolve(s);
+      });
+      srv.listen(path);
+    });
+    const client = connect(path);
+    const server = await accepted;
+    const r = new SocketReader(server);
+    try {
+      assert.equal(r.readNow(1), null);
+      client.write(Buffer.from('abc'));
+      assert.deepEqual(await r.read(1), Buffer.from('a'));
+      assert.equal(r.readNow(3), null, 'only 2 bytes buffered');
+      client.write(Buffer.from('defg'));
+      await new Promise((resolve) => setTimeout(resolve, 50));
+      assert.deepEqual(r.readNow(4), Buffer.from('bcde'), 'spans two chunks');
+      assert.equal(r.readNow(3), null);
+      assert.deepEqual(r.readNow(2), Buffer.from('fg'));
+      assert.equal(r.readNow(1), null);
+      client.end();
+      await assert.rejects(r.read(1), /closed/);
+    } finally {
+      client.destroy();
+      server.destroy();
+    }
+  });
 
   for (const structured of [false, true]) {
     const mode = structured ? 'structured replies' : 'simple replies';
