@@ -89,14 +89,18 @@ export function fileRescueIo(source: string, dest: string, o: FileIoOptions): Re
   let bounce: Uint8Array | undefined;
   const eof = (len: number, pos: number): PlatterError =>
     new PlatterError('EIO', `${source}: unexpected end of file reading ${len} bytes at offset ${pos}`);
+  /** errno of the last failed read: a plain EIO is a bad sector, which says nothing about the size. */
+  let lastErrno: string | undefined;
   const pread = (fd: number, b: Uint8Array, pos: number): number => {
     // A failed read is a bad sector, not a bug: thousands of them must not each
     // capture a stack trace (Node's errno error, then our PlatterError).
     const limit = Error.stackTraceLimit;
     Error.stackTraceLimit = 0;
+    lastErrno = undefined;
     try {
       return fs.readSync(fd, b, 0, b.length, pos);
     } catch (e) {
+      lastErrno = (e as NodeJS.ErrnoException).code;
       throw hostError(e, source, `read at offset ${pos}`);
     } finally {
       Error.stackTraceLimit = limit;
@@ -135,6 +139,14 @@ export function fileRescueIo(source: string, dest: string, o: FileIoOptions): Re
     }
   };
 
+  const fstatSize = (): number => {
+    try {
+      return fs.fstatSync(srcFd).size;
+    } catch (e) {
+      throw hostError(e, source, 'stat');
+    }
+  };
+  let knownSize = o.isBlockDevice ? 0 : fstatSize();
   let closed = false;
   return {
     read: direct ? directRead : bufferedRead,
@@ -148,14 +160,18 @@ export function fileRescueIo(source: string, dest: string, o: FileIoOptions): Re
         }
       }
     },
+    // The engine asks after every failed read whether the source shrank or
+    // vanished. After a media error (EIO) the answer is the last size seen: a
+    // file that shrank reads short (end of file) and one that vanished fails
+    // with another errno (ENOTCONN, ENODEV, ENXIO, ESTALE…), and those ask
+    // fstat. A round trip to a FUSE server per bad sector is saved.
     size: o.isBlockDevice
       ? undefined
       : () => {
-          try {
-            return fs.fstatSync(srcFd).size;
-          } catch (e) {
-            throw hostError(e, source, 'stat');
-          }
+          const errno = lastErrno;
+          lastErrno = undefined;
+          if (errno !== 'EIO') knownSize = fstatSize();
+          return knownSize;
         },
     buffer: alloc,
     flush: () =>

@@ -7,7 +7,7 @@
  */
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { closeSync, constants, openSync, readFileSync, writeFileSync } from 'node:fs';
+import { closeSync, constants, openSync, readFileSync, truncateSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, it, type TestContext } from 'node:test';
 import { fileRescueIo, openRescueIo } from '../../../src/cli/commands/rescue-io.js';
@@ -104,6 +104,20 @@ describe('rescue synchronous file I/O', () => {
       io.close();
     }
     assert.deepEqual([...readFileSync(dst).subarray(4, 9)], [0, 1, 2, 3, 0]);
+  });
+
+  it('a source that shrinks reads short, and size() then tells the new size', () => {
+    const f = join(dir, 'shrinking.img');
+    writeFileSync(f, data);
+    const io = fileRescueIo(f, f, { direct: false, sectorSize: 512, isBlockDevice: false });
+    try {
+      assert.equal(io.size?.(), SIZE);
+      truncateSync(f, 4096);
+      assert.throws(() => io.read(new Uint8Array(512), 8192), /unexpected end of file/);
+      assert.equal(io.size?.(), 4096);
+    } finally {
+      io.close();
+    }
   });
 
   it('a missing source or destination is one clear error', () => {
