@@ -43,6 +43,7 @@ import {
 } from './header.js';
 import { type RefcountHost, Refcounts } from './refcounts.js';
 import {
+  COMPRESSED_HI,
   COPIED_HI,
   decodeL2,
   type L2Entry,
@@ -289,6 +290,10 @@ export class Qcow2Image implements RefcountHost {
       }
       if (tables++ >= maxTables) break;
       const table = await this.loadL2(l2off);
+      if (!this.extL2) {
+        pos = this.mapStandard(out, table, pos, tableEnd);
+        continue;
+      }
       while (pos < tableEnd) {
         const c = Math.floor(pos / cs);
         const within = pos - c * cs;
@@ -320,6 +325,70 @@ export class Qcow2Image implements RefcountHost {
       }
     }
     return out;
+  }
+
+  /**
+   * map() over standard (64-bit) L2 entries of one table, [pos, tableEnd):
+   * the hot loop of every read and extents call, so entries are decoded in
+   * place, without an object per cluster. Returns tableEnd.
+   */
+  private mapStandard(out: Segment[], table: Uint8Array, pos: number, tableEnd: number): number {
+    const cs = this.cs;
+    const perTable = this.l2Entries;
+    const zeroFlag = this.zeroFlag;
+    const fileSize = this.fileSize;
+    let last: Segment | undefined = out[out.length - 1];
+    while (pos < tableEnd) {
+      const c = Math.floor(pos / cs);
+      const within = pos - c * cs;
+      const n = Math.min(cs - within, tableEnd - pos);
+      const i = c % perTable;
+      const at = i * 8;
+      const hi = ((table[at] << 24) | (table[at + 1] << 16) | (table[at + 2] << 8) | table[at + 3]) >>> 0;
+      const lo = ((table[at + 4] << 24) | (table[at + 5] << 16) | (table[at + 6] << 8) | table[at + 7]) >>> 0;
+      let kind: Segment['kind'];
+      let host = 0;
+      if (hi & COMPRESSED_HI) {
+        const comp = decodeCompressed(hi, lo, this.clusterBits, this.file);
+        if (comp.offset + 1 > fileSize) {
+          throw corrupt(
+            this.file,
+            `compressed cluster offset 0x${comp.offset.toString(16)} is past end of file (size ${fileSize})`,
+          );
+        }
+        last = { offset: pos, length: n, kind: 'compressed', host: 0, comp, clusterStart: c * cs };
+        out.push(last);
+        pos += n;
+        continue;
+      }
+      const off = (hi & 0x00ffffff) * 2 ** 32 + ((lo & 0xfffffe00) >>> 0);
+      if (zeroFlag && lo & 1) kind = 'zero';
+      else if (off === 0) kind = 'hole';
+      else {
+        if (off % cs !== 0) this.entry(table, i); // throws the misalignment error
+        if (off + cs > fileSize && off + within + n > fileSize) {
+          throw corrupt(
+            this.file,
+            `data cluster offset 0x${off.toString(16)} is past end of file (size ${fileSize})`,
+          );
+        }
+        kind = 'data';
+        host = off + within;
+      }
+      if (
+        last !== undefined &&
+        last.kind === kind &&
+        last.offset + last.length === pos &&
+        (kind !== 'data' || last.host + last.length === host)
+      ) {
+        last.length += n;
+      } else {
+        last = { offset: pos, length: n, kind, host };
+        out.push(last);
+      }
+      pos += n;
+    }
+    return pos;
   }
 
   private pushSeg(out: Segment[], s: Segment): void {
