@@ -135,12 +135,27 @@ export async function extra({ data, filters }) {
   const { text, badBytes } = truthMap();
   writeFileSync(truth, text);
   const platter = [process.execPath, join(root, 'bin/platter'), 'rescue', '-q', '-d'];
-  const ours = await runOne(dir, src, truth, 'platter', platter);
-  const theirs = await runOne(dir, src, truth, 'ddrescue', ['ddrescue', '-q', '-d']);
-  const same = JSON.stringify(ours.blocks) === JSON.stringify(theirs.blocks);
+  // Best of BENCH_REPS runs, the two tools interleaved (like the table): the
+  // machine may be shared. Reads and maps are the same in every run.
+  const reps = Math.max(1, Number(process.env.BENCH_REPS ?? 3));
+  const runs = { platter: [], ddrescue: [] };
+  for (let i = 0; i < reps; i++) {
+    runs.platter.push(await runOne(dir, src, truth, 'platter', platter));
+    runs.ddrescue.push(await runOne(dir, src, truth, 'ddrescue', ['ddrescue', '-q', '-d']));
+  }
+  // The time is the best run's; reads and failed reads the most any run made.
+  const summary = (rs) => ({
+    sec: Math.min(...rs.map((r) => r.sec)),
+    reads: Math.max(...rs.map((r) => r.reads)),
+    failed: Math.max(...rs.map((r) => r.failed)),
+    blocks: rs.map((r) => JSON.stringify(r.blocks)),
+  });
+  const ours = summary(runs.platter);
+  const theirs = summary(runs.ddrescue);
+  const same = [...ours.blocks, ...theirs.blocks].every((b) => b === theirs.blocks[0]);
   const rate = (s) => `${(SIZE / MiB / s).toFixed(0)} MiB/s`;
   console.log(
-    `rescue, 256 MiB source with 1 % bad sectors in clusters (${badBytes} bad bytes), direct I/O through nbdfuse:`,
+    `rescue, 256 MiB source with 1 % bad sectors in clusters (${badBytes} bad bytes), direct I/O through nbdfuse, best of ${reps}:`,
   );
   console.log(
     `  platter   ${ours.sec.toFixed(2)} s  ${rate(ours.sec)}  reads ${ours.reads}  failed reads ${ours.failed}`,
