@@ -41,6 +41,15 @@ const MIN_HOLE_CHUNK = 64 * 1024;
 /** Reads up to this size are never split into hole chunks. */
 const SMALL_READ = 256 * 1024;
 const BLOCK_SIZE_PREFERRED = 4096;
+/**
+ * The preferred block size of a read-only export. Each request costs this
+ * server far more than it costs qemu-nbd (a trip through the event loop, the
+ * thread pool and promises: ~50 µs), so bulk readers that honour the hint
+ * (nbdcopy sizes its requests by it) get the same bytes in 8× fewer requests
+ * than with their 256 KiB default. Writable exports keep 4096: clients may
+ * turn smaller writes into read-modify-write cycles of the preferred size.
+ */
+const BLOCK_SIZE_PREFERRED_READ_ONLY = 2 * 1024 * 1024;
 const META_CONTEXT_ID = 1;
 
 export interface NbdServerOptions {
@@ -374,7 +383,7 @@ class Session {
           const bs = Buffer.alloc(14);
           bs.writeUInt16BE(P.INFO_BLOCK_SIZE, 0);
           bs.writeUInt32BE(1, 2);
-          bs.writeUInt32BE(BLOCK_SIZE_PREFERRED, 6);
+          bs.writeUInt32BE(this.server.readOnly ? BLOCK_SIZE_PREFERRED_READ_ONLY : BLOCK_SIZE_PREFERRED, 6);
           bs.writeUInt32BE(P.MAX_REQUEST, 10);
           reply(P.REP_INFO, bs);
           reply(P.REP_ACK);

@@ -60,6 +60,7 @@ describe('nbd server', () => {
       }
       assert.deepEqual(e.contexts, ['base:allocation']);
       assert.equal(e.block_size_maximum, 32 * MiB);
+      assert.equal(e.block_size_preferred, 4096, 'writable: small writes are no read-modify-write');
       const list = await runAsync('nbdinfo', ['--list', '--json', s.uri]);
       assert.equal(list.status, 0, list.stderr);
       assert.deepEqual(
@@ -127,6 +128,29 @@ describe('nbd server', () => {
     try {
       const out = join(dir, 'copy.raw');
       await mustAsync('nbdcopy', ['--requests=16', '--connections=2', s.uri, out]);
+      assert.equal(readFileSync(out).equals(Buffer.from(content)), true);
+      rmSync(out);
+    } finally {
+      await s.stop();
+      await disk.close();
+    }
+  });
+
+  it('a read-only export prefers 2 MiB requests: nbdcopy uses them and reads byte-identically', async (t) => {
+    if (!needPeers(t, 'nbdcopy', 'nbdinfo')) return;
+    const { disk, content } = await patterned(24 * MiB);
+    const s = await serveDisk(readonly(disk), dir);
+    try {
+      const e = JSON.parse(await mustAsync('nbdinfo', ['--json', s.uri])).exports[0];
+      assert.equal(e.is_read_only, true);
+      assert.equal(e.block_size_preferred, 2 * MiB);
+      assert.equal(e.block_size_maximum, 32 * MiB);
+      // nbdcopy's requests are the preferred size: large reads, split at the holes.
+      const out = join(dir, 'copy-ro.raw');
+      await mustAsync('nbdcopy', [s.uri, out]);
+      assert.equal(readFileSync(out).equals(Buffer.from(content)), true);
+      // Without block status: every byte travels as data and hole chunks.
+      await mustAsync('nbdcopy', ['--no-extents', s.uri, out]);
       assert.equal(readFileSync(out).equals(Buffer.from(content)), true);
       rmSync(out);
     } finally {
