@@ -54,8 +54,11 @@ export const MAX_GRAIN_SECTORS = 1 << 17; // 64 MiB
 export const MAX_GTES_PER_GT = 4096;
 /** Grain tables kept in memory by a read-only extent (8192 x 2 KiB: 16 MiB, 256 GiB of disk). */
 const MAX_CACHED_GTS = 8192;
-/** Most bytes of back-to-back grain tables loaded by one read. */
-const GT_BATCH_BYTES = 1 << 20;
+/**
+ * Most bytes of back-to-back grain tables loaded by one read: 128 standard GTs,
+ * 4 GiB of disk (a cache miss in a huge image reads no more than this).
+ */
+const GT_BATCH_BYTES = 256 << 10;
 /** Bytes of one grain marker header before the compressed data. */
 const GRAIN_MARKER = 12;
 /** Bytes of decompressed grains kept for small sequential reads of compressed images. */
@@ -281,7 +284,7 @@ export class SparseExtent implements VmdkExtent {
       }
       // The GTs that follow this one back to back in the file (as qemu-img and
       // VMware lay them out) and are not loaded yet come in the same read: one
-      // trip to the thread pool for up to 1 MiB of tables instead of one each.
+      // trip to the thread pool for up to GT_BATCH_BYTES of tables, not one each.
       const stride = alignUp(this.gtBytes, SECTOR) / SECTOR;
       const most = Math.max(1, Math.floor(GT_BATCH_BYTES / (stride * SECTOR)));
       let n = 1;

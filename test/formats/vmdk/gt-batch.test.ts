@@ -1,6 +1,6 @@
 /**
  * Grain tables that lie back to back in the file are loaded by one read (up to
- * 1 MiB of them): the result must be what loading them one by one gives, in any
+ * 256 KiB of them): the result must be what loading them one by one gives, in any
  * order of access, with a GD that breaks the run (a 0 entry, a GT moved away),
  * for readers and writers.
  */
@@ -82,6 +82,32 @@ describe('vmdk: grain tables loaded in batches', () => {
       await disk.close();
     }
     await compareWithQemu(dir, path);
+  });
+
+  it('a long run of GTs is read 256 KiB (128 GTs) at a time', async (t) => {
+    if (!needPeers(t, 'qemu-img', 'qemu-io')) return;
+    const path = join(dir, 'long.vmdk');
+    must('qemu-img', ['create', '-q', '-f', 'vmdk', path, '8G']); // 256 GTs back to back
+    qemuWrite(path, [[8 * 1024 * MiB - 65536, 65536, 0x77]]);
+    const { host, reads } = recordingHost();
+    const disk = await openImage(host, path, { readOnly: true });
+    try {
+      reads.length = 0;
+      const ext = await disk.extents(0, disk.size);
+      assert.deepEqual(
+        reads.map((r) => r[1]),
+        [256 * 1024, 256 * 1024],
+      );
+      assert.deepEqual(
+        ext.map((e) => [e.offset, e.length, e.status]),
+        [
+          [0, 8 * 1024 * MiB - 65536, 'hole'],
+          [8 * 1024 * MiB - 65536, 65536, 'data'],
+        ],
+      );
+    } finally {
+      await disk.close();
+    }
   });
 
   it('a GD entry of 0 and a GT moved out of the run split the batch; reads and writes stay right', async (t) => {
