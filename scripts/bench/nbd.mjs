@@ -2,7 +2,9 @@
 //
 // The client is nbdcopy reading the whole 2 GiB random raw export into null:
 // (nbdcopy's defaults: block status first, multi-conn when offered, 64
-// requests in flight). Each server runs captive, so the measured time is one
+// requests in flight, each as large as the server's preferred block size but
+// at least 256 KiB: platter's read-only export prefers 2 MiB, qemu-nbd 4 KiB,
+// nbdkit's file plugin says nothing). Each server runs captive, so the measured time is one
 // whole session: `platter serve --run`, `nbdkit --run`, and nbdcopy's own
 // `[ qemu-nbd ... ]` (systemd socket activation).
 //

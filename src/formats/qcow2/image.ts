@@ -678,6 +678,17 @@ export class Qcow2Image implements RefcountHost {
     return c.sectorStart < tail + this.cs && c.sectorEnd > tail;
   }
 
+  /**
+   * Is this a data cluster that can be written in place? Answered without a
+   * promise when the entry alone tells (holes, zeros, compressed, bit 63 set):
+   * the write path asks once per cluster.
+   */
+  private writableInPlace(e: L2Entry): boolean | Promise<boolean> {
+    if (e.kind !== 'data' || e.offset === 0) return false;
+    if (e.copied) return true;
+    return this.ownsCluster(e);
+  }
+
   /** Can this entry's cluster be written in place? (standard, refcount exactly 1) */
   private async ownsCluster(e: L2Entry): Promise<boolean> {
     if ((e.kind !== 'data' && e.kind !== 'zero') || e.offset === 0) return false;
@@ -716,13 +727,15 @@ export class Qcow2Image implements RefcountHost {
     let c = c0;
     while (c < c1) {
       const e = this.entry(table, c % this.l2Entries);
-      const inPlace = (await this.ownsCluster(e)) && e.kind === 'data';
+      let inPlace = this.writableInPlace(e);
+      if (typeof inPlace !== 'boolean') inPlace = await inPlace;
       // Find a run of clusters of the same treatment.
       let n = 1;
       const entries = [e];
       while (c + n < c1) {
         const e2 = this.entry(table, (c + n) % this.l2Entries);
-        const ip2 = (await this.ownsCluster(e2)) && e2.kind === 'data';
+        let ip2 = this.writableInPlace(e2);
+        if (typeof ip2 !== 'boolean') ip2 = await ip2;
         if (ip2 !== inPlace) break;
         if (inPlace && e2.offset !== e.offset + n * cs) break;
         entries.push(e2);
