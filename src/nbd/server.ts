@@ -162,6 +162,11 @@ export class NbdServer {
     return this.sessions.size;
   }
 
+  /** Connections waiting for a free slot (maxClients). */
+  get queuedClients(): number {
+    return this.waiting.length;
+  }
+
   private budgetUsed = 0;
   private readonly budgetWaiters: Array<() => void> = [];
 

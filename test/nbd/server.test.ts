@@ -15,6 +15,7 @@ import { cow } from '../../src/layers/cow.js';
 import { readonly } from '../../src/layers/readonly.js';
 import { needPeers } from '../helpers/peers.js';
 import { tempDir } from '../helpers/tmp.js';
+import { stopChild, waitFor } from '../helpers/wait.js';
 import { mustAsync, runAsync, serveDisk } from './helpers.js';
 
 const MiB = 1 << 20;
@@ -220,17 +221,22 @@ describe('nbd server', () => {
     const { disk } = await patterned();
     const s = await serveDisk(disk, dir, { maxClients: 1 });
     const { spawn } = await import('node:child_process');
+    // The first client stays connected until it is stopped; the order of events,
+    // not a clock, shows that the second was held back.
+    const first = spawn('qemu-io', ['-r', '-f', 'raw', '-c', 'sleep 3600000', s.uri], { stdio: 'ignore' });
     try {
-      const first = spawn('qemu-io', ['-r', '-f', 'raw', '-c', 'sleep 1000', s.uri], { stdio: 'ignore' });
-      const firstExit = new Promise((r) => first.once('exit', r));
-      await new Promise((r) => setTimeout(r, 300));
-      const t0 = Date.now();
-      const second = await mustAsync('nbdinfo', ['--size', s.uri]);
-      const waited = Date.now() - t0;
-      assert.equal(second.trim(), String(8 * MiB));
-      await firstExit;
-      assert.ok(waited >= 200, `second client was served while the first was connected (${waited} ms)`);
+      await waitFor('the first client connected', () => s.server.clients === 1, { child: first });
+      let secondDone = false;
+      const second = mustAsync('nbdinfo', ['--size', s.uri]).finally(() => {
+        secondDone = true;
+      });
+      await waitFor('the second client queued', () => s.server.queuedClients === 1);
+      assert.equal(s.server.clients, 1, 'never two sessions at once');
+      assert.equal(secondDone, false, 'the second client was not served while the first was connected');
+      await stopChild(first);
+      assert.equal((await second).trim(), String(8 * MiB));
     } finally {
+      await stopChild(first);
       await s.stop();
       await disk.close();
     }
