@@ -61,7 +61,18 @@ export interface FileIoOptions {
   sectorSize: number;
   /** A block device's size is fixed (size() is then not offered). */
   isBlockDevice: boolean;
+  /** Bytes written after which a background fdatasync starts (default WRITEBACK_BYTES). */
+  writebackBytes?: number;
+  /** fs.fdatasync (tests pass a failing or counting one). */
+  fdatasync?: typeof fs.fdatasync;
 }
+
+/**
+ * Written bytes after which the destination is synced in the background (one
+ * sync at a time): the disk writes while the rescue reads, so the flush before
+ * a save of the map (and the last one) waits only for what was written since.
+ */
+const WRITEBACK_BYTES = 32 << 20;
 
 export function fileRescueIo(source: string, dest: string, o: FileIoOptions): RescueFileIo {
   const direct = o.direct && fs.constants.O_DIRECT !== undefined;
@@ -147,10 +158,41 @@ export function fileRescueIo(source: string, dest: string, o: FileIoOptions): Re
     }
   };
   let knownSize = o.isBlockDevice ? 0 : fstatSize();
+
+  const fdatasync = o.fdatasync ?? fs.fdatasync;
+  const datasync = (): Promise<void> =>
+    new Promise<void>((resolve, reject) =>
+      fdatasync(dstFd, (e) => (e ? reject(hostError(e, dest, 'fsync')) : resolve())),
+    );
+  const writebackBytes = o.writebackBytes ?? WRITEBACK_BYTES;
+  let unsynced = 0;
+  /** The background sync in flight, and the error of one that failed (thrown by the next write or flush). */
+  let background: Promise<void> | undefined;
+  let failed: unknown;
+  const throwFailed = (): void => {
+    if (failed === undefined) return;
+    const e = failed;
+    failed = undefined;
+    throw e;
+  };
+  const startWriteback = (): void => {
+    unsynced = 0;
+    background = datasync().then(
+      () => {
+        background = undefined;
+      },
+      (e) => {
+        failed = e;
+        background = undefined;
+      },
+    );
+  };
+
   let closed = false;
   return {
     read: direct ? directRead : bufferedRead,
     write(buf, offset) {
+      throwFailed();
       let done = 0;
       while (done < buf.length) {
         try {
@@ -159,6 +201,8 @@ export function fileRescueIo(source: string, dest: string, o: FileIoOptions): Re
           throw hostError(e, dest, `write at offset ${offset + done}`);
         }
       }
+      unsynced += buf.length;
+      if (unsynced >= writebackBytes && !background) startWriteback();
     },
     // The engine asks after every failed read whether the source shrank or
     // vanished. After a media error (EIO) the answer is the last size seen: a
@@ -174,15 +218,26 @@ export function fileRescueIo(source: string, dest: string, o: FileIoOptions): Re
           return knownSize;
         },
     buffer: alloc,
-    flush: () =>
-      new Promise<void>((resolve, reject) =>
-        fs.fdatasync(dstFd, (e) => (e ? reject(hostError(e, dest, 'fsync')) : resolve())),
-      ),
+    async flush() {
+      if (background) await background;
+      throwFailed();
+      unsynced = 0;
+      await datasync();
+    },
     close() {
       if (closed) return;
       closed = true;
       fs.closeSync(srcFd);
-      fs.closeSync(dstFd);
+      // Never close under a sync in flight (the descriptor could be reused meanwhile).
+      if (background) {
+        void background.then(() => {
+          try {
+            fs.closeSync(dstFd);
+          } catch {
+            // nothing was pending on it: the sync has settled
+          }
+        });
+      } else fs.closeSync(dstFd);
     },
   };
 }

@@ -7,7 +7,15 @@
  */
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { closeSync, constants, openSync, readFileSync, truncateSync, writeFileSync } from 'node:fs';
+import {
+  closeSync,
+  constants,
+  fdatasync as fsFdatasync,
+  openSync,
+  readFileSync,
+  truncateSync,
+  writeFileSync,
+} from 'node:fs';
 import { join } from 'node:path';
 import { describe, it, type TestContext } from 'node:test';
 import { fileRescueIo, openRescueIo } from '../../../src/cli/commands/rescue-io.js';
@@ -118,6 +126,108 @@ describe('rescue synchronous file I/O', () => {
     } finally {
       io.close();
     }
+  });
+
+  it('syncs the destination in the background every writebackBytes, one sync at a time', async () => {
+    const dst = join(dir, 'dst-writeback.img');
+    writeFileSync(dst, Buffer.alloc(SIZE));
+    let started = 0;
+    let inFlight = 0;
+    let most = 0;
+    const fdatasync = ((fd: number, cb: (e: NodeJS.ErrnoException | null) => void) => {
+      started++;
+      most = Math.max(most, ++inFlight);
+      setTimeout(
+        () =>
+          fsFdatasync(fd, (e) => {
+            inFlight--;
+            cb(e);
+          }),
+        5,
+      );
+    }) as typeof fsFdatasync;
+    const io = fileRescueIo(src, dst, {
+      direct: false,
+      sectorSize: 512,
+      isBlockDevice: false,
+      writebackBytes: 65536,
+      fdatasync,
+    });
+    try {
+      for (let pos = 0; pos + 65536 <= SIZE; pos += 65536) {
+        io.write(data.subarray(pos, pos + 65536), pos);
+        if (pos % (4 * 65536) === 0) await new Promise((r) => setTimeout(r, 8));
+      }
+      assert.ok(started >= 2, `background syncs ${started}`);
+      await io.flush();
+      assert.equal(most, 1, 'one sync at a time');
+      assert.equal(inFlight, 0, 'flush waited for the background sync');
+    } finally {
+      io.close();
+    }
+    assert.ok(
+      readFileSync(dst)
+        .subarray(0, 1 << 20)
+        .equals(data.subarray(0, 1 << 20)),
+    );
+  });
+
+  it('a failed background sync is thrown by the next write; close under a sync in flight waits for it', async () => {
+    const dst = join(dir, 'dst-syncfail.img');
+    writeFileSync(dst, Buffer.alloc(SIZE));
+    const failing = ((_fd: number, cb: (e: NodeJS.ErrnoException | null) => void) => {
+      const e: NodeJS.ErrnoException = new Error('EIO: i/o error, fdatasync');
+      e.code = 'EIO';
+      setImmediate(() => cb(e));
+    }) as typeof fsFdatasync;
+    const io = fileRescueIo(src, dst, {
+      direct: false,
+      sectorSize: 512,
+      isBlockDevice: false,
+      writebackBytes: 512,
+      fdatasync: failing,
+    });
+    try {
+      io.write(data.subarray(0, 512), 0);
+      await new Promise((r) => setImmediate(r));
+      await new Promise((r) => setImmediate(r));
+      assert.throws(
+        () => io.write(data.subarray(0, 512), 512),
+        (e: unknown) =>
+          e instanceof PlatterError && e.code === 'EIO' && /dst-syncfail\.img.*fsync/.test(e.message),
+      );
+    } finally {
+      io.close();
+    }
+    // A sync still running when the io is closed: the descriptor stays open until it ends.
+    let done = false;
+    const slow = ((fd: number, cb: (e: NodeJS.ErrnoException | null) => void) => {
+      setTimeout(
+        () =>
+          fsFdatasync(fd, (e) => {
+            done = true;
+            cb(e);
+          }),
+        20,
+      );
+    }) as typeof fsFdatasync;
+    const io2 = fileRescueIo(src, dst, {
+      direct: false,
+      sectorSize: 512,
+      isBlockDevice: false,
+      writebackBytes: 512,
+      fdatasync: slow,
+    });
+    io2.write(data.subarray(0, 4096), 8192);
+    io2.close();
+    for (let i = 0; i < 100 && !done; i++) await new Promise((r) => setTimeout(r, 10));
+    assert.ok(done, 'the sync ran on the still-open descriptor');
+    await new Promise((r) => setTimeout(r, 10));
+    assert.ok(
+      readFileSync(dst)
+        .subarray(8192, 8192 + 4096)
+        .equals(data.subarray(0, 4096)),
+    );
   });
 
   it('a missing source or destination is one clear error', () => {
