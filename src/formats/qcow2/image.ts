@@ -21,6 +21,7 @@
  * clusters are copied on write; L2 tables shared with a snapshot likewise.
  * All metadata changes run under one mutex; reads run concurrently.
  */
+import { isAllZero } from '../../core/bytes.js';
 import { type Extent, pushExtent } from '../../core/disk.js';
 import { corrupt, PlatterError } from '../../core/errors.js';
 import { Mutex } from '../../core/mutex.js';
@@ -60,6 +61,11 @@ interface Layout {
   positions: number[];
   counts: Map<number, number>;
   lastC: number;
+}
+
+/** Are the 8 bytes of the entry at byte `at` all zero? */
+function isZeroEntry(t: Uint8Array, at: number): boolean {
+  return (t[at] | t[at + 1] | t[at + 2] | t[at + 3] | t[at + 4] | t[at + 5] | t[at + 6] | t[at + 7]) === 0;
 }
 
 /** A run of guest bytes with one kind of mapping. */
@@ -337,15 +343,31 @@ export class Qcow2Image implements RefcountHost {
     const perTable = this.l2Entries;
     const zeroFlag = this.zeroFlag;
     const fileSize = this.fileSize;
+    const lastCluster = Math.ceil(tableEnd / cs);
     let last: Segment | undefined = out[out.length - 1];
     while (pos < tableEnd) {
       const c = Math.floor(pos / cs);
       const within = pos - c * cs;
-      const n = Math.min(cs - within, tableEnd - pos);
+      let n = Math.min(cs - within, tableEnd - pos);
       const i = c % perTable;
       const at = i * 8;
       const hi = ((table[at] << 24) | (table[at + 1] << 16) | (table[at + 2] << 8) | table[at + 3]) >>> 0;
       const lo = ((table[at + 4] << 24) | (table[at + 5] << 16) | (table[at + 6] << 8) | table[at + 7]) >>> 0;
+      if (hi === 0 && lo === 0) {
+        // A hole: the entries after it that are all zero bytes too join it, 64 at a time (memcmp).
+        let j = c + 1;
+        while (j < lastCluster) {
+          const k = Math.min(lastCluster, j + 64);
+          const from = (j % perTable) * 8;
+          if (isAllZero(table.subarray(from, from + (k - j) * 8))) {
+            j = k;
+            continue;
+          }
+          while (j < k && isZeroEntry(table, (j % perTable) * 8)) j++;
+          break;
+        }
+        n = Math.min(tableEnd, j * cs) - pos;
+      }
       let kind: Segment['kind'];
       let host = 0;
       if (hi & COMPRESSED_HI) {
