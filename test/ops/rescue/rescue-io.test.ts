@@ -154,11 +154,13 @@ describe('rescue synchronous file I/O', () => {
       fdatasync,
     });
     try {
-      for (let pos = 0; pos + 65536 <= SIZE; pos += 65536) {
-        io.write(data.subarray(pos, pos + 65536), pos);
-        if (pos % (4 * 65536) === 0) await new Promise((r) => setTimeout(r, 8));
+      // Groups of 4 writes: the first starts a sync, the others find it in flight.
+      for (let pos = 0; pos + 4 * 65536 <= SIZE; pos += 4 * 65536) {
+        for (let k = 0; k < 4; k++)
+          io.write(data.subarray(pos + k * 65536, pos + (k + 1) * 65536), pos + k * 65536);
+        for (let i = 0; i < 1000 && inFlight > 0; i++) await new Promise((r) => setTimeout(r, 5));
       }
-      assert.ok(started >= 2, `background syncs ${started}`);
+      assert.equal(started, 4, 'one sync per group of writes');
       await io.flush();
       assert.equal(most, 1, 'one sync at a time');
       assert.equal(inFlight, 0, 'flush waited for the background sync');
@@ -220,7 +222,7 @@ describe('rescue synchronous file I/O', () => {
     });
     io2.write(data.subarray(0, 4096), 8192);
     io2.close();
-    for (let i = 0; i < 100 && !done; i++) await new Promise((r) => setTimeout(r, 10));
+    for (let i = 0; i < 500 && !done; i++) await new Promise((r) => setTimeout(r, 10));
     assert.ok(done, 'the sync ran on the still-open descriptor');
     await new Promise((r) => setTimeout(r, 10));
     assert.ok(
