@@ -97,7 +97,13 @@ async function convert(ctx: CliContext, srcPath: string, dstPath: string, o: Con
   const direct = inPlace(dstPath);
   let target = direct ? dstPath : `${dstPath}.partial`;
   try {
-    await createImage(ctx.host, target, { format: driver.name, size: src.size, options, force: true });
+    await createImage(ctx.host, target, {
+      format: driver.name,
+      size: src.size,
+      options,
+      force: true,
+      flush: direct,
+    });
     if (!direct) created = [target];
     dst = await openImage(ctx.host, target, { format: driver.name, readOnly: false, options: openOpts });
     if (!direct) created = filesOf(dst);
@@ -108,7 +114,13 @@ async function convert(ctx: CliContext, srcPath: string, dstPath: string, o: Con
       for (const f of created) await ctx.host.remove(f);
       created = [];
       target = dstPath;
-      await createImage(ctx.host, target, { format: driver.name, size: src.size, options, force: o.force });
+      await createImage(ctx.host, target, {
+        format: driver.name,
+        size: src.size,
+        options,
+        force: o.force,
+        flush: direct,
+      });
       created = [target];
       dst = await openImage(ctx.host, target, { format: driver.name, readOnly: false, options: openOpts });
       created = filesOf(dst);
