@@ -1,7 +1,8 @@
 // Transpiles src/ to dist/ file by file (no bundling, no type check: `npm run typecheck` does that).
+
+import { spawnSync } from 'node:child_process';
 import { readdirSync, rmSync, statSync } from 'node:fs';
 import { join } from 'node:path';
-import { spawnSync } from 'node:child_process';
 import { build } from 'esbuild';
 
 const root = new URL('..', import.meta.url).pathname;
