@@ -13,6 +13,7 @@
  * (qemu-img check requires the indexes 0 .. allocated-1 each used once).
  * Granularity is the block size, so the chain copies-on-write whole blocks.
  */
+import { eachBlockPiece } from '../../core/blocks.js';
 import { alignUp, isAllZero, viewOf } from '../../core/bytes.js';
 import type { CheckResult, DiskFeatures, DiskImpl, Extent, FormatInfo } from '../../core/disk.js';
 import { corrupt, invalid, PlatterError, unsupported } from '../../core/errors.js';
@@ -99,18 +100,10 @@ export class VdiDisk implements DiskImpl {
   }
 
   async read(buf: Uint8Array, offset: number): Promise<void> {
-    const jobs: Promise<void>[] = [];
-    for (let i = 0; i < buf.length; ) {
-      const pos = offset + i;
-      const b = Math.floor(pos / this.bs);
-      const within = pos - b * this.bs;
-      const n = Math.min(this.bs - within, buf.length - i);
-      const sub = buf.subarray(i, i + n);
-      if (this.isAllocated(b)) jobs.push(this.storage.read(sub, this.dataAt(b) + within));
-      else sub.fill(0);
-      i += n;
-    }
-    await Promise.all(jobs);
+    await eachBlockPiece(buf, offset, this.bs, (sub, b, within) => {
+      if (this.isAllocated(b)) return this.storage.read(sub, this.dataAt(b) + within);
+      sub.fill(0);
+    });
   }
 
   async extents(offset: number, length: number): Promise<Extent[]> {
@@ -131,16 +124,7 @@ export class VdiDisk implements DiskImpl {
   }
 
   write? = async (buf: Uint8Array, offset: number): Promise<void> => {
-    const jobs: Promise<void>[] = [];
-    for (let i = 0; i < buf.length; ) {
-      const pos = offset + i;
-      const b = Math.floor(pos / this.bs);
-      const within = pos - b * this.bs;
-      const n = Math.min(this.bs - within, buf.length - i);
-      jobs.push(this.writePiece(b, buf.subarray(i, i + n), within));
-      i += n;
-    }
-    await Promise.all(jobs);
+    await eachBlockPiece(buf, offset, this.bs, (piece, b, within) => this.writePiece(b, piece, within));
   };
 
   private async writePiece(b: number, piece: Uint8Array, within: number): Promise<void> {

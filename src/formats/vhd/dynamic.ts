@@ -21,6 +21,7 @@
  * New blocks go where the footer at the end of the file was, and the footer moves
  * behind them. A BAT that must grow and has no room where it is moves to the end.
  */
+import { eachBlockPiece } from '../../core/blocks.js';
 import { alignUp, isAllZero, viewOf } from '../../core/bytes.js';
 import type { CheckResult, DiskFeatures, DiskImpl, Extent, FormatInfo } from '../../core/disk.js';
 import { assert, corrupt, invalid, PlatterError } from '../../core/errors.js';
@@ -161,17 +162,7 @@ export class DynamicVhd implements DiskImpl {
   // ---- read / extents ----
 
   async read(buf: Uint8Array, offset: number): Promise<void> {
-    const jobs: Promise<void>[] = [];
-    for (let i = 0; i < buf.length; ) {
-      const pos = offset + i;
-      const b = Math.floor(pos / this.bs);
-      const within = pos - b * this.bs;
-      const n = Math.min(this.bs - within, buf.length - i);
-      const sub = buf.subarray(i, i + n);
-      jobs.push(this.readPiece(sub, b, within));
-      i += n;
-    }
-    await Promise.all(jobs);
+    await eachBlockPiece(buf, offset, this.bs, (sub, b, within) => this.readPiece(sub, b, within));
   }
 
   private async readPiece(sub: Uint8Array, b: number, within: number): Promise<void> {
@@ -220,16 +211,7 @@ export class DynamicVhd implements DiskImpl {
   // ---- write ----
 
   write? = async (buf: Uint8Array, offset: number): Promise<void> => {
-    const jobs: Promise<void>[] = [];
-    for (let i = 0; i < buf.length; ) {
-      const pos = offset + i;
-      const b = Math.floor(pos / this.bs);
-      const within = pos - b * this.bs;
-      const n = Math.min(this.bs - within, buf.length - i);
-      jobs.push(this.writePiece(buf.subarray(i, i + n), b, within));
-      i += n;
-    }
-    await Promise.all(jobs);
+    await eachBlockPiece(buf, offset, this.bs, (piece, b, within) => this.writePiece(piece, b, within));
   };
 
   private async writePiece(piece: Uint8Array, b: number, within: number): Promise<void> {
