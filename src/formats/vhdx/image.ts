@@ -15,6 +15,7 @@
  * allocates it and sets the written sectors in the chunk's sector bitmap
  * (PARTIALLY_PRESENT); unset sectors are `hole` and read from the parent.
  */
+import { blockPieces } from '../../core/blocks.js';
 import { alignUp, viewOf } from '../../core/bytes.js';
 import type { CheckResult, DiskFeatures, Extent, FormatInfo } from '../../core/disk.js';
 import { assert, corrupt, invalid, PlatterError, unsupported } from '../../core/errors.js';
@@ -396,36 +397,29 @@ export class VhdxImage {
 
   async read(buf: Uint8Array, offset: number): Promise<void> {
     const bs = this.geo.blockSize;
-    const end = offset + buf.length;
     const jobs: Promise<void>[] = [];
-    for (let pos = offset; pos < end; ) {
-      const b = Math.floor(pos / bs);
-      const within = pos - b * bs;
-      const n = Math.min(bs - within, end - pos);
+    for (const { block: b, within, length: n } of blockPieces(offset, buf.length, bs)) {
       const fileBase = this.bat.offset(payloadIndex(this.geo, b));
       for (const [a, z, st] of await this.blockRuns(b, within, within + n)) {
         const sub = buf.subarray(b * bs + a - offset, b * bs + z - offset);
         if (st === 'data') jobs.push(this.readFile(sub, fileBase + a));
         else sub.fill(0);
       }
-      pos += n;
     }
     await Promise.all(jobs);
   }
 
   async extents(offset: number, length: number): Promise<Extent[]> {
     const bs = this.geo.blockSize;
-    const end = offset + length;
     const out: Extent[] = [];
     const push = (at: number, len: number, st: 'data' | 'zero' | 'hole'): void => {
       const last = out[out.length - 1];
       if (last && last.status === st) last.length += len;
       else out.push({ offset: at, length: len, status: st, depth: 0 });
     };
-    for (let pos = offset; pos < end && out.length < 4096; ) {
-      const b = Math.floor(pos / bs);
-      const within = pos - b * bs;
-      const n = Math.min(bs - within, end - pos);
+    for (const { block: b, within, at, length: n } of blockPieces(offset, length, bs)) {
+      if (out.length >= 4096) break;
+      const pos = offset + at;
       const s = this.bat.state(payloadIndex(this.geo, b));
       // Only partially present blocks need their bitmap; the rest is one status per block.
       if (s === PARTIALLY_PRESENT) {
@@ -444,7 +438,6 @@ export class VhdxImage {
       } else {
         push(pos, n, s === FULLY_PRESENT ? 'data' : s === NOT_PRESENT && this.hasParent ? 'hole' : 'zero');
       }
-      pos += n;
     }
     return out;
   }
@@ -508,13 +501,9 @@ export class VhdxImage {
   async write(buf: Uint8Array, offset: number): Promise<void> {
     if (!this.began) await this.lock.run(() => this.beginWrite());
     const bs = this.geo.blockSize;
-    const end = offset + buf.length;
     const jobs: Promise<void>[] = [];
-    for (let pos = offset; pos < end; ) {
-      const b = Math.floor(pos / bs);
-      const within = pos - b * bs;
-      const n = Math.min(bs - within, end - pos);
-      const data = buf.subarray(pos - offset, pos - offset + n);
+    for (const { block: b, within, at, length: n } of blockPieces(offset, buf.length, bs)) {
+      const data = buf.subarray(at, at + n);
       const i = payloadIndex(this.geo, b);
       // Writes into allocated blocks need no metadata and run in parallel; the rest allocate under the lock.
       if (this.bat.state(i) === FULLY_PRESENT)
@@ -528,7 +517,6 @@ export class VhdxImage {
         });
         jobs.push(allocated.then((off) => (off >= 0 ? this.storage.write(data, off + within) : undefined)));
       }
-      pos += n;
     }
     await Promise.all(jobs);
   }
@@ -556,11 +544,8 @@ export class VhdxImage {
   /** Zeros: whole blocks become ZERO (or stay allocated, for fixed images); edges are written. */
   async writeZeroes(offset: number, length: number): Promise<void> {
     const bs = this.geo.blockSize;
-    const end = offset + length;
-    for (let pos = offset; pos < end; ) {
-      const b = Math.floor(pos / bs);
-      const within = pos - b * bs;
-      const n = Math.min(bs - within, end - pos);
+    for (const { block: b, within, at, length: n } of blockPieces(offset, length, bs)) {
+      const pos = offset + at;
       const i = payloadIndex(this.geo, b);
       const s = this.bat.state(i);
       const wholeBlock = within === 0 && (n === bs || b * bs + n === this.md.size);
@@ -583,7 +568,6 @@ export class VhdxImage {
           await this.write(zeros.subarray(0, Math.min(zeros.length, n - p)), pos + p);
       }
       // Otherwise (no parent, block not allocated): it already reads as zeros.
-      pos += n;
     }
   }
 
