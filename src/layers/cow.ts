@@ -15,6 +15,7 @@
  * (filled from below), so a new slot normally receives whole granules; a
  * partial first write still gets a zero-filled slot (robustness).
  */
+import { blockPieces } from '../core/blocks.js';
 import type { DiskImpl, Extent } from '../core/disk.js';
 import type { Storage } from '../core/storage.js';
 
@@ -102,14 +103,7 @@ export function cow(size: number, opts: CowOptions = {}): DiskImpl {
     fn: (granule: number, within: number, at: number, n: number) => Promise<void> | void,
   ): Promise<void> => {
     const jobs: Array<Promise<void> | void> = [];
-    for (let at = 0; at < length; ) {
-      const pos = offset + at;
-      const granule = Math.floor(pos / g);
-      const within = pos - granule * g;
-      const n = Math.min(g - within, length - at);
-      jobs.push(fn(granule, within, at, n));
-      at += n;
-    }
+    for (const p of blockPieces(offset, length, g)) jobs.push(fn(p.block, p.within, p.at, p.length));
     await Promise.all(jobs);
   };
 
