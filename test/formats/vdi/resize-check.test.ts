@@ -5,60 +5,22 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import { isPlatterError } from '../../../src/core/errors.js';
-import { createImage, openImage } from '../../../src/formats/open.js';
+import { openImage } from '../../../src/formats/open.js';
 import { nodeHost } from '../../../src/storage/host.js';
 import { needPeers, run } from '../../helpers/peers.js';
 import { tempDir } from '../../helpers/tmp.js';
-import { assertQemuSame, assertSame, openRo, qemuSize, readAll } from '../vhd/util.js';
+import { resizeHelpers } from '../resize-helpers.js';
+import { assertQemuSame, openRo, qemuSize } from '../vhd/util.js';
 
 const dir = tempDir('platter-vdi-resize-');
 const MiB = 1 << 20;
 
-async function make(
-  name: string,
-  size: number,
-  options: Record<string, string>,
-  writes: Array<[number, number]>,
-) {
-  const path = join(dir, name);
-  await createImage(nodeHost, path, { format: 'vdi', size, options });
-  const d = await openImage(nodeHost, path, { readOnly: false });
-  const model = new Uint8Array(d.size);
-  for (const [off, len] of writes) {
-    const data = randomBytes(len);
-    await d.write(data, off);
-    model.set(data, off);
-  }
-  const uuid = (await d.info()).details?.uuid;
-  await d.close();
-  return { path, model, uuid };
-}
-
-async function resize(path: string, size: number, shrink = false): Promise<void> {
-  const d = await openImage(nodeHost, path, { readOnly: false, backing: false });
-  try {
-    await d.features.resize!(size, { shrink });
-  } finally {
-    await d.close();
-  }
-}
-
-async function expectResized(path: string, model: Uint8Array, uuid: unknown, size: number): Promise<void> {
-  const want = new Uint8Array(size);
-  want.set(model.subarray(0, Math.min(size, model.length)));
-  const d = await openRo(path);
-  try {
-    assert.equal(d.size, size);
-    assert.equal((await d.info()).details?.uuid, uuid, 'the UUID is kept');
-    assertSame(await readAll(d), want, 'platter reads the resized disk');
-  } finally {
-    await d.close();
-  }
+const { make, resize, expectResized } = resizeHelpers('vdi', dir, (path, size, want) => {
   const chk = run('qemu-img', ['check', '-f', 'vdi', path]);
   assert.equal(chk.status, 0, `qemu-img check: ${chk.stdout}${chk.stderr}`);
   assert.equal(qemuSize(path, 'vdi'), size, 'qemu-img size');
   assertQemuSame(dir, path, 'vdi', want, 'qemu reads the resized disk');
-}
+});
 
 describe('vdi: resize', () => {
   for (const [sub, options] of [

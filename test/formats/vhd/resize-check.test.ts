@@ -1,6 +1,5 @@
 /** VHD resize (grow, shrink with an empty tail, keeping the UUID) and check, confirmed by qemu-img and vhdiinfo. */
 import assert from 'node:assert/strict';
-import { randomBytes } from 'node:crypto';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
@@ -9,55 +8,17 @@ import { createImage, openImage } from '../../../src/formats/open.js';
 import { nodeHost } from '../../../src/storage/host.js';
 import { must, needPeers, run } from '../../helpers/peers.js';
 import { tempDir } from '../../helpers/tmp.js';
+import { resizeHelpers } from '../resize-helpers.js';
 import { assertQemuSame, assertSame, openRo, qemuSize, readAll } from './util.js';
 
 const dir = tempDir('platter-vhd-resize-');
 const MiB = 1 << 20;
 
-async function make(
-  name: string,
-  size: number,
-  options: Record<string, string>,
-  writes: Array<[number, number]>,
-) {
-  const path = join(dir, name);
-  await createImage(nodeHost, path, { format: 'vhd', size, options });
-  const d = await openImage(nodeHost, path, { readOnly: false });
-  const model = new Uint8Array(d.size);
-  for (const [off, len] of writes) {
-    const data = randomBytes(len);
-    await d.write(data, off);
-    model.set(data, off);
-  }
-  const uuid = (await d.info()).details?.uuid;
-  await d.close();
-  return { path, model, uuid };
-}
-
-async function resize(path: string, size: number, shrink = false): Promise<void> {
-  const d = await openImage(nodeHost, path, { readOnly: false, backing: false });
-  try {
-    await d.features.resize!(size, { shrink });
-  } finally {
-    await d.close();
-  }
-}
-
-async function expectResized(path: string, model: Uint8Array, uuid: unknown, size: number): Promise<void> {
-  const want = new Uint8Array(size);
-  want.set(model.subarray(0, Math.min(size, model.length)));
-  const d = await openRo(path);
-  try {
-    assert.equal(d.size, size);
-    assert.equal((await d.info()).details?.uuid, uuid, 'the UUID is kept');
-    assertSame(await readAll(d), want, 'platter reads the resized disk');
-  } finally {
-    await d.close();
-  }
+const { make, resize, expectResized } = resizeHelpers('vhd', dir, (path, size, want) => {
   assert.equal(qemuSize(path, 'vpc'), size, 'qemu-img size');
   assert.match(must('vhdiinfo', [path]), new RegExp(`\\(${size} bytes\\)`), 'vhdiinfo size');
   assertQemuSame(dir, path, 'vpc', want, 'qemu reads the resized disk');
-}
+});
 
 describe('vhd: resize', () => {
   it('dynamic grow past the BAT room (the BAT moves to the end)', async (t) => {
