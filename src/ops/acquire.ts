@@ -20,6 +20,7 @@ import type { Storage } from '../core/storage.js';
 import { ioBuffer } from './buffers.js';
 import { createMultiHash, type Digests, type HashAlgorithm } from './hash.js';
 import type { OpOptions } from './progress.js';
+import { BackgroundSync } from './writeback.js';
 
 export interface Range {
   offset: number;
@@ -218,27 +219,9 @@ export async function acquire(src: Storage, dest: Disk, opts: AcquireOptions): P
     free.push(new Uint8Array(b.buffer, b.byteOffset, blockSize));
   };
   // Background writeback: one call in flight, started once enough has been written since the last.
-  const writebackEvery = Math.max(1, opts.writebackEvery ?? 128 << 20);
-  let syncing: Promise<void> | undefined;
-  let syncFailure: unknown;
-  let unsynced = 0;
-  const writeback = (written: number): void => {
-    unsynced += written;
-    if (!opts.writeback || syncing || unsynced < writebackEvery || syncFailure) return;
-    unsynced = 0;
-    syncing = opts
-      .writeback()
-      .catch((e) => {
-        syncFailure ??= e;
-      })
-      .finally(() => {
-        syncing = undefined;
-      });
-  };
-  const settleWriteback = async (): Promise<void> => {
-    while (syncing) await syncing;
-    if (syncFailure) throw syncFailure;
-  };
+  const writeback = opts.writeback
+    ? new BackgroundSync(opts.writeback, Math.max(1, opts.writebackEvery ?? 128 << 20))
+    : undefined;
 
   try {
     progress(0);
@@ -266,19 +249,20 @@ export async function acquire(src: Storage, dest: Disk, opts: AcquireOptions): P
       while (writes.length >= WRITE_BEHIND || (free.length === 0 && writes.length > 0)) {
         const done = await writes.shift()!;
         recycle(done);
-        writeback(done.length);
+        writeback?.wrote(done.length);
       }
       startReads();
       progress(off + buf.length);
     }
     for (const w of writes.splice(0)) recycle(await w);
     digests = await mh.digest();
-    await settleWriteback();
+    await writeback?.idle();
+    writeback?.throwFailure();
   } catch (e) {
     mh.abort();
     await Promise.allSettled([...reads, ...writes]);
     // The destination is closed by the caller: no writeback may still use it.
-    while (syncing) await syncing;
+    await writeback?.idle();
     throw e;
   } finally {
     if (precise) {

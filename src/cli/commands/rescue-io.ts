@@ -17,6 +17,7 @@ import type { Disk } from '../../core/disk.js';
 import { PlatterError } from '../../core/errors.js';
 import type { Storage } from '../../core/storage.js';
 import type { RescueSyncIo } from '../../ops/rescue/engine.js';
+import { BackgroundSync } from '../../ops/writeback.js';
 import { hostError } from '../../storage/errors.js';
 import type { FileStorage } from '../../storage/file.js';
 import { native } from '../../storage/native.js';
@@ -164,35 +165,14 @@ export function fileRescueIo(source: string, dest: string, o: FileIoOptions): Re
     new Promise<void>((resolve, reject) =>
       fdatasync(dstFd, (e) => (e ? reject(hostError(e, dest, 'fsync')) : resolve())),
     );
-  const writebackBytes = o.writebackBytes ?? WRITEBACK_BYTES;
-  let unsynced = 0;
-  /** The background sync in flight, and the error of one that failed (thrown by the next write or flush). */
-  let background: Promise<void> | undefined;
-  let failed: unknown;
-  const throwFailed = (): void => {
-    if (failed === undefined) return;
-    const e = failed;
-    failed = undefined;
-    throw e;
-  };
-  const startWriteback = (): void => {
-    unsynced = 0;
-    background = datasync().then(
-      () => {
-        background = undefined;
-      },
-      (e) => {
-        failed = e;
-        background = undefined;
-      },
-    );
-  };
+  const writeback = new BackgroundSync(datasync, o.writebackBytes ?? WRITEBACK_BYTES);
 
   let closed = false;
   return {
     read: direct ? directRead : bufferedRead,
     write(buf, offset) {
-      throwFailed();
+      // A failed background sync is thrown by the next write (or flush).
+      writeback.throwFailure();
       let done = 0;
       while (done < buf.length) {
         try {
@@ -201,8 +181,7 @@ export function fileRescueIo(source: string, dest: string, o: FileIoOptions): Re
           throw hostError(e, dest, `write at offset ${offset + done}`);
         }
       }
-      unsynced += buf.length;
-      if (unsynced >= writebackBytes && !background) startWriteback();
+      writeback.wrote(buf.length);
     },
     // The engine asks after every failed read whether the source shrank or
     // vanished. After a media error (EIO) the answer is the last size seen: a
@@ -219,9 +198,9 @@ export function fileRescueIo(source: string, dest: string, o: FileIoOptions): Re
         },
     buffer: alloc,
     async flush() {
-      if (background) await background;
-      throwFailed();
-      unsynced = 0;
+      await writeback.idle();
+      writeback.throwFailure();
+      writeback.reset();
       await datasync();
     },
     close() {
@@ -229,8 +208,8 @@ export function fileRescueIo(source: string, dest: string, o: FileIoOptions): Re
       closed = true;
       fs.closeSync(srcFd);
       // Never close under a sync in flight (the descriptor could be reused meanwhile).
-      if (background) {
-        void background.then(() => {
+      if (writeback.busy) {
+        void writeback.idle().then(() => {
           try {
             fs.closeSync(dstFd);
           } catch {
