@@ -93,6 +93,20 @@ const DIRECT_ALIGN = 4096;
 const ZERO_CHUNK = 1 << 20;
 const RANGES_PER_CALL = 4096;
 
+/**
+ * The `a`-aligned span an O_DIRECT read needs for `want` bytes at `pos`: read
+ * `len` bytes at `start` (into a bounce buffer) and use them from `skip` on.
+ */
+export function alignedSpan(
+  pos: number,
+  want: number,
+  a: number,
+): { start: number; skip: number; len: number } {
+  const start = pos - (pos % a);
+  const skip = pos - start;
+  return { start, skip, len: Math.ceil((skip + want) / a) * a };
+}
+
 function pread(fd: number, buf: Uint8Array, position: number): Promise<number> {
   return new Promise((resolve, reject) => {
     fs.read(fd, buf, 0, buf.length, position, (err, n) => (err ? reject(err) : resolve(n)));
@@ -280,10 +294,8 @@ function makeFileStorage(path: string, mode: OpenMode, nat: Native, o: Opened): 
       let done = 0;
       while (done < buf.length) {
         const pos = offset + done;
-        const start = pos - (pos % a);
-        const skip = pos - start;
         const want = Math.min(buf.length - done, DIRECT_CHUNK);
-        const len = Math.ceil((skip + want) / a) * a;
+        const { start, skip, len } = alignedSpan(pos, want, a);
         const n = await pread(directFd, b.subarray(0, len), start).catch((e) =>
           Promise.reject(hostError(e, path, `read at offset ${pos}`)),
         );

@@ -19,7 +19,7 @@ import type { Storage } from '../../core/storage.js';
 import type { RescueSyncIo } from '../../ops/rescue/engine.js';
 import { BackgroundSync } from '../../ops/writeback.js';
 import { hostError } from '../../storage/errors.js';
-import type { FileStorage } from '../../storage/file.js';
+import { alignedSpan, type FileStorage } from '../../storage/file.js';
 import { native } from '../../storage/native.js';
 
 const PAGE = 4096;
@@ -130,10 +130,8 @@ export function fileRescueIo(source: string, dest: string, o: FileIoOptions): Re
     bounce ??= alloc(BOUNCE + a);
     while (done < buf.length) {
       const pos = offset + done;
-      const start = pos - (pos % a);
-      const skip = pos - start;
       const want = Math.min(buf.length - done, BOUNCE);
-      const len = Math.ceil((skip + want) / a) * a;
+      const { start, skip, len } = alignedSpan(pos, want, a);
       const n = pread(srcFd, bounce.subarray(0, len), start);
       const got = Math.min(n - skip, want);
       if (got <= 0) throw eof(buf.length, offset);
