@@ -4,58 +4,18 @@
  * return EIO; and a read-only loop device.
  */
 import assert from 'node:assert/strict';
-import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
-import { closeSync, existsSync, mkdirSync, openSync, readFileSync, writeFileSync } from 'node:fs';
+import { closeSync, existsSync, openSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
+import { nbdkitAsFile } from '../helpers/nbdfuse.js';
 import { must, needPeers, platter, run } from '../helpers/peers.js';
 import { tempDir } from '../helpers/tmp.js';
 import { waitFor } from '../helpers/wait.js';
 
 const dir = tempDir('platter-acq-src-');
 const hex = (alg: string, b: Uint8Array): string => createHash(alg).update(b).digest('hex');
-
-/** nbdfuse serving `nbdkit ARGS` as the file MNT/disk; stop() unmounts and waits. */
-async function fuseDisk(args: string[]): Promise<{ path: string; stop(): Promise<void> }> {
-  const mnt = join(dir, `mnt-${Math.random().toString(36).slice(2)}`);
-  mkdirSync(mnt);
-  const path = join(mnt, 'disk');
-  // stderr to a file, not a pipe: the tests block in spawnSync(platter) while
-  // nbdkit logs every injected error, and a full pipe would stall the server.
-  const errPath = `${mnt}.stderr`;
-  const errFd = openSync(errPath, 'w');
-  const child: ChildProcess = spawn(
-    'nbdfuse',
-    [path, '--command', 'nbdkit', '-s', '--exit-with-parent', ...args],
-    {
-      stdio: ['ignore', 'ignore', errFd],
-    },
-  );
-  closeSync(errFd);
-  const stop = async (): Promise<void> => {
-    spawnSync('fusermount3', ['-u', mnt]);
-    if (child.exitCode === null) {
-      await new Promise<void>((resolve) => {
-        const t = setTimeout(() => {
-          child.kill('SIGKILL');
-          resolve();
-        }, 5000);
-        child.once('exit', () => {
-          clearTimeout(t);
-          resolve();
-        });
-      });
-    }
-  };
-  try {
-    await waitFor('nbdfuse', () => existsSync(path), { child, stderr: () => readFileSync(errPath, 'utf8') });
-  } catch (e) {
-    await stop();
-    throw e;
-  }
-  return { path, stop };
-}
 
 const canFuse = (): boolean => existsSync('/dev/fuse') && process.getuid?.() === 0;
 
@@ -81,7 +41,7 @@ describe('acquire from failing sources', () => {
         '',
       ].join('\n'),
     );
-    const disk = await fuseDisk(['--filter=ddrescue', 'file', src, `ddrescue-mapfile=${map}`]);
+    const disk = await nbdkitAsFile(dir, ['--filter=ddrescue', 'file', src, `ddrescue-mapfile=${map}`]);
     try {
       const dst = join(dir, 'failing');
       const r = platter([
@@ -117,7 +77,7 @@ describe('acquire from failing sources', () => {
       assert.equal(run('ewfverify', ['-q', e01]).status, 0);
       assert.match(must('cat', [`${e01}.log`]), /offset 3399680 length 1536 \(sectors 6640-6642\)/);
     } finally {
-      await disk.stop();
+      await disk.unmount();
     }
   });
 
@@ -126,7 +86,7 @@ describe('acquire from failing sources', () => {
     if (!canFuse()) return t.skip('needs root and /dev/fuse');
     const src = join(dir, 'err.raw');
     writeFileSync(src, randomBytes(128 << 10));
-    const disk = await fuseDisk(['--filter=error', 'file', src, 'error-pread-rate=100%']);
+    const disk = await nbdkitAsFile(dir, ['--filter=error', 'file', src, 'error-pread-rate=100%']);
     try {
       const dst = join(dir, 'allbad.raw');
       const r = platter(['acquire', '--json', '-r', '0', disk.path, dst]);
@@ -136,7 +96,7 @@ describe('acquire from failing sources', () => {
       assert.equal(rec.hashes.sha256, hex('sha256', Buffer.alloc(128 << 10)));
       assert.equal(rec.verification.result, 'match');
     } finally {
-      await disk.stop();
+      await disk.unmount();
     }
   });
 

@@ -5,7 +5,7 @@
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { before, describe, it, type TestContext } from 'node:test';
 import { failingFile } from '../helpers/nbdfuse.js';
@@ -136,40 +136,19 @@ describe('rescue vs GNU ddrescue', { concurrency: false }, () => {
       must('ddrescue', ['-q', '-H', truth, src, join(dir, 'ref.img'), join(dir, 'ref.map')]);
     const counts: Array<{ reads: number; failed: number }> = [];
     for (const async of ['1', '0']) {
-      const mnt = join(dir, `mnt-log-${async}`);
       const log = join(dir, `reads-${async}.log`);
-      mkdirSync(mnt);
-      const fuseProc = spawn(
-        'nbdfuse',
-        [
-          join(mnt, 'disk'),
-          '--command',
-          'nbdkit',
-          '-s',
-          '--exit-with-parent',
-          '--filter=log',
-          '--filter=ddrescue',
-          'file',
-          src,
-          `ddrescue-mapfile=${truth}`,
-          `logfile=${log}`,
-        ],
-        { stdio: 'ignore' },
-      );
+      const f = await failingFile(dir, src, truth, { logFile: log });
       try {
-        for (let i = 0; i < 200 && !existsSync(join(mnt, 'disk')); i++)
-          await new Promise((r) => setTimeout(r, 50));
         const img = join(dir, `paths-${async}.img`);
         const map = join(dir, `paths-${async}.map`);
-        const r = platter(['rescue', '-q', '-d', join(mnt, 'disk'), img, map], {
+        const r = platter(['rescue', '-q', '-d', f.path, img, map], {
           env: { PLATTER_RESCUE_ASYNC: async },
         });
         assert.equal(r.status, 0, r.stderr);
         assert.deepEqual(blockLines(map), blockLines(join(dir, 'ref.map')), `PLATTER_RESCUE_ASYNC=${async}`);
         assert.ok(readFileSync(img).equals(expected));
       } finally {
-        run('fusermount3', ['-u', mnt]);
-        if (fuseProc.exitCode === null) await new Promise((r) => fuseProc.once('exit', r));
+        await f.unmount();
       }
       const lines = readFileSync(log, 'utf8').split('\n');
       counts.push({
