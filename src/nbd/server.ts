@@ -179,10 +179,7 @@ export class NbdServer {
 
   /** Waits until `bytes` more request buffers fit in MAX_INFLIGHT_BYTES (one request always fits). */
   async reserve(bytes: number): Promise<void> {
-    while (this.budgetUsed > 0 && this.budgetUsed + bytes > MAX_INFLIGHT_BYTES) {
-      await new Promise<void>((r) => this.budgetWaiters.push(r));
-    }
-    this.budgetUsed += bytes;
+    while (!this.tryReserve(bytes)) await new Promise<void>((r) => this.budgetWaiters.push(r));
   }
 
   release(bytes: number): void {
