@@ -239,6 +239,17 @@ interface Opened {
   sectorSize: number;
 }
 
+/** The parts of `extents` (which tile a range around [from, to)) inside [from, to). */
+function clipExtents(extents: readonly StorageExtent[], from: number, to: number): StorageExtent[] {
+  const out: StorageExtent[] = [];
+  for (const e of extents) {
+    const a = Math.max(from, e.offset);
+    const b = Math.min(to, e.offset + e.length);
+    if (a < b) out.push({ offset: a, length: b - a, kind: e.kind });
+  }
+  return out;
+}
+
 function makeFileStorage(path: string, mode: OpenMode, nat: Native, o: Opened): FileStorage {
   const { fd, directFd, isBlockDevice, sectorSize } = o;
   // The size is tracked, not stat'ed per call, while nobody else may change the
@@ -385,9 +396,16 @@ function makeFileStorage(path: string, mode: OpenMode, nat: Native, o: Opened): 
   };
 
   if (nat.available && !isBlockDevice) {
+    // A locked reader's file does not change under it (writers are refused), so
+    // the last answer stands for queries inside it: the copy engine asks for a
+    // 1 GiB window, then the chain asks again for every chunk it reads, and each
+    // answer costs two lseeks (~100 µs each here).
+    const memo = !mode.write && mode.lock !== 'none';
+    let last: { from: number; to: number; extents: StorageExtent[] } | undefined;
     storage.extents = async (offset, length) => {
       checkOpen();
       const end = offset + length;
+      if (last && offset >= last.from && end <= last.to) return clipExtents(last.extents, offset, end);
       const out: StorageExtent[] = [];
       const push = (o: number, l: number, kind: StorageExtent['kind']): void => {
         if (l > 0) out.push({ offset: o, length: l, kind });
@@ -418,7 +436,9 @@ function makeFileStorage(path: string, mode: OpenMode, nat: Native, o: Opened): 
           break;
         }
       }
-      return out;
+      if (!memo) return out;
+      last = { from: offset, to: end, extents: out };
+      return clipExtents(out, offset, end); // a copy: callers never share the memo's objects
     };
   }
 

@@ -4,6 +4,7 @@ import { randomBytes } from 'node:crypto';
 import { closeSync, mkdirSync, openSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
+import fc from 'fast-check';
 import { PlatterError } from '../../src/core/errors.js';
 import type { Storage, StorageExtent } from '../../src/core/storage.js';
 import { hostError } from '../../src/storage/errors.js';
@@ -140,6 +141,45 @@ describe('file storage: I/O and capabilities', () => {
       } finally {
         await s.close();
       }
+    }
+  });
+
+  it('a locked reader answers extents inside its last query from memory, exactly as the file says', async (t) => {
+    if (!needNative(t)) return;
+    const size = 8 * MiB;
+    const p = sparse('memo.img', size, [
+      [0, 4096],
+      [1 * MiB, 64 * KiB],
+      [3 * MiB + 8192, 12 * KiB],
+      [8 * MiB - 4096, 4096],
+    ]);
+    const memo = await openFile(p, { write: false });
+    const fresh = await openFile(p, { write: false, lock: 'none' }); // -U: asks the file every time
+    try {
+      await memo.extents!(0, size);
+      await fc.assert(
+        fc.asyncProperty(
+          fc
+            .integer({ min: 0, max: size - 1 })
+            .chain((a) => fc.tuple(fc.constant(a), fc.integer({ min: 1, max: size - a }))),
+          async ([offset, length]) => {
+            const got = await memo.extents!(offset, length);
+            assert.deepEqual(got, await fresh.extents!(offset, length));
+            got[0].length = 0; // a caller's change to its answer does not reach the next one
+          },
+        ),
+        { numRuns: 300 },
+      );
+      // A query past the last one is asked of the file, and becomes the new memo.
+      assert.deepEqual(await memo.extents!(1 * MiB, 64 * KiB), [
+        { offset: 1 * MiB, length: 64 * KiB, kind: 'data' },
+      ]);
+      assert.deepEqual(await memo.extents!(1 * MiB + 4096, 4096), [
+        { offset: 1 * MiB + 4096, length: 4096, kind: 'data' },
+      ]);
+    } finally {
+      await memo.close();
+      await fresh.close();
     }
   });
 
