@@ -2,6 +2,7 @@
 
 import { spawnSync } from 'node:child_process';
 import { readdirSync, rmSync, statSync } from 'node:fs';
+import { createRequire } from 'node:module';
 import { join } from 'node:path';
 import { build } from 'esbuild';
 
@@ -34,13 +35,53 @@ await build({
 // .wasm file is found next to its own module. It sits in dist/cli/ at the same
 // depth as dist/storage/, so native.ts's relative path to native/build resolves.
 const bundle = join(root, 'dist/cli/platter.cjs');
+
+// Modules most runs never use (NBD's sockets, hashing, compression, workers, the
+// child processes of `serve --fork`) are loaded on first use instead of at start:
+// evaluating them took ~30 ms of a ~100 ms `platter --version`. The bundle gets,
+// for each, a stand-in whose exports are getters that load the real module; the
+// bundle reads imports as properties at the time of use (`(0, m.createServer)()`),
+// so code is unchanged. Names are the module's own, read here at build time.
+const LAZY = [
+  'node:child_process',
+  'node:crypto',
+  'node:net',
+  'node:stream',
+  'node:stream/promises',
+  'node:worker_threads',
+  'node:zlib',
+  '@bokuweb/zstd-wasm',
+];
+const requireHere = createRequire(import.meta.url);
+const lazyModules = {
+  name: 'lazy-modules',
+  setup(b) {
+    const filter = new RegExp(`^(${LAZY.map((m) => m.replace(/[/.]/g, '\\$&')).join('|')})$`);
+    b.onResolve({ filter }, (args) =>
+      args.namespace === 'lazy'
+        ? { path: args.path, external: true }
+        : { path: args.path, namespace: 'lazy' },
+    );
+    b.onLoad({ filter: /.*/, namespace: 'lazy' }, (args) => {
+      const names = Object.keys(requireHere(args.path)).filter((n) => n !== 'default' && n !== '__esModule');
+      const id = JSON.stringify(args.path);
+      const getters = names.map(
+        (n) => `${JSON.stringify(n)}: { enumerable: true, get: () => load()[${JSON.stringify(n)}] }`,
+      );
+      return {
+        contents: `let m; const load = () => (m ??= require(${id}));\nObject.defineProperties(module.exports, {${getters.join(',\n')}});\n`,
+        loader: 'js',
+      };
+    });
+  },
+};
 // V8 checks a code cache against the source's length only: never keep an old one.
 rmSync(`${bundle}.cache`, { force: true });
 await build({
   entryPoints: [join(root, 'src/cli/main.ts')],
   outfile: bundle,
   bundle: true,
-  external: ['@bokuweb/zstd-wasm'],
+  plugins: [lazyModules],
   format: 'cjs',
   platform: 'node',
   target: 'node20',

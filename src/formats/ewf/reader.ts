@@ -9,11 +9,10 @@
  * ends where the section holding it ends (the "sectors" section in EnCase
  * layouts, the table section itself in the old "ewf"/SMART layout).
  */
-import { promisify } from 'node:util';
-import { inflate as inflateCb } from 'node:zlib';
 import type { DiskImpl, FormatInfo } from '../../core/disk.js';
 import { corrupt, PlatterError, unsupported } from '../../core/errors.js';
 import type { Storage } from '../../core/storage.js';
+import { inflate } from '../../core/zlib.js';
 import type { OpenContext } from '../driver.js';
 import { adler32 } from './adler32.js';
 import { type CaseMetadata, decodeHeaderText, parseHeaderText } from './header.js';
@@ -33,11 +32,6 @@ import {
   type Volume,
 } from './layout.js';
 import { baseName, segmentName } from './names.js';
-
-const inflateAsync = promisify(inflateCb) as (
-  buf: Uint8Array,
-  opts: { maxOutputLength: number },
-) => Promise<Buffer>;
 
 /** Largest header/header2 section we inflate (EnCase limits each value to 3000 characters). */
 const MAX_HEADER_BYTES = 16 << 20;
@@ -97,7 +91,7 @@ async function inflateSection(file: string, st: Storage, d: Descriptor, what: st
     throw corrupt(file, `${what} at offset ${d.offset}: size ${d.size} is outside 77..${MAX_HEADER_BYTES}`);
   const raw = await readAt(st, d.offset + DESCRIPTOR_SIZE, n);
   try {
-    return await inflateAsync(raw, { maxOutputLength: MAX_HEADER_BYTES });
+    return await inflate(raw, { maxOutputLength: MAX_HEADER_BYTES });
   } catch (e) {
     throw corrupt(
       file,
@@ -395,7 +389,7 @@ export async function openSet(first: Storage, ctx: OpenContext): Promise<EwfSet>
       const raw = await readAt(storages[seg], ix.off[i], ix.len[i]);
       let out: Buffer;
       try {
-        out = await inflateAsync(raw, { maxOutputLength: cs });
+        out = await inflate(raw, { maxOutputLength: cs });
       } catch (e) {
         throw corrupt(file, `${where}: compressed data does not inflate (${(e as Error).message})`);
       }

@@ -17,15 +17,12 @@
  * build (@bokuweb/zstd-wasm, no native install step) on the calling thread.
  */
 import { availableParallelism } from 'node:os';
-import { promisify } from 'node:util';
 import { Worker } from 'node:worker_threads';
 import zlib from 'node:zlib';
 import { compress as zstdCompress, decompress as zstdDecompress, init as zstdInit } from '@bokuweb/zstd-wasm';
 import { corrupt } from '../../core/errors.js';
+import { deflateRaw, inflateRaw } from '../../core/zlib.js';
 import type { CompressionType } from './header.js';
-
-const inflateRaw = promisify(zlib.inflateRaw) as (buf: Uint8Array, o: zlib.ZlibOptions) => Promise<Buffer>;
-const deflateRaw = promisify(zlib.deflateRaw) as (buf: Uint8Array, o: zlib.ZlibOptions) => Promise<Buffer>;
 
 let zstdReady: Promise<void> | undefined;
 /** Loads the zstd WebAssembly module once. */
@@ -123,8 +120,11 @@ export async function compressCluster(
   return out.length < data.length ? out : undefined;
 }
 
-/** qemu's deflate parameters: raw stream, 4 KiB window, memLevel 9, default level. */
-const DEFLATE = { windowBits: 12, memLevel: 9, level: zlib.constants.Z_DEFAULT_COMPRESSION };
+/**
+ * qemu's deflate parameters: raw stream, 4 KiB window, memLevel 9, default level
+ * (-1, Z_DEFAULT_COMPRESSION: a literal, so that loading this file loads no zlib).
+ */
+const DEFLATE = { windowBits: 12, memLevel: 9, level: -1 };
 
 /**
  * Compresses every cluster of `data` (a whole number of clusters). zlib

@@ -18,13 +18,12 @@
  *   are written with the GD, footer and end-of-stream marker at close. An
  *   overwritten grain is appended again (the old copy stays as garbage).
  */
-import { promisify } from 'node:util';
-import { deflate as deflateCb, inflate as inflateCb } from 'node:zlib';
 import { alignUp, isAllZero, viewOf } from '../../core/bytes.js';
 import type { Extent } from '../../core/disk.js';
 import { corrupt, PlatterError, unsupported } from '../../core/errors.js';
 import { Mutex } from '../../core/mutex.js';
 import type { Storage } from '../../core/storage.js';
+import { deflate, inflate } from '../../core/zlib.js';
 import {
   COMPRESS_DEFLATE,
   FLAG_COMPRESSED,
@@ -45,9 +44,6 @@ import {
   serializeHeader,
 } from './header.js';
 import type { VmdkExtent } from './table.js';
-
-const inflate = promisify(inflateCb);
-const deflate = promisify(deflateCb);
 
 /** Limits on header fields (QEMU refuses grains over 1 GiB; real ones are 64 KiB). */
 export const MAX_GRAIN_SECTORS = 1 << 17; // 64 MiB
