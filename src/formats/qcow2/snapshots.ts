@@ -246,8 +246,13 @@ async function createSnapshot(img: Qcow2Image, name: string): Promise<void> {
     throw new PlatterError('EEXIST', `${img.file}: snapshot '${name}' already exists`);
   const id = String(snaps.reduce((m, s) => Math.max(m, Number(s.id) || 0), 0) + 1);
   await img.beginChange();
-  // Raise refcounts first, then write the copy of L1 that holds the new references.
+  // Order, so that a crash at any point leaves at most leaks and flags to
+  // refresh, never a visible snapshot whose clusters the active image would
+  // overwrite in place: raise the refcounts, clear the active tables' COPIED
+  // flags (refcount now 2), write the copy of L1, and only then the snapshot
+  // table and the header that make it visible.
   await addTreeRefcounts(img, img.l1, 1);
+  await refreshCopiedFlags(img);
   const copy = img.l1.slice();
   for (let i = 0; i < img.h.l1Size; i++) {
     const [hi, lo] = readHiLo(copy, i);
@@ -275,7 +280,6 @@ async function createSnapshot(img: Qcow2Image, name: string): Promise<void> {
     extraRest: new Uint8Array(0),
   });
   await replaceTable(img, snaps);
-  await refreshCopiedFlags(img);
 }
 
 async function applySnapshot(img: Qcow2Image, key: string): Promise<void> {
