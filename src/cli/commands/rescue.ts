@@ -236,6 +236,7 @@ async function runRescue(
       minReadRate: f.minReadRate ? num(f.minReadRate, 'minimum read rate') : undefined,
       timeoutMs: f.timeout ? parseInterval(f.timeout) : undefined,
       sparse: !!f.sparse,
+      synchronous: !!f.synchronous,
       domain,
       signal: ctx.signal,
       saveMap: (m, finished) => writeMapfile(ctx.host, mapfile, m, { ...header, finished }),

@@ -72,6 +72,8 @@ export interface RescueOptions extends OpOptions {
   timeoutMs?: number;
   /** -S: do not write all-zero blocks (the destination reads zeros already). */
   sparse: boolean;
+  /** -y: every write is made durable (flushed) before the next read. */
+  synchronous?: boolean;
   /** -m: only these ranges (finished blocks of a domain mapfile) are rescued. */
   domain?: Array<{ pos: number; size: number }>;
   /** Persist the map (atomically); `finished` at the very end. */
@@ -250,14 +252,23 @@ export async function rescue(
     const t = now();
     lastGood = t;
     readBytes += len;
+    const at = pos - o.inputPos + o.outputPos;
     if (o.sparse && isAllZero(b)) release(b);
     else if (io) {
       try {
-        io.write(b, pos - o.inputPos + o.outputPos);
+        io.write(b, at);
       } finally {
         release(b);
       }
-    } else await writeBehind(b, pos - o.inputPos + o.outputPos);
+      if (o.synchronous) await io.flush();
+    } else if (o.synchronous) {
+      try {
+        await dst.write(b, at);
+      } finally {
+        release(b);
+      }
+      await dst.flush();
+    } else await writeBehind(b, at);
     const slow = o.minReadRate !== undefined && t > start && (len * 1000) / (t - start) < o.minReadRate;
     return { ok: true, slow };
   };

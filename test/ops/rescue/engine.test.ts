@@ -354,6 +354,60 @@ describe('rescue engine: the synchronous path', () => {
     });
   }
 
+  it('-y: every write is flushed before the next read, on both paths', async () => {
+    const data = randomBytes(1 << 20);
+    const bad: Array<[number, number]> = [[0x40000, 0x1000]];
+    const p = syncPair(data, bad);
+    // Synchronous path: a flush follows every write (and precedes every save).
+    const events: string[] = [];
+    const write = p.io.write;
+    p.io.write = (b, o) => {
+      events.push('write');
+      write(b, o);
+    };
+    const flush = p.io.flush;
+    p.io.flush = async () => {
+      events.push('flush');
+      await flush();
+    };
+    await rescue(p.unused, p.dst, RescueMap.fresh(0, data.length), base({ synchronous: true, io: p.io }));
+    const writes = events.filter((e) => e === 'write').length;
+    assert.ok(writes > 1);
+    events.forEach((e, i) => {
+      if (e === 'write') assert.equal(events[i + 1], 'flush', `write ${i} is followed by a flush`);
+    });
+    const rescued = new Uint8Array(data);
+    rescued.fill(0, 0x40000, 0x41000);
+    assert.ok(Buffer.from(p.ioDst.subarray(0, data.length)).equals(Buffer.from(rescued)));
+    // Promise path: the same, and nothing is in flight when the next read starts.
+    const q = syncPair(data, bad);
+    const order: string[] = [];
+    let inFlight = 0;
+    const dWrite = q.dst.write.bind(q.dst);
+    q.dst.write = async (b, o) => {
+      inFlight++;
+      order.push('write');
+      await dWrite(b, o);
+      inFlight--;
+    };
+    const dFlush = q.dst.flush.bind(q.dst);
+    q.dst.flush = async () => {
+      order.push('flush');
+      await dFlush();
+    };
+    const read = q.src.read.bind(q.src);
+    q.src.read = async (b, o) => {
+      assert.equal(inFlight, 0, 'no write in flight during a read');
+      order.push('read');
+      return read(b, o);
+    };
+    await rescue(q.src, q.dst, RescueMap.fresh(0, data.length), base({ synchronous: true }));
+    order.forEach((e, i) => {
+      if (e === 'write') assert.equal(order[i + 1], 'flush', `write ${i} is followed by a flush`);
+    });
+    assert.ok(Buffer.from(q.dst.bytes.subarray(0, data.length)).equals(Buffer.from(rescued)));
+  });
+
   it('-S: all-zero clusters are not written', async () => {
     const data = new Uint8Array(1 << 20);
     data.fill(7, 0x10000, 0x20000);
