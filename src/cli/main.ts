@@ -27,20 +27,36 @@ export async function main(argv: string[]): Promise<void> {
   // stack trace. Any other failure of an output stream (a full disk) is one line.
   const onOutputError = (name: string) => (e: NodeJS.ErrnoException) => {
     if (e.code === 'EPIPE') process.exit(141);
-    if (name !== 'stderr') process.stderr.write(`platter: error: ${name}: ${e.message}\n`);
+    if (name !== 'stderr') stderr().write(`platter: error: ${name}: ${e.message}\n`);
     process.exit(1);
   };
-  process.stdout.on('error', onOutputError('stdout'));
-  process.stderr.on('error', onOutputError('stderr'));
+  // Node.js makes process.stdout/stderr on first use (~6 ms: it loads its streams),
+  // and a run that prints nothing (convert, create) need not pay for that.
+  let outWatched = false;
+  let errWatched = false;
+  const stdout = (): NodeJS.WriteStream => {
+    if (!outWatched) process.stdout.on('error', onOutputError('stdout'));
+    outWatched = true;
+    return process.stdout;
+  };
+  const stderr = (): NodeJS.WriteStream => {
+    if (!errWatched) process.stderr.on('error', onOutputError('stderr'));
+    errWatched = true;
+    return process.stderr;
+  };
 
   const ctx: CliContext = {
     host: nodeHost,
-    stdout: process.stdout,
-    stderr: process.stderr,
+    get stdout() {
+      return stdout();
+    },
+    get stderr() {
+      return stderr();
+    },
     signal: abort.signal,
   };
   const fail = (message: string, status: number): void => {
-    process.stderr.write(`platter: error: ${message}\n`);
+    stderr().write(`platter: error: ${message}\n`);
     process.exitCode = status;
   };
 
@@ -49,9 +65,7 @@ export async function main(argv: string[]): Promise<void> {
   let running = 0;
   process.on('exit', (code) => {
     if (running > 0 && code === 0) {
-      process.stderr.write(
-        'platter: internal error (a bug in platter): the command stopped before it finished\n',
-      );
+      stderr().write('platter: internal error (a bug in platter): the command stopped before it finished\n');
       process.exitCode = 70;
     }
   });
@@ -67,7 +81,7 @@ export async function main(argv: string[]): Promise<void> {
         running--;
         if (isPlatterError(e)) fail(e.message, opts.errorExit ?? 1);
         else {
-          process.stderr.write(`platter: internal error (a bug in platter): ${(e as Error)?.stack ?? e}\n`);
+          stderr().write(`platter: internal error (a bug in platter): ${(e as Error)?.stack ?? e}\n`);
           process.exitCode = opts.errorExit ?? 1;
         }
       }
@@ -79,9 +93,9 @@ export async function main(argv: string[]): Promise<void> {
     .showHelpAfterError(false)
     .exitOverride()
     .configureOutput({
-      writeOut: (s) => process.stdout.write(s),
-      writeErr: (s) => process.stderr.write(s),
-      outputError: (s) => process.stderr.write(`platter: error: ${s.replace(/^error: /, '').trimEnd()}\n`),
+      writeOut: (s) => stdout().write(s),
+      writeErr: (s) => stderr().write(s),
+      outputError: (s) => stderr().write(`platter: error: ${s.replace(/^error: /, '').trimEnd()}\n`),
     });
   for (const register of commands) register(program, ctx, run);
 
