@@ -4,7 +4,7 @@
  * large reads (split at holes into hole chunks), with simple and with
  * structured replies, many in flight, answered out of order; and disks whose
  * reads fail, where each failing request gets its error and the buffers and
- * the memory budget go back (a leak would stall the server after 64 MiB).
+ * the memory budget go back (a leak would stall the server once the budget is spent).
  */
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
