@@ -92,6 +92,8 @@ const DIRECT_CHUNK = 1 << 20;
 const DIRECT_ALIGN = 4096;
 const ZERO_CHUNK = 1 << 20;
 const RANGES_PER_CALL = 4096;
+/** How long a locked reader reuses its last extents answer (see storage.extents). */
+const MEMO_MS = 1000;
 
 /**
  * The `a`-aligned span an O_DIRECT read needs for `want` bytes at `pos`: read
@@ -396,16 +398,22 @@ function makeFileStorage(path: string, mode: OpenMode, nat: Native, o: Opened): 
   };
 
   if (nat.available && !isBlockDevice) {
-    // A locked reader's file does not change under it (writers are refused), so
-    // the last answer stands for queries inside it: the copy engine asks for a
-    // 1 GiB window, then the chain asks again for every chunk it reads, and each
-    // answer costs two lseeks (~100 µs each here).
+    // A locked reader's file does not change under it (writers that take locks are
+    // refused), so for a moment the last answer stands for queries inside it: the
+    // copy engine asks for a 1 GiB window, then the chain asks again for every
+    // chunk it reads, and each answer costs two lseeks (~100 µs each here). The
+    // moment (MEMO_MS) bounds what a writer that ignores locks (dd, ddrescue
+    // still running) can leave unseen by a long-lived reader such as `serve -r`.
     const memo = !mode.write && mode.lock !== 'none';
-    let last: { from: number; to: number; extents: StorageExtent[] } | undefined;
+    let last: { from: number; to: number; at: number; extents: StorageExtent[] } | undefined;
     storage.extents = async (offset, length) => {
       checkOpen();
-      const end = offset + length;
-      if (last && offset >= last.from && end <= last.to) return clipExtents(last.extents, offset, end);
+      let end = offset + length;
+      const want = end;
+      if (last && offset >= last.from && end <= last.to) {
+        if (Date.now() - last.at < MEMO_MS) return clipExtents(last.extents, offset, end);
+        end = last.to; // stale: ask again for the rest of the range at once, not chunk by chunk
+      }
       const out: StorageExtent[] = [];
       const push = (o: number, l: number, kind: StorageExtent['kind']): void => {
         if (l > 0) out.push({ offset: o, length: l, kind });
@@ -437,8 +445,8 @@ function makeFileStorage(path: string, mode: OpenMode, nat: Native, o: Opened): 
         }
       }
       if (!memo) return out;
-      last = { from: offset, to: end, extents: out };
-      return clipExtents(out, offset, end); // a copy: callers never share the memo's objects
+      last = { from: offset, to: end, at: Date.now(), extents: out };
+      return clipExtents(out, offset, want); // a copy: callers never share the memo's objects
     };
   }
 

@@ -177,6 +177,17 @@ describe('file storage: I/O and capabilities', () => {
       assert.deepEqual(await memo.extents!(1 * MiB + 4096, 4096), [
         { offset: 1 * MiB + 4096, length: 4096, kind: 'data' },
       ]);
+      // A writer that ignores locks fills a hole: a moment later the reader sees it.
+      await memo.extents!(0, size);
+      const writer = await openFile(p, { write: true, lock: 'none' });
+      try {
+        await writer.write(new Uint8Array(4096).fill(1), 5 * MiB);
+        await writer.flush();
+      } finally {
+        await writer.close();
+      }
+      await new Promise((r) => setTimeout(r, 1100)); // the memo lasts one second (MEMO_MS)
+      assert.deepEqual(await memo.extents!(5 * MiB, 4096), [{ offset: 5 * MiB, length: 4096, kind: 'data' }]);
     } finally {
       await memo.close();
       await fresh.close();
