@@ -32,9 +32,10 @@ export interface CopyOptions extends OpOptions {
   /** The destination already reads zeros everywhere (freshly created): zero ranges are skipped. */
   dstZeroed?: boolean;
   /**
-   * Bytes per read/write; rounded to a multiple of dst.granularity. Default 1 MiB:
-   * qemu-img's 2 MiB writes into ext4's page cache were measured here to cost
-   * 1.5-2.5× the CPU of 1 MiB ones at times (both tools alike), never less.
+   * Bytes per read/write; rounded to a multiple of dst.granularity. Default 1 MiB
+   * (qemu-img uses 2 MiB): on the 2-core bench machine 2 MiB chunks were slower,
+   * raw→raw of random data 1.75-2.09 s against 1.28-1.49 s in interleaved runs,
+   * the 3-deep qcow2 chain 0.65-0.78 s against 0.62-0.67 s (BENCHMARKS.md).
    */
   chunkSize?: number;
   /**
