@@ -241,10 +241,20 @@ interface Opened {
   sectorSize: number;
 }
 
-/** The parts of `extents` (which tile a range around [from, to)) inside [from, to). */
+/** The parts of `extents` (in order, tiling a range around [from, to)) inside [from, to). */
 function clipExtents(extents: readonly StorageExtent[], from: number, to: number): StorageExtent[] {
+  // The first extent that ends after `from`, by bisection: a 1 GiB window of a
+  // sparse file holds thousands, and every chunk read asks for one or two.
+  let lo = 0;
+  let hi = extents.length;
+  while (lo < hi) {
+    const mid = (lo + hi) >> 1;
+    if (extents[mid].offset + extents[mid].length <= from) lo = mid + 1;
+    else hi = mid;
+  }
   const out: StorageExtent[] = [];
-  for (const e of extents) {
+  for (let i = lo; i < extents.length && extents[i].offset < to; i++) {
+    const e = extents[i];
     const a = Math.max(from, e.offset);
     const b = Math.min(to, e.offset + e.length);
     if (a < b) out.push({ offset: a, length: b - a, kind: e.kind });
