@@ -532,27 +532,29 @@ class Session {
   private smallRead(req: P.ServerRequest, bytes: number): Promise<void> {
     const buf = pool.take(req.length);
     return this.server.source.read(buf, req.offset).then(
-      () => {
-        let head: Buffer;
-        if (this.structured) {
-          head = P.chunkHeader(req.cookie, P.REPLY_FLAG_DONE, P.REPLY_TYPE_OFFSET_DATA, 8 + req.length, 8);
-          P.writeU64(head, req.offset, 20);
-        } else head = P.simpleReply(req.cookie, 0);
+      () =>
         this.sendThen(
           () => {
             pool.give(buf);
             this.server.release(bytes);
           },
-          head,
+          this.wholeDataHead(req.cookie, req.offset, req.length),
           buf,
-        );
-      },
+        ),
       (e: unknown) => {
         pool.give(buf);
         this.server.release(bytes);
         this.replyFailure(req, e);
       },
     );
+  }
+
+  /** The head of a reply whose payload is all `length` bytes read at `offset`: one data chunk, or a simple reply. */
+  private wholeDataHead(cookie: P.ServerRequest['cookie'], offset: number, length: number): Buffer {
+    if (!this.structured) return P.simpleReply(cookie, 0);
+    const head = P.chunkHeader(cookie, P.REPLY_FLAG_DONE, P.REPLY_TYPE_OFFSET_DATA, 8 + length, 8);
+    P.writeU64(head, offset, 20);
+    return head;
   }
 
   /** The error reply for a request that failed (a RequestError, a PlatterError or a bug). */
@@ -678,21 +680,17 @@ class Session {
       pool.give(buf);
       sent();
     };
-    if (!this.structured) {
-      await this.server.source.read(buf, offset);
-      this.sendThen(release, P.simpleReply(cookie, 0), buf);
-      return;
-    }
-    // Small reads go out as one data chunk: looking for holes would cost more than it saves
-    // (clients that care, like nbdcopy and qemu-img, ask for block status first anyway).
+    // Simple replies cannot hold holes; small reads go out as one data chunk: looking
+    // for holes would cost more than it saves (clients that care, like nbdcopy and
+    // qemu-img, ask for block status first anyway).
     const exts =
-      req.flags & P.CMD_FLAG_DF || length <= SMALL_READ ? [] : await this.disk.extents(offset, length);
+      !this.structured || req.flags & P.CMD_FLAG_DF || length <= SMALL_READ
+        ? []
+        : await this.disk.extents(offset, length);
     const holes = exts.filter((e) => e.status !== 'data' && e.length >= MIN_HOLE_CHUNK);
     if (holes.length === 0) {
       await this.server.source.read(buf, offset);
-      const h = P.chunkHeader(cookie, P.REPLY_FLAG_DONE, P.REPLY_TYPE_OFFSET_DATA, 8 + length, 8);
-      P.writeU64(h, offset, 20);
-      this.sendThen(release, h, buf);
+      this.sendThen(release, this.wholeDataHead(cookie, offset, length), buf);
       return;
     }
     // Data runs between the holes, read concurrently; then every chunk in one burst.

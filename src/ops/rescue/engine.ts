@@ -180,6 +180,9 @@ export async function rescue(
     };
   };
 
+  /** Makes what was written durable, on whichever path writes. */
+  const flushDst = (): Promise<void> => (io ? io.flush() : dst.flush());
+
   // One save at a time: the sector workers of scraping tick concurrently, and two
   // saves at once would race on the mapfile's temporary file.
   let saving: Promise<void> | undefined;
@@ -187,7 +190,7 @@ export async function rescue(
     while (saving) await saving;
     const run = async (): Promise<void> => {
       await drain();
-      await (io ? io.flush() : dst.flush());
+      await flushDst();
       await o.saveMap(map, finished);
       lastSave = now();
     };
@@ -254,20 +257,15 @@ export async function rescue(
     readBytes += len;
     const at = pos - o.inputPos + o.outputPos;
     if (o.sparse && isAllZero(b)) release(b);
-    else if (io) {
+    else if (io || o.synchronous) {
+      // Written now (-y: and made durable) rather than behind the next reads.
       try {
-        io.write(b, at);
+        if (io) io.write(b, at);
+        else await dst.write(b, at);
       } finally {
         release(b);
       }
-      if (o.synchronous) await io.flush();
-    } else if (o.synchronous) {
-      try {
-        await dst.write(b, at);
-      } finally {
-        release(b);
-      }
-      await dst.flush();
+      if (o.synchronous) await flushDst();
     } else await writeBehind(b, at);
     const slow = o.minReadRate !== undefined && t > start && (len * 1000) / (t - start) < o.minReadRate;
     return { ok: true, slow };
