@@ -14,13 +14,13 @@
  * again; any difference is a verification mismatch (never an exception).
  */
 import { createHash, type Hash } from 'node:crypto';
+import { BackgroundSync } from '../core/background-sync.js';
 import type { Disk } from '../core/disk.js';
 import { PlatterError, throwIfAborted } from '../core/errors.js';
 import type { Storage } from '../core/storage.js';
 import { ioBuffer } from './buffers.js';
 import { createMultiHash, type Digests, type HashAlgorithm } from './hash.js';
 import type { OpOptions } from './progress.js';
-import { BackgroundSync } from './writeback.js';
 
 export interface Range {
   offset: number;

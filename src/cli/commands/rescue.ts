@@ -15,11 +15,12 @@ import { type RescueStatus, rescue } from '../../ops/rescue/engine.js';
 import { RescueMap } from '../../ops/rescue/mapfile.js';
 import { mapPicture } from '../../ops/rescue/mappng.js';
 import { readMapfile, writeMapfile } from '../../ops/rescue/persist.js';
+import type { SyncFileIo } from '../../storage/sync-file.js';
 import type { CliContext } from '../context.js';
 import { printJson } from '../output.js';
 import { VERSION } from '../version.js';
 import type { RegisterCommand } from './index.js';
-import { openRescueIo, type RescueFileIo } from './rescue-io.js';
+import { openRescueIo } from './rescue-io.js';
 
 /** ddrescue numbers: decimal, 0x hex, with K/M/G… (1024) or `s` (sectors) suffixes. */
 function num(text: string, what: string, sector = 512): number {
@@ -172,7 +173,7 @@ async function runRescue(
     lock: f.forceShare ? 'none' : 'auto',
   });
   let dst: Disk | undefined;
-  let io: RescueFileIo | undefined;
+  let io: SyncFileIo | undefined;
   try {
     const srcSize = await src.size();
     const ipos = f.inputPosition ? num(f.inputPosition, 'input position', ss) : 0;

@@ -1,9 +1,9 @@
 /**
- * The synchronous file path of `platter rescue` (src/cli/commands/rescue-io.ts):
- * reads equal the file's bytes at any offset and length, buffered and direct
- * (aligned straight into the buffer, unaligned through the bounce buffer), the
- * end of the file is one clear error, writes land, and it is offered exactly for
- * a local file or device into a raw file.
+ * The synchronous file path of `platter rescue` (src/storage/sync-file.ts, chosen
+ * by src/cli/commands/rescue-io.ts): reads equal the file's bytes at any offset
+ * and length, buffered and direct (aligned straight into the buffer, unaligned
+ * through the bounce buffer), the end of the file is one clear error, writes
+ * land, and it is offered exactly for a local file or device into a raw file.
  */
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
@@ -18,12 +18,13 @@ import {
 } from 'node:fs';
 import { join } from 'node:path';
 import { describe, it, type TestContext } from 'node:test';
-import { fileRescueIo, openRescueIo } from '../../../src/cli/commands/rescue-io.js';
+import { openRescueIo } from '../../../src/cli/commands/rescue-io.js';
 import { PlatterError } from '../../../src/core/errors.js';
 import { createImage, openImage } from '../../../src/formats/open.js';
 import { nodeHost } from '../../../src/storage/host.js';
 import { memoryStorage } from '../../../src/storage/memory.js';
 import { native } from '../../../src/storage/native.js';
+import { syncFileIo } from '../../../src/storage/sync-file.js';
 import { tempDir } from '../../helpers/tmp.js';
 
 const SIZE = (1 << 20) + 1000; // not a multiple of the sector
@@ -64,7 +65,7 @@ describe('rescue synchronous file I/O', () => {
       if (direct && !directOk(t)) return;
       const dst = join(dir, `dst-${direct}.img`);
       writeFileSync(dst, Buffer.alloc(SIZE));
-      const io = fileRescueIo(src, dst, { direct, sectorSize: 512, isBlockDevice: false });
+      const io = syncFileIo(src, dst, { direct, sectorSize: 512, isBlockDevice: false });
       try {
         for (const [pos, len] of pieces) {
           for (const buf of [io.buffer(Math.max(len, 65536)).subarray(0, len), new Uint8Array(len)]) {
@@ -103,7 +104,7 @@ describe('rescue synchronous file I/O', () => {
   it('flush resolves; a block device source offers no size() (its Storage keeps it)', async () => {
     const dst = join(dir, 'dst-flush.img');
     writeFileSync(dst, Buffer.alloc(16));
-    const io = fileRescueIo(src, dst, { direct: false, sectorSize: 512, isBlockDevice: true });
+    const io = syncFileIo(src, dst, { direct: false, sectorSize: 512, isBlockDevice: true });
     try {
       io.write(new Uint8Array([1, 2, 3]), 5);
       await io.flush();
@@ -117,7 +118,7 @@ describe('rescue synchronous file I/O', () => {
   it('a source that shrinks reads short, and size() then tells the new size', () => {
     const f = join(dir, 'shrinking.img');
     writeFileSync(f, data);
-    const io = fileRescueIo(f, f, { direct: false, sectorSize: 512, isBlockDevice: false });
+    const io = syncFileIo(f, f, { direct: false, sectorSize: 512, isBlockDevice: false });
     try {
       assert.equal(io.size?.(), SIZE);
       truncateSync(f, 4096);
@@ -146,7 +147,7 @@ describe('rescue synchronous file I/O', () => {
         5,
       );
     }) as typeof fsFdatasync;
-    const io = fileRescueIo(src, dst, {
+    const io = syncFileIo(src, dst, {
       direct: false,
       sectorSize: 512,
       isBlockDevice: false,
@@ -182,7 +183,7 @@ describe('rescue synchronous file I/O', () => {
       e.code = 'EIO';
       setImmediate(() => cb(e));
     }) as typeof fsFdatasync;
-    const io = fileRescueIo(src, dst, {
+    const io = syncFileIo(src, dst, {
       direct: false,
       sectorSize: 512,
       isBlockDevice: false,
@@ -213,7 +214,7 @@ describe('rescue synchronous file I/O', () => {
         20,
       );
     }) as typeof fsFdatasync;
-    const io2 = fileRescueIo(src, dst, {
+    const io2 = syncFileIo(src, dst, {
       direct: false,
       sectorSize: 512,
       isBlockDevice: false,
@@ -234,11 +235,11 @@ describe('rescue synchronous file I/O', () => {
 
   it('a missing source or destination is one clear error', () => {
     assert.throws(
-      () => fileRescueIo(join(dir, 'nope'), src, { direct: false, sectorSize: 512, isBlockDevice: false }),
+      () => syncFileIo(join(dir, 'nope'), src, { direct: false, sectorSize: 512, isBlockDevice: false }),
       /nope: no such file/,
     );
     assert.throws(
-      () => fileRescueIo(src, join(dir, 'nope2'), { direct: false, sectorSize: 512, isBlockDevice: false }),
+      () => syncFileIo(src, join(dir, 'nope2'), { direct: false, sectorSize: 512, isBlockDevice: false }),
       /nope2: no such file/,
     );
   });

@@ -3,7 +3,7 @@
  * fdatasync) in the background, one at a time, so the device writes while the
  * work goes on and the final flush waits only for the tail. A failed sync is
  * kept (no further sync starts) until the owner takes it with throwFailure().
- * Used by acquire (raw and split destinations) and rescue's synchronous path.
+ * Used by acquire (raw and split destinations) and storage/sync-file.ts.
  */
 export class BackgroundSync {
   private inFlight: Promise<void> | undefined;

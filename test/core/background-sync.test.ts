@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { BackgroundSync } from '../../src/ops/writeback.js';
+import { BackgroundSync } from '../../src/core/background-sync.js';
 
 /** A sync whose calls are counted and settled by the test. */
 function controlled() {
