@@ -18,6 +18,9 @@
  *   blockDeviceSize(fd)             ioctl BLKGETSIZE64 (bytes)
  *   logicalSectorSize(fd)           ioctl BLKSSZGET (bytes)
  *   alignedBuffer(size, alignment)  an ArrayBuffer whose memory is aligned (O_DIRECT)
+ *   copySpans(srcFd, dstFd, spans, zeroBlock) -> Promise<[written, skipped]>
+ *                                   file-to-file copy that leaves zero blocks
+ *                                   unwritten, off the main thread (copy.c)
  *   constants                       FALLOC_FL_* values
  *
  * Errors are thrown as Error objects with `code` (e.g. 'EINVAL'), `errno` and
@@ -35,6 +38,8 @@
 #include <unistd.h>
 
 #include <node_api.h>
+
+#include "platter.h"
 
 #define CHECK(call)                                                   \
   do {                                                                \
@@ -72,7 +77,7 @@ static const char *errno_name(int err) {
   }
 }
 
-static napi_value make_errno_error(napi_env env, int err, const char *syscall) {
+napi_value make_errno_error(napi_env env, int err, const char *syscall) {
   const char *name = errno_name(err);
   napi_value code, msg, error, num, sys;
   char text[256];
@@ -87,12 +92,12 @@ static napi_value make_errno_error(napi_env env, int err, const char *syscall) {
   return error;
 }
 
-static napi_value throw_errno(napi_env env, int err, const char *syscall) {
+napi_value throw_errno(napi_env env, int err, const char *syscall) {
   napi_throw(env, make_errno_error(env, err, syscall));
   return NULL;
 }
 
-static int get_args(napi_env env, napi_callback_info info, size_t want, napi_value *argv) {
+int get_args(napi_env env, napi_callback_info info, size_t want, napi_value *argv) {
   size_t argc = want;
   if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < want) {
     napi_throw_type_error(env, NULL, "platter native: missing arguments");
@@ -101,7 +106,7 @@ static int get_args(napi_env env, napi_callback_info info, size_t want, napi_val
   return 1;
 }
 
-static int get_int(napi_env env, napi_value v, int32_t *out) {
+int get_int(napi_env env, napi_value v, int32_t *out) {
   if (napi_get_value_int32(env, v, out) != napi_ok) {
     napi_throw_type_error(env, NULL, "platter native: expected an integer");
     return 0;
@@ -120,7 +125,7 @@ static int get_off(napi_env env, napi_value v, int64_t *out) {
   return 1;
 }
 
-static napi_value num(napi_env env, double d) {
+napi_value num(napi_env env, double d) {
   napi_value v;
   napi_create_double(env, d, &v);
   return v;
@@ -368,6 +373,7 @@ static napi_value init(napi_env env, napi_value exports) {
   set_fn(env, exports, "blockDeviceSize", block_device_size);
   set_fn(env, exports, "logicalSectorSize", logical_sector_size);
   set_fn(env, exports, "alignedBuffer", aligned_buffer);
+  set_fn(env, exports, "copySpans", copy_spans);
   napi_value c;
   napi_create_object(env, &c);
   napi_set_named_property(env, c, "FALLOC_FL_KEEP_SIZE", num(env, FALLOC_FL_KEEP_SIZE));

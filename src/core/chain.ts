@@ -8,7 +8,7 @@
  * writes are serialised so that two of them in one hole granule cannot both
  * copy the old content over each other.
  */
-import { type Disk, type Extent, pushExtent, toDisk } from './disk.js';
+import { type Disk, type Extent, type HostSpan, type HostSpanPurpose, pushExtent, toDisk } from './disk.js';
 import { Mutex } from './mutex.js';
 
 export function stack(top: Disk, below: Disk): Disk {
@@ -60,6 +60,31 @@ export function stack(top: Disk, below: Disk): Disk {
       if (inBelow < e.length) {
         pushExtent(out, { offset: e.offset + inBelow, length: e.length - inBelow, status: 'hole', depth: 1 });
       }
+    }
+    return out;
+  }
+
+  /**
+   * Reads: each extent from the layer that holds it (zeros are kept nowhere).
+   * Writes land in top, as they are only when nothing below can show through.
+   */
+  async function hostSpans(
+    offset: number,
+    length: number,
+    purpose: HostSpanPurpose,
+  ): Promise<HostSpan[] | null> {
+    if (purpose === 'write') return belowIsZero ? top.hostSpans(offset, length, purpose) : null;
+    const out: HostSpan[] = [];
+    for (const e of await top.extents(offset, length)) {
+      const end = e.offset + e.length;
+      const spans =
+        e.status === 'data'
+          ? await top.hostSpans(e.offset, e.length, purpose)
+          : e.status === 'hole' && end <= below.size
+            ? await below.hostSpans(e.offset, e.length, purpose)
+            : null;
+      if (!spans) return null;
+      out.push(...spans);
     }
     return out;
   }
@@ -130,6 +155,7 @@ export function stack(top: Disk, below: Disk): Disk {
       writeZeroes,
       discard: (offset, length) => top.discard(offset, length),
       extents,
+      hostSpans,
       flush: () => top.flush(),
       async close() {
         try {

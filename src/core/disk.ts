@@ -24,6 +24,24 @@ export interface Extent {
   depth: number;
 }
 
+/**
+ * Where a layer keeps a range of the virtual disk verbatim on the host:
+ * [offset, offset+length) of the disk is [at, at+length) of `storage`.
+ */
+export interface HostSpan {
+  offset: number;
+  length: number;
+  storage: Storage;
+  at: number;
+}
+
+/**
+ * `read`: the bytes are read from these spans; `write`: a write() of the range
+ * would land exactly there, changing nothing else (no allocation, no
+ * copy-on-write, no metadata).
+ */
+export type HostSpanPurpose = 'read' | 'write';
+
 export interface SnapshotInfo {
   id: string;
   name: string;
@@ -119,6 +137,13 @@ export interface DiskImpl {
    * Default: all `data`.
    */
   extents?(offset: number, length: number): Promise<Extent[]>;
+  /**
+   * Host spans that tile [offset, offset+length) in order (see HostSpan), or
+   * null when some of the range is not kept verbatim in this layer for that
+   * purpose (a hole, a zero or compressed cluster, an unallocated block). Lets
+   * the copy engine hand whole ranges to the host's copier. Default: null.
+   */
+  hostSpans?(offset: number, length: number, purpose: HostSpanPurpose): Promise<HostSpan[] | null>;
   flush?(): Promise<void>;
   close?(): Promise<void>;
   info?(): Promise<FormatInfo>;
@@ -143,6 +168,8 @@ export interface Disk {
   discard(offset: number, length: number): Promise<void>;
   /** Extents that tile [offset, offset+length) exactly, adjacent equal ones merged. */
   extents(offset: number, length: number): Promise<Extent[]>;
+  /** See DiskImpl.hostSpans; null for a read-only disk asked for `write`. */
+  hostSpans(offset: number, length: number, purpose: HostSpanPurpose): Promise<HostSpan[] | null>;
   flush(): Promise<void>;
   close(): Promise<void>;
   info(): Promise<FormatInfo>;
@@ -222,6 +249,11 @@ export function toDisk(impl: DiskImpl, opts: ToDiskOptions): Disk {
       if (length === 0) return [];
       if (!impl.extents) return [{ offset, length, status: 'data', depth: 0 }];
       return collectExtents(name, impl.extents.bind(impl), offset, length);
+    },
+    async hostSpans(offset, length, purpose) {
+      check(offset, length, false);
+      if (!impl.hostSpans || length === 0 || (purpose === 'write' && readOnly)) return null;
+      return impl.hostSpans(offset, length, purpose);
     },
     async flush() {
       if (closed) throw new PlatterError('ECLOSED', `${name}: disk is closed`);

@@ -28,7 +28,30 @@ export interface Storage {
   allocatedSize?(): Promise<number>;
   /** Files on the host that make up this store (a split set has several). */
   readonly files?: readonly string[];
+  /**
+   * A bulk copier from `src` into this store (host files: off the main thread,
+   * no round trip through JavaScript memory), or undefined when this store
+   * cannot copy from that one directly. It leaves all-zero blocks unwritten, so
+   * it suits only ranges of this store that already read zeros.
+   */
+  copierFrom?(src: Storage): SpanCopier | undefined;
 }
+
+/** `length` bytes at `from` in the source store go to `to` in this one. */
+export interface CopySpan {
+  from: number;
+  to: number;
+  length: number;
+}
+
+/**
+ * Copies the spans; blocks of `zeroBlock` bytes (absolute multiples on the
+ * destination) that read as all zeros are skipped, not written.
+ */
+export type SpanCopier = (
+  spans: readonly CopySpan[],
+  zeroBlock: number,
+) => Promise<{ written: number; skipped: number }>;
 
 export interface StorageExtent {
   offset: number;

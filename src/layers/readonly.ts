@@ -13,6 +13,8 @@ export function readonly(disk: Disk): Disk {
       features: {},
       read: (buf, offset) => disk.read(buf, offset),
       extents: (offset, length) => disk.extents(offset, length),
+      hostSpans: (offset, length, purpose) =>
+        purpose === 'read' ? disk.hostSpans(offset, length, purpose) : Promise.resolve(null),
       // Nothing written through this view; a flush has nothing to persist.
       async flush() {},
       close: () => disk.close(),

@@ -18,6 +18,12 @@
  *     Buffers come from ioBuffer() (page-aligned: see ops/buffers.ts).
  *   - `onData`, if given, sees every byte of the source exactly once and in
  *     offset order (zeros as `data: undefined`), e.g. to hash while copying.
+ *   - Host copies: where the destination reads zeros (`dstZeroed`), nobody watches
+ *     the bytes (no `onData`) and both sides keep the data verbatim in host stores
+ *     (Disk.hostSpans) whose destination offers a copier from the source
+ *     (Storage.copierFrom), data goes store to store in batches of up to
+ *     HOST_BATCH bytes: one call to the host per batch instead of a read and a
+ *     write per chunk through JavaScript. Such batches run unordered.
  *   - The signal stops it between chunks with ECANCELED; chunks in flight finish
  *     first, so no write is torn. What the destination holds then is the
  *     caller's business (the CLI writes to DST.partial and renames at the end).
@@ -26,6 +32,7 @@ import { alignDown, isAllZero } from '../core/bytes.js';
 import type { Disk, Extent } from '../core/disk.js';
 import { invalid, PlatterError, throwIfAborted } from '../core/errors.js';
 import { ioBuffer } from './buffers.js';
+import { HOST_BATCH, type HostBatch, HostBatcher, type HostPlanner, hostPlanner } from './host-copy.js';
 import type { OpOptions } from './progress.js';
 
 export interface CopyOptions extends OpOptions {
@@ -81,10 +88,21 @@ const MiB = 1 << 20;
 /** How much of the source one extents() call covers. */
 const EXTENT_WINDOW = 1024 * MiB;
 
-type Task = { offset: number; length: number; read: boolean };
+type Task = { kind: 'zero' | 'read'; offset: number; length: number } | ({ kind: 'host' } & HostBatch);
 
-/** Splits the source into tasks: data extents in aligned chunks, zero ranges as one task per window. */
-async function* tasks(src: Disk, start: number, end: number, chunk: number): AsyncGenerator<Task> {
+/**
+ * Splits the source into tasks: data extents in aligned chunks (or host-copy
+ * batches), zero ranges as one task per window.
+ */
+async function* tasks(
+  src: Disk,
+  start: number,
+  end: number,
+  chunk: number,
+  host: HostPlanner | undefined,
+): AsyncGenerator<Task> {
+  // Host copies gathered per copier until a batch is full (or the source ends).
+  const batches = new HostBatcher();
   for (let win = start; win < end; win += EXTENT_WINDOW) {
     const winEnd = Math.min(end, win + EXTENT_WINDOW);
     const exts: Extent[] = await src.extents(win, winEnd - win);
@@ -92,13 +110,24 @@ async function* tasks(src: Disk, start: number, end: number, chunk: number): Asy
       switch (e.status) {
         case 'zero':
         case 'hole':
-          yield { offset: e.offset, length: e.length, read: false };
+          yield { kind: 'zero', offset: e.offset, length: e.length };
           break;
         case 'data': {
           const eEnd = e.offset + e.length;
+          // Host batches are cut at HOST_BATCH boundaries, chunks at chunk boundaries.
+          const step = host ? HOST_BATCH : chunk;
           for (let pos = e.offset; pos < eEnd; ) {
-            const next = Math.min(eEnd, alignDown(pos, chunk) + chunk);
-            yield { offset: pos, length: next - pos, read: true };
+            const next = Math.min(eEnd, alignDown(pos, step) + step);
+            const plan = host && (await host(pos, next - pos));
+            if (plan) {
+              for (const b of batches.add(plan)) yield { kind: 'host', ...b };
+            } else {
+              for (let p = pos; p < next; ) {
+                const q = Math.min(next, alignDown(p, chunk) + chunk);
+                yield { kind: 'read', offset: p, length: q - p };
+                p = q;
+              }
+            }
             pos = next;
           }
           break;
@@ -110,6 +139,7 @@ async function* tasks(src: Disk, start: number, end: number, chunk: number): Asy
       }
     }
   }
+  for (const b of batches.rest()) yield { kind: 'host', ...b };
 }
 
 /** isAllZero of buf[a, b), rejecting most data blocks by their first and last bytes without a native call. */
@@ -200,7 +230,9 @@ export async function copyDisk(src: Disk, dst: Disk, opts: CopyOptions = {}): Pr
 
   // Zero ranges longer than this are split, so progress and cancellation keep moving.
   const zeroStep = Math.max(chunk, 256 * MiB);
-  const iter = tasks(src, start, end, chunk);
+  // Zero blocks left unwritten must already read zeros, and onData needs the bytes in hand.
+  const host = dstZeroed && !onData ? hostPlanner(src, dst) : undefined;
+  const iter = tasks(src, start, end, chunk, host);
   let failed: unknown;
   // In-order delivery to onData: each task waits for the previous one's turn.
   let turn: Promise<void> = Promise.resolve();
@@ -230,7 +262,15 @@ export async function copyDisk(src: Disk, dst: Disk, opts: CopyOptions = {}): Pr
         release = r;
       });
       try {
-        if (t.read) {
+        if (t.kind === 'host') {
+          // Unordered: nothing watches the bytes, and the batches do not overlap.
+          const r = await t.copier(t.spans, zeroBlock);
+          result.bytesRead += t.length;
+          result.bytesWritten += r.written;
+          result.bytesSkipped += r.skipped;
+          done += t.length;
+          onProgress?.({ phase, done, total: length });
+        } else if (t.kind === 'read') {
           if (!buf) buf = ioBuffer(chunk);
           const data = buf.subarray(0, t.length);
           await src.read(data, t.offset);
@@ -244,7 +284,8 @@ export async function copyDisk(src: Disk, dst: Disk, opts: CopyOptions = {}): Pr
           done += t.length;
           onProgress?.({ phase, done, total: length });
         } else {
-          if (ordered || onData) {
+          // Zeros a zeroed destination already holds need no turn (nothing is written).
+          if (onData || (ordered && !dstZeroed)) {
             await prev;
             if (failed !== undefined) return;
           }

@@ -45,7 +45,7 @@
  */
 import * as fs from 'node:fs';
 import { PlatterError } from '../core/errors.js';
-import type { OpenMode, Storage, StorageExtent } from '../core/storage.js';
+import type { CopySpan, OpenMode, SpanCopier, Storage, StorageExtent } from '../core/storage.js';
 import { hostError } from './errors.js';
 import { native as defaultNative, type Native, READ_LOCK, UNLOCK, WRITE_LOCK } from './native.js';
 
@@ -262,6 +262,19 @@ function clipExtents(extents: readonly StorageExtent[], from: number, to: number
   return out;
 }
 
+/** The descriptor behind each open file Storage, for copierFrom (a source reached only through its Storage). */
+const hostFiles = new WeakMap<Storage, { fd: number; path: string; readable: () => boolean }>();
+
+/** Maps a copySpans failure to the file and offset it happened at. */
+function copyError(e: unknown, src: string, dst: string): Error {
+  const err = e as NodeJS.ErrnoException & { offset?: number; side?: string };
+  const onSource = err.side === 'source';
+  const path = onSource ? src : dst;
+  const at = `${onSource ? 'read' : 'write'} at offset ${err.offset}`;
+  if (err.code === 'EOF') return new PlatterError('EIO', `${path}: unexpected end of file (${at})`);
+  return hostError(e, path, at);
+}
+
 function makeFileStorage(path: string, mode: OpenMode, nat: Native, o: Opened): FileStorage {
   const { fd, directFd, isBlockDevice, sectorSize } = o;
   // The size is tracked, not stat'ed per call, while nobody else may change the
@@ -406,6 +419,32 @@ function makeFileStorage(path: string, mode: OpenMode, nat: Native, o: Opened): 
       await fsClose(fd).catch((e) => Promise.reject(hostError(e, path, 'close')));
     },
   };
+
+  // Buffered reads only: an O_DIRECT source keeps its own aligned path.
+  hostFiles.set(storage, { fd, path, readable: () => !closed && directFd < 0 });
+
+  if (nat.available && mode.write) {
+    storage.copierFrom = (src: Storage): SpanCopier | undefined => {
+      const from = hostFiles.get(src);
+      if (!from?.readable()) return undefined;
+      return async (spans: readonly CopySpan[], zeroBlock: number) => {
+        checkWritable();
+        if (!from.readable()) throw new PlatterError('ECLOSED', `${from.path}: storage is closed`);
+        const triples = new Float64Array(spans.length * 3);
+        let end = 0;
+        spans.forEach((sp, i) => {
+          checkDeviceEnd(sp.to, sp.length);
+          triples.set([sp.from, sp.to, sp.length], i * 3);
+          end = Math.max(end, sp.to + sp.length);
+        });
+        const [written, skipped] = await nat
+          .copySpans(from.fd, fd, triples, zeroBlock)
+          .catch((e) => Promise.reject(copyError(e, from.path, path)));
+        grew(end);
+        return { written, skipped };
+      };
+    };
+  }
 
   if (nat.available && !isBlockDevice) {
     // A locked reader's file does not change under it (writers that take locks are

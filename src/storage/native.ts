@@ -11,6 +11,8 @@
  *   blockDeviceSize   | ioctl BLKGETSIZE64              | /sys/dev/block/M:m/size, else stat
  *   logicalSectorSize | ioctl BLKSSZGET                 | sysfs logical_block_size, else 512
  *   alignedBuffer     | posix_memalign                  | ordinary memory (no O_DIRECT)
+ *   copySpans         | pread/scan/pwrite on a pool     | rejects EOPNOTSUPP (file.ts offers
+ *                     | thread (native/copy.c)          | no copier without the addon)
  *
  * storage/file.ts asks `native.available` before offering discard/allocate,
  * locks and O_DIRECT, so the fallback never pretends to do what it cannot.
@@ -56,6 +58,13 @@ export interface Native {
   logicalSectorSize(fd: number): number;
   /** `size` bytes whose address is a multiple of `alignment` (for O_DIRECT). */
   alignedBuffer(size: number, alignment: number): Uint8Array;
+  /**
+   * Copies [srcOffset, dstOffset, length] triples from one descriptor to another
+   * off the main thread, leaving blocks of `zeroBlock` bytes that are all zero
+   * unwritten; resolves [written, skipped]. Errors carry `offset` and `side`
+   * ('source' | 'destination'); a short source has code 'EOF'.
+   */
+  copySpans(srcFd: number, dstFd: number, spans: Float64Array, zeroBlock: number): Promise<[number, number]>;
   readonly constants: {
     readonly FALLOC_FL_KEEP_SIZE: number;
     readonly FALLOC_FL_PUNCH_HOLE: number;
@@ -107,6 +116,7 @@ export const fallback: Native = {
   },
   logicalSectorSize: (fd) => sysfsBlock(fd, 'queue/logical_block_size') ?? 512,
   alignedBuffer: (size) => new Uint8Array(size),
+  copySpans: async () => Promise.reject(notSupported('copySpans')),
   constants: { FALLOC_FL_KEEP_SIZE: 1, FALLOC_FL_PUNCH_HOLE: 2, FALLOC_FL_ZERO_RANGE: 16 },
 };
 

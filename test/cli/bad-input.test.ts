@@ -7,7 +7,8 @@ import { randomBytes } from 'node:crypto';
 import { chmodSync, existsSync, mkdirSync, readFileSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
-import { hasPeer } from '../helpers/peers.js';
+import { nbdkitAsFile } from '../helpers/nbdfuse.js';
+import { hasPeer, needPeers } from '../helpers/peers.js';
 import { tempDir } from '../helpers/tmp.js';
 import { oneErrorLine, platterIn } from './cli.js';
 
@@ -142,5 +143,28 @@ describe('bad input: one error line and a non-zero exit', () => {
       return;
     }
     assert.match(oneErrorLine(p(['info', dev])), new RegExp(`^${dev}: permission denied`));
+  });
+
+  it('a source that fails mid-convert (EIO on the host-copy path): one line, no destination', async (t) => {
+    if (!needPeers(t, 'nbdkit', 'nbdfuse', 'fusermount3')) return;
+    if (!existsSync('/dev/fuse') || process.getuid?.() !== 0) return t.skip('needs root and /dev/fuse');
+    // 64 MiB of data; reads of sector 100000 (at 48.8 MiB, in the second host batch) fail with EIO.
+    writeFileSync(join(dir, 'fail-src.raw'), randomBytes(64 * M));
+    const map = join(dir, 'fail.map');
+    writeFileSync(map, '# Mapfile\n0x0 + 1\n0x0 0x030D4000 +\n0x030D4000 0x200 -\n0x030D4200 0x00F2BE00 +\n');
+    const disk = await nbdkitAsFile(dir, [
+      '--filter=ddrescue',
+      'file',
+      join(dir, 'fail-src.raw'),
+      `ddrescue-mapfile=${map}`,
+    ]);
+    try {
+      const line = oneErrorLine(p(['convert', '-O', 'raw', disk.path, 'fail-out.raw']));
+      assert.match(line, new RegExp(`^${disk.path}: input/output error \\(read at offset \\d+\\)$`));
+      assert.equal(existsSync(join(dir, 'fail-out.raw')), false);
+      assert.equal(existsSync(join(dir, 'fail-out.raw.partial')), false);
+    } finally {
+      await disk.unmount();
+    }
   });
 });

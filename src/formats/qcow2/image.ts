@@ -22,7 +22,7 @@
  * All metadata changes run under one mutex; reads run concurrently.
  */
 import { isAllZero } from '../../core/bytes.js';
-import { type Extent, pushExtent } from '../../core/disk.js';
+import { type Extent, type HostSpan, type HostSpanPurpose, pushExtent } from '../../core/disk.js';
 import { corrupt, PlatterError } from '../../core/errors.js';
 import { Mutex } from '../../core/mutex.js';
 import type { Storage } from '../../core/storage.js';
@@ -120,6 +120,8 @@ export class Qcow2Image implements RefcountHost {
 
   /** The image file; every write through it marks the image as needing a flush. */
   readonly storage: Storage;
+  /** The same file without that wrapper: what hostSpans names (for reads, nothing to mark). */
+  private readonly bareStorage: Storage;
   private unflushed = false;
 
   constructor(
@@ -132,6 +134,7 @@ export class Qcow2Image implements RefcountHost {
     readonly readOnly: boolean,
     readonly compress: boolean,
   ) {
+    this.bareStorage = storage;
     this.storage = new Proxy(storage, {
       get: (target, prop, receiver) => {
         if (prop === 'write') {
@@ -453,6 +456,21 @@ export class Qcow2Image implements RefcountHost {
         }
       }),
     );
+  }
+
+  /**
+   * Reads only: where uncompressed data clusters keep [offset, offset+length)
+   * in the file; null where any of it is compressed, zero, a hole or past the
+   * end of the file. (Writes may need allocation or copy-on-write: never.)
+   */
+  async hostSpans(offset: number, length: number, purpose: HostSpanPurpose): Promise<HostSpan[] | null> {
+    if (purpose !== 'read') return null;
+    const spans: HostSpan[] = [];
+    for (const s of await this.map(offset, length)) {
+      if (s.kind !== 'data' || s.host + s.length > this.fileSize) return null;
+      spans.push({ offset: s.offset, length: s.length, storage: this.bareStorage, at: s.host });
+    }
+    return spans;
   }
 
   /** Reads host bytes; a mapping past the end of the file is a corrupt image. */

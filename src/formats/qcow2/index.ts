@@ -99,6 +99,7 @@ function diskOf(img: Qcow2Image): DiskImpl {
     writeZeroes: writable ? (offset, length, opts) => img.writeZeroes(offset, length, opts) : undefined,
     discard: writable ? (offset, length) => img.discard(offset, length) : undefined,
     extents: (offset, length) => img.extents(offset, length),
+    hostSpans: (offset, length, purpose) => img.hostSpans(offset, length, purpose),
     flush: () => img.flush(),
     close: () => img.close(),
     info: async () => infoOf(img),

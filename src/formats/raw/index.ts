@@ -66,6 +66,8 @@ async function open(storage: ZeroRangeStorage, ctx: OpenContext): Promise<Opened
             }),
           )
       : undefined,
+    // The store is the disk: every byte is where it is, for reads and writes alike.
+    hostSpans: async (offset, length) => [{ offset, length, storage, at: offset }],
     flush: () => storage.flush(),
     close: () => storage.close(),
     info: async () => ({ format: 'raw' }),

@@ -13,9 +13,17 @@
  * (qemu-img check requires the indexes 0 .. allocated-1 each used once).
  * Granularity is the block size, so the chain copies-on-write whole blocks.
  */
-import { eachBlockPiece } from '../../core/blocks.js';
+import { blockPieces, eachBlockPiece } from '../../core/blocks.js';
 import { alignUp, isAllZero, viewOf } from '../../core/bytes.js';
-import type { CheckResult, DiskFeatures, DiskImpl, Extent, FormatInfo } from '../../core/disk.js';
+import type {
+  CheckResult,
+  DiskFeatures,
+  DiskImpl,
+  Extent,
+  FormatInfo,
+  HostSpan,
+  HostSpanPurpose,
+} from '../../core/disk.js';
 import { corrupt, invalid, PlatterError, unsupported } from '../../core/errors.js';
 import { Mutex } from '../../core/mutex.js';
 import type { Storage } from '../../core/storage.js';
@@ -104,6 +112,18 @@ export class VdiDisk implements DiskImpl {
       if (this.isAllocated(b)) return this.storage.read(sub, this.dataAt(b) + within);
       sub.fill(0);
     });
+  }
+
+  /** Reads only: allocated blocks. */
+  async hostSpans(offset: number, length: number, purpose: HostSpanPurpose): Promise<HostSpan[] | null> {
+    if (purpose !== 'read') return null;
+    const spans: HostSpan[] = [];
+    for (const p of blockPieces(offset, length, this.bs)) {
+      if (!this.isAllocated(p.block)) return null;
+      const at = this.dataAt(p.block) + p.within;
+      spans.push({ offset: offset + p.at, length: p.length, storage: this.storage, at });
+    }
+    return spans;
   }
 
   async extents(offset: number, length: number): Promise<Extent[]> {

@@ -21,9 +21,17 @@
  * New blocks go where the footer at the end of the file was, and the footer moves
  * behind them. A BAT that must grow and has no room where it is moves to the end.
  */
-import { eachBlockPiece } from '../../core/blocks.js';
+import { blockPieces, eachBlockPiece } from '../../core/blocks.js';
 import { alignUp, isAllZero, viewOf } from '../../core/bytes.js';
-import type { CheckResult, DiskFeatures, DiskImpl, Extent, FormatInfo } from '../../core/disk.js';
+import type {
+  CheckResult,
+  DiskFeatures,
+  DiskImpl,
+  Extent,
+  FormatInfo,
+  HostSpan,
+  HostSpanPurpose,
+} from '../../core/disk.js';
 import { assert, corrupt, invalid, PlatterError } from '../../core/errors.js';
 import { Mutex } from '../../core/mutex.js';
 import type { Storage } from '../../core/storage.js';
@@ -180,6 +188,24 @@ export class DynamicVhd implements DiskImpl {
       const e = Math.min((s + 1) * 512, within + sub.length) - within;
       sub.fill(0, a, e);
     }
+  }
+
+  /** Reads only: allocated blocks whose every sector is present (a full bitmap). */
+  async hostSpans(offset: number, length: number, purpose: HostSpanPurpose): Promise<HostSpan[] | null> {
+    if (purpose !== 'read') return null;
+    const spans: HostSpan[] = [];
+    for (const p of blockPieces(offset, length, this.bs)) {
+      const at = this.blockOffset(p.block);
+      if (at < 0 || (await this.bitmap(p.block)) !== FULL) return null;
+      const pos = offset + p.at;
+      spans.push({
+        offset: pos,
+        length: p.length,
+        storage: this.storage,
+        at: at + this.bitmapSize + p.within,
+      });
+    }
+    return spans;
   }
 
   async extents(offset: number, length: number): Promise<Extent[]> {

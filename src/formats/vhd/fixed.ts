@@ -3,7 +3,7 @@
  * area may be longer than the disk when a Virtual PC image is sized by its CHS
  * product; only `size` bytes are the disk.
  */
-import type { CheckResult, DiskFeatures, DiskImpl, Extent, FormatInfo } from '../../core/disk.js';
+import type { CheckResult, DiskFeatures, DiskImpl, Extent, FormatInfo, HostSpan } from '../../core/disk.js';
 import { invalid, PlatterError } from '../../core/errors.js';
 import { Mutex } from '../../core/mutex.js';
 import type { Storage } from '../../core/storage.js';
@@ -43,6 +43,11 @@ export class FixedVhd implements DiskImpl {
       status: e.kind === 'hole' ? ('zero' as const) : ('data' as const),
       depth: 0,
     }));
+  }
+
+  /** The data area is the disk, byte for byte, for reads and writes (the footer follows it). */
+  async hostSpans(offset: number, length: number): Promise<HostSpan[]> {
+    return [{ offset, length, storage: this.storage, at: offset }];
   }
 
   flush(): Promise<void> {

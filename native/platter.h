@@ -1,0 +1,16 @@
+/* Helpers shared by the addon's source files (defined in platter.c). */
+#ifndef PLATTER_H
+#define PLATTER_H
+#include <stdint.h>
+#include <node_api.h>
+
+napi_value make_errno_error(napi_env env, int err, const char *syscall);
+napi_value throw_errno(napi_env env, int err, const char *syscall);
+int get_args(napi_env env, napi_callback_info info, size_t want, napi_value *argv);
+int get_int(napi_env env, napi_value v, int32_t *out);
+napi_value num(napi_env env, double d);
+
+/* copy.c */
+napi_value copy_spans(napi_env env, napi_callback_info info);
+
+#endif

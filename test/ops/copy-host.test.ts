@@ -1,0 +1,240 @@
+/**
+ * copyDisk's host copies (ops/host-copy.ts): data that both disks keep
+ * verbatim in host stores goes store to store through the destination's
+ * copier; the rest takes the read/write path. Here the stores are in memory and
+ * the copier is a JavaScript one with the native copier's contract.
+ */
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { describe, it } from 'node:test';
+import fc from 'fast-check';
+import { type Disk, type Extent, type HostSpan, toDisk } from '../../src/core/disk.js';
+import type { CopySpan, SpanCopier, Storage } from '../../src/core/storage.js';
+import { copyDisk } from '../../src/ops/copy.js';
+import { HOST_BATCH } from '../../src/ops/host-copy.js';
+import { memoryStorage } from '../../src/storage/memory.js';
+
+const K = 1024;
+
+type Piece = { status: 'data' | 'zero' | 'hole'; length: number; opaque: boolean };
+
+interface Source {
+  disk: Disk;
+  bytes: Uint8Array;
+  storage: Storage;
+  /** [offset, length] of reads through Disk.read. */
+  reads: Array<[number, number]>;
+  /** Ranges whose hostSpans answer null (compressed clusters, say). */
+  opaque: Array<[number, number]>;
+  /** The data extents, adjacent pieces merged. */
+  data: Array<[number, number]>;
+}
+
+/** A disk laid out by `pieces`, its data kept verbatim in a memory store. */
+function source(pieces: Piece[], zeroRuns: Array<[number, number]>): Source {
+  const size = pieces.reduce((s, p) => s + p.length, 0);
+  const bytes = new Uint8Array(size);
+  const extents: Extent[] = [];
+  const opaque: Array<[number, number]> = [];
+  const data: Array<[number, number]> = [];
+  let pos = 0;
+  for (const p of pieces) {
+    if (p.status === 'data') {
+      bytes.set(randomBytes(p.length), pos);
+      // Adjacent data pieces are one extent to the engine.
+      const last = data[data.length - 1];
+      if (last && last[0] + last[1] === pos) last[1] += p.length;
+      else data.push([pos, p.length]);
+      if (p.opaque) opaque.push([pos, p.length]);
+    }
+    extents.push({ offset: pos, length: p.length, status: p.status, depth: 0 });
+    pos += p.length;
+  }
+  // Zeros inside data too (zero detection skips them on either path).
+  for (const [o, l] of zeroRuns) {
+    for (const [a, n] of data) {
+      const from = Math.max(a, o);
+      const to = Math.min(a + n, o + l);
+      if (from < to) bytes.fill(0, from, to);
+    }
+  }
+  const storage = memoryStorage('src-store', bytes);
+  const reads: Array<[number, number]> = [];
+  const overlaps = (o: number, l: number, [a, n]: [number, number]) => o < a + n && a < o + l;
+  const disk = toDisk(
+    {
+      size,
+      async read(buf, offset) {
+        reads.push([offset, buf.length]);
+        buf.set(bytes.subarray(offset, offset + buf.length));
+      },
+      async extents(offset, length) {
+        return extents
+          .filter((e) => e.offset + e.length > offset && e.offset < offset + length)
+          .map((e) => {
+            const a = Math.max(e.offset, offset);
+            return { ...e, offset: a, length: Math.min(e.offset + e.length, offset + length) - a };
+          });
+      },
+      async hostSpans(offset, length): Promise<HostSpan[] | null> {
+        if (opaque.some((r) => overlaps(offset, length, r))) return null;
+        // Cut at 100 KiB marks: a disk may answer in several spans.
+        const out: HostSpan[] = [];
+        for (let p = offset; p < offset + length; ) {
+          const q = Math.min(offset + length, (Math.floor(p / (100 * K)) + 1) * 100 * K);
+          out.push({ offset: p, length: q - p, storage, at: p });
+          p = q;
+        }
+        return out;
+      },
+    },
+    { name: 'src', readOnly: true },
+  );
+  return { disk, bytes, storage, reads, opaque, data };
+}
+
+interface Destination {
+  disk: Disk;
+  bytes(): Uint8Array;
+  copies: CopySpan[][];
+  writes: Array<[number, number]>;
+}
+
+/** A raw-like destination in memory whose store copies from `from` (JS, the native copier's contract). */
+function destination(size: number, from: Storage, offsetOnHost = 0): Destination {
+  const store = memoryStorage('dst-store');
+  const copies: CopySpan[][] = [];
+  const writes: Array<[number, number]> = [];
+  const copier: SpanCopier = async (spans, zeroBlock) => {
+    copies.push(spans.map((s) => ({ ...s })));
+    let written = 0;
+    let skipped = 0;
+    for (const s of spans) {
+      const buf = new Uint8Array(s.length);
+      await from.read(buf, s.from);
+      for (let p = 0; p < s.length; ) {
+        const q = Math.min(s.length, (Math.floor((s.to + p) / zeroBlock) + 1) * zeroBlock - s.to);
+        const block = buf.subarray(p, q);
+        if (block.some((b) => b !== 0)) {
+          await store.write(block, s.to + p);
+          written += q - p;
+        } else skipped += q - p;
+        p = q;
+      }
+    }
+    return { written, skipped };
+  };
+  const withCopier: Storage = Object.assign(store, {
+    copierFrom: (src: Storage) => (src === from ? copier : undefined),
+  });
+  const disk = toDisk(
+    {
+      size,
+      async read(buf, offset) {
+        buf.fill(0);
+        const have = Math.max(0, Math.min(buf.length, (await store.size()) - offsetOnHost - offset));
+        if (have > 0) await store.read(buf.subarray(0, have), offsetOnHost + offset);
+      },
+      async write(buf, offset) {
+        writes.push([offset, buf.length]);
+        await store.write(buf, offsetOnHost + offset);
+      },
+      async hostSpans(offset, length) {
+        return [{ offset, length, storage: withCopier, at: offsetOnHost + offset }];
+      },
+    },
+    { name: 'dst', readOnly: false },
+  );
+  const bytes = () => {
+    const out = new Uint8Array(size);
+    const all = store.bytes();
+    out.set(all.subarray(offsetOnHost, Math.min(all.length, offsetOnHost + size)));
+    return out;
+  };
+  return { disk, bytes, copies, writes };
+}
+
+const piece = fc.record({
+  status: fc.constantFrom<Piece['status']>('data', 'data', 'zero', 'hole'),
+  length: fc.integer({ min: 1, max: 700 * K }),
+  opaque: fc.boolean(),
+});
+
+describe('copyDisk: host copies', () => {
+  it('random layouts: the result is the source; only opaque data is read, the rest goes through the copier', async () => {
+    await fc.assert(
+      fc.asyncProperty(
+        fc.array(piece, { minLength: 1, maxLength: 12 }),
+        fc.array(fc.tuple(fc.nat({ max: 4000 * K }), fc.integer({ min: 1, max: 200 * K })), { maxLength: 4 }),
+        fc.constantFrom(4096, 64 * K, 1000 * K),
+        fc.nat({ max: 3 * K }),
+        async (pieces, zeroRuns, chunkSize, hostShift) => {
+          const src = source(pieces, zeroRuns);
+          const dst = destination(src.disk.size, src.storage, hostShift * 512);
+          const r = await copyDisk(src.disk, dst.disk, { dstZeroed: true, chunkSize });
+          assert.ok(Buffer.from(dst.bytes()).equals(Buffer.from(src.bytes)), 'the copy is the source');
+          const dataBytes = src.data.reduce((s, [, n]) => s + n, 0);
+          assert.equal(r.bytesRead, dataBytes, 'every data byte counted once, on either path');
+          const inside = (o: number, l: number, rs: Array<[number, number]>) =>
+            rs.some(([a, n]) => o >= a && o + l <= a + n);
+          // An extent (all below HOST_BATCH here) with an opaque part is read whole; the others are copied.
+          const overlaps = ([o, l]: [number, number], [a, n]: [number, number]) => o < a + n && a < o + l;
+          const tainted = src.data.filter((d) => src.opaque.some((o) => overlaps(d, o)));
+          for (const [o, l] of src.reads)
+            assert.ok(inside(o, l, tainted), `read ${o}+${l} is of opaque extents`);
+          const viaReads = src.reads.reduce((s, [, n]) => s + n, 0);
+          const viaCopier = dst.copies.flat().reduce((s, c) => s + c.length, 0);
+          assert.equal(viaReads + viaCopier, dataBytes, 'each data byte went one way');
+          assert.equal(
+            viaReads,
+            tainted.reduce((s, [, n]) => s + n, 0),
+            'only extents with opaque data take the read path',
+          );
+          for (const batch of dst.copies) {
+            for (const c of batch) {
+              assert.ok(inside(c.from, c.length, src.data), 'copies come from data extents');
+              assert.equal(c.to, c.from + hostShift * 512, 'and land where the destination keeps them');
+            }
+            assert.ok(batch.reduce((s, c) => s + c.length, 0) <= 2 * HOST_BATCH);
+          }
+        },
+      ),
+      { numRuns: 150 },
+    );
+  });
+
+  it('no host copies where the bytes must be seen (onData) or zeros written (dstZeroed false)', async () => {
+    const pieces: Piece[] = [
+      { status: 'data', length: 300 * K, opaque: false },
+      { status: 'hole', length: 200 * K, opaque: false },
+      { status: 'data', length: 100 * K, opaque: false },
+    ];
+    for (const opts of [{ dstZeroed: true, onData: () => undefined }, { dstZeroed: false }]) {
+      const src = source(pieces, []);
+      const dst = destination(src.disk.size, src.storage);
+      await copyDisk(src.disk, dst.disk, opts);
+      assert.equal(dst.copies.length, 0);
+      assert.equal(
+        src.reads.reduce((s, [, n]) => s + n, 0),
+        400 * K,
+      );
+      assert.ok(Buffer.from(dst.bytes()).equals(Buffer.from(src.bytes)));
+    }
+  });
+
+  it('a copier failure stops the copy and is passed on', async () => {
+    const src = source([{ status: 'data', length: 3 * HOST_BATCH, opaque: false }], []);
+    const dst = destination(src.disk.size, src.storage);
+    const store = (await dst.disk.hostSpans(0, 1, 'write'))![0].storage;
+    const copierFrom = store.copierFrom!.bind(store);
+    let calls = 0;
+    store.copierFrom = (from) => {
+      const c = copierFrom(from)!;
+      return async (spans, zb) => {
+        if (++calls === 2) throw new Error('disk on fire');
+        return c(spans, zb);
+      };
+    };
+    await assert.rejects(copyDisk(src.disk, dst.disk, { dstZeroed: true }), /disk on fire/);
+  });
+});
