@@ -15,6 +15,23 @@
  * write rejects with an errno error that also carries `offset` (on the file
  * that failed) and `side` ('source' or 'destination'); a read that meets the
  * end of the source has code 'EOF'.
+ *
+ * readSpans(srcFd, buf, spans, zeroBlock) -> Promise<number[]>
+ *
+ * The same reads and zero scan into a caller's buffer, for destinations that
+ * allocate (image formats): the spans' bytes are packed into `buf` in order,
+ * except that a piece that was all zeros leaves its place to the next, so a
+ * buffer holds only data and many spans of zeros pass through a small one.
+ * It stops where the next piece would not fit. The result is [consumed,
+ * dstOffset, length, bufOffset, ...]: how many span bytes it scanned (in
+ * order), then the runs that are not all zero (blocks again on absolute
+ * multiples of zeroBlock at dstOffset; adjacent runs merged).
+ *
+ * writeSpans(dstFd, buf, spans) -> Promise<number>
+ *
+ * Writes [bufOffset, dstOffset, length] triples of `buf` to the file as one
+ * work item (the runs readSpans found, where an image format put them).
+ * Resolves the bytes written.
  */
 #include <errno.h>
 #include <stdlib.h>
@@ -23,15 +40,26 @@
 
 #include "platter.h"
 
-#define CHUNK (1u << 20)
+/* Bytes per read: copySpans through a thread's own buffer, readSpans a piece at a time. */
+#define CHUNK (1 << 20)
+#define SCAN_PIECE (256 << 10)
 #define ALIGN 4096
 
+enum job_kind { COPY_SPANS, READ_SPANS, WRITE_SPANS };
+
 typedef struct {
+  enum job_kind kind;
   int src, dst;
+  unsigned char *into;
+  size_t into_len;
+  napi_ref into_ref;
+  double *runs; /* readSpans: triples */
+  size_t nruns, cap;
   uint32_t count; /* spans */
   int64_t *spans; /* count * 3 */
   uint32_t zero_block;
   int64_t written, skipped;
+  int64_t consumed; /* readSpans: span bytes scanned, in order */
   int err; /* errno, or -1 for end of file */
   int failed_dst;
   int64_t failed_at;
@@ -90,8 +118,43 @@ static int write_full(copy_job *j, const unsigned char *buf, size_t n, int64_t a
   return 1;
 }
 
-/* Writes the non-zero runs of buf (which holds n bytes for dst offset `at`). */
-static int write_runs(copy_job *j, const unsigned char *buf, size_t n, int64_t at) {
+/* readSpans: records a non-zero run, merged with the last when both are contiguous. */
+static int add_run(copy_job *j, int64_t at, size_t n, size_t buf_off) {
+  if (j->nruns) {
+    double *last = j->runs + 3 * (j->nruns - 1);
+    if ((int64_t)(last[0] + last[1]) == at && (size_t)(last[2] + last[1]) == buf_off) {
+      last[1] += (double)n;
+      return 1;
+    }
+  }
+  if (j->nruns == j->cap) {
+    size_t cap = j->cap ? 2 * j->cap : 64;
+    double *r = realloc(j->runs, cap * 3 * sizeof *r);
+    if (!r) {
+      j->err = ENOMEM;
+      return 0;
+    }
+    j->runs = r;
+    j->cap = cap;
+  }
+  double *r = j->runs + 3 * j->nruns++;
+  r[0] = (double)at;
+  r[1] = (double)n;
+  r[2] = (double)buf_off;
+  return 1;
+}
+
+/*
+ * Hands each non-zero run of buf (n bytes for dst offset `at`) to the
+ * destination: written (copySpans) or recorded (readSpans, buf at `buf_off`).
+ */
+static int put_run(copy_job *j, const unsigned char *buf, size_t n, int64_t at, size_t buf_off) {
+  if (j->kind == COPY_SPANS) return write_full(j, buf, n, at);
+  j->written += (int64_t)n;
+  return add_run(j, at, n, buf_off);
+}
+
+static int write_runs(copy_job *j, const unsigned char *buf, size_t n, int64_t at, size_t buf_off) {
   const int64_t zb = j->zero_block;
   size_t run = 0;
   int run_zero = -1;
@@ -101,14 +164,14 @@ static int write_runs(copy_job *j, const unsigned char *buf, size_t n, int64_t a
     if (next > n) next = n;
     int z = block_is_zero(buf + i, next - i);
     if (z != run_zero) {
-      if (run_zero == 0 && !write_full(j, buf + run, i - run, at + (int64_t)run)) return 0;
+      if (run_zero == 0 && !put_run(j, buf + run, i - run, at + (int64_t)run, buf_off + run)) return 0;
       if (run_zero == 1) j->skipped += (int64_t)(i - run);
       run = i;
       run_zero = z;
     }
     i = next;
   }
-  if (run_zero == 0) return write_full(j, buf + run, n - run, at + (int64_t)run);
+  if (run_zero == 0) return put_run(j, buf + run, n - run, at + (int64_t)run, buf_off + run);
   if (run_zero == 1) j->skipped += (int64_t)(n - run);
   return 1;
 }
@@ -122,6 +185,35 @@ static __thread unsigned char *thread_buf;
 
 static void copy_execute(napi_env env, void *data) {
   copy_job *j = data;
+  if (j->kind == WRITE_SPANS) {
+    for (uint32_t s = 0; s < j->count; s++) {
+      int64_t at = j->spans[3 * s], dst = j->spans[3 * s + 1], len = j->spans[3 * s + 2];
+      if (!write_full(j, j->into + at, (size_t)len, dst)) return;
+    }
+    return;
+  }
+  if (j->kind == READ_SPANS) {
+    /* readSpans: straight into the caller's buffer, packed. */
+    size_t off = 0;
+    for (uint32_t s = 0; s < j->count && !j->err; s++) {
+      int64_t src = j->spans[3 * s], dst = j->spans[3 * s + 1], len = j->spans[3 * s + 2];
+      /*
+       * A piece at a time, scanned while it is still in this CPU's cache. The
+       * runs say where their bytes are, so a piece that was all zeros leaves
+       * its place to the next one (and a source of zeros stays in the cache).
+       */
+      for (int64_t done = 0; done < len;) {
+        size_t n = (size_t)(len - done < (int64_t)SCAN_PIECE ? len - done : (int64_t)SCAN_PIECE);
+        if (off + n > j->into_len) return; /* full: the caller goes on from `consumed` */
+        int64_t kept = j->written;
+        if (!read_full(j, j->into + off, n, src + done) || !write_runs(j, j->into + off, n, dst + done, off)) return;
+        done += (int64_t)n;
+        j->consumed += (int64_t)n;
+        if (j->written != kept) off += n;
+      }
+    }
+    return;
+  }
   if (!thread_buf && posix_memalign((void **)&thread_buf, ALIGN, CHUNK) != 0) {
     thread_buf = NULL;
     j->err = ENOMEM;
@@ -132,7 +224,7 @@ static void copy_execute(napi_env env, void *data) {
     int64_t src = j->spans[3 * s], dst = j->spans[3 * s + 1], len = j->spans[3 * s + 2];
     for (int64_t done = 0; done < len;) {
       size_t n = (size_t)(len - done < CHUNK ? len - done : CHUNK);
-      if (!read_full(j, buf, n, src + done) || !write_runs(j, buf, n, dst + done)) break;
+      if (!read_full(j, buf, n, src + done) || !write_runs(j, buf, n, dst + done, 0)) break;
       done += (int64_t)n;
     }
   }
@@ -156,6 +248,14 @@ static void copy_complete(napi_env env, napi_status status, void *data) {
     napi_create_string_utf8(env, j->failed_dst ? "destination" : "source", NAPI_AUTO_LENGTH, &side);
     napi_set_named_property(env, error, "side", side);
     napi_reject_deferred(env, j->deferred, error);
+  } else if (j->kind == WRITE_SPANS) {
+    napi_resolve_deferred(env, j->deferred, num(env, (double)j->written));
+  } else if (j->kind == READ_SPANS) {
+    napi_value out;
+    napi_create_array_with_length(env, 1 + 3 * j->nruns, &out);
+    napi_set_element(env, out, 0, num(env, (double)j->consumed));
+    for (size_t i = 0; i < 3 * j->nruns; i++) napi_set_element(env, out, (uint32_t)(i + 1), num(env, j->runs[i]));
+    napi_resolve_deferred(env, j->deferred, out);
   } else {
     napi_value out;
     napi_create_array_with_length(env, 2, &out);
@@ -163,21 +263,21 @@ static void copy_complete(napi_env env, napi_status status, void *data) {
     napi_set_element(env, out, 1, num(env, (double)j->skipped));
     napi_resolve_deferred(env, j->deferred, out);
   }
+  if (j->into_ref) napi_delete_reference(env, j->into_ref);
   napi_delete_async_work(env, j->work);
+  free(j->runs);
   free(j->spans);
   free(j);
 }
 
-napi_value copy_spans(napi_env env, napi_callback_info info) {
-  napi_value argv[4], promise, name;
-  int32_t src, dst, zero_block;
-  if (!get_args(env, info, 4, argv) || !get_int(env, argv[0], &src) || !get_int(env, argv[1], &dst) ||
-      !get_int(env, argv[3], &zero_block))
-    return NULL;
+/* Checks and copies the spans (a Float64Array of triples) and zeroBlock into a new job. */
+static copy_job *new_job(napi_env env, napi_value spans_v, napi_value zero_block_v) {
+  int32_t zero_block;
+  if (!get_int(env, zero_block_v, &zero_block)) return NULL;
   napi_typedarray_type type;
   size_t length;
   void *values;
-  if (napi_get_typedarray_info(env, argv[2], &type, &length, &values, NULL, NULL) != napi_ok ||
+  if (napi_get_typedarray_info(env, spans_v, &type, &length, &values, NULL, NULL) != napi_ok ||
       type != napi_float64_array || length % 3 != 0 || length / 3 > UINT32_MAX) {
     napi_throw_type_error(env, NULL, "platter native: spans must be a Float64Array of triples");
     return NULL;
@@ -198,23 +298,100 @@ napi_value copy_spans(napi_env env, napi_callback_info info) {
   if (!j || !spans) {
     free(j);
     free(spans);
-    return throw_errno(env, ENOMEM, "copySpans");
+    throw_errno(env, ENOMEM, "copySpans");
+    return NULL;
   }
   for (size_t i = 0; i < length; i++) spans[i] = (int64_t)d[i];
-  j->src = src;
-  j->dst = dst;
   j->count = (uint32_t)(length / 3);
   j->spans = spans;
   j->zero_block = (uint32_t)zero_block;
+  return j;
+}
+
+static napi_value queue_job(napi_env env, copy_job *j, const char *what) {
+  napi_value promise, name;
   napi_status st = napi_create_promise(env, &j->deferred, &promise);
-  if (st == napi_ok) st = napi_create_string_utf8(env, "platter:copySpans", NAPI_AUTO_LENGTH, &name);
+  if (st == napi_ok) st = napi_create_string_utf8(env, what, NAPI_AUTO_LENGTH, &name);
   if (st == napi_ok) st = napi_create_async_work(env, NULL, name, copy_execute, copy_complete, j, &j->work);
   if (st == napi_ok) st = napi_queue_async_work(env, j->work);
   if (st != napi_ok) {
-    free(spans);
+    if (j->into_ref) napi_delete_reference(env, j->into_ref);
+    free(j->spans);
     free(j);
     napi_throw_error(env, NULL, "platter native: N-API call failed");
     return NULL;
   }
   return promise;
+}
+
+napi_value copy_spans(napi_env env, napi_callback_info info) {
+  napi_value argv[4];
+  int32_t src, dst;
+  if (!get_args(env, info, 4, argv) || !get_int(env, argv[0], &src) || !get_int(env, argv[1], &dst)) return NULL;
+  if (src < 0 || dst < 0) {
+    napi_throw_range_error(env, NULL, "platter native: bad file descriptor");
+    return NULL;
+  }
+  copy_job *j = new_job(env, argv[2], argv[3]);
+  if (!j) return NULL;
+  j->kind = COPY_SPANS;
+  j->src = src;
+  j->dst = dst;
+  return queue_job(env, j, "platter:copySpans");
+}
+
+/* readSpans and writeSpans: (fd, buf, spans[, zeroBlock]) with the spans checked against buf. */
+static napi_value buffer_job(napi_env env, napi_callback_info info, enum job_kind kind) {
+  napi_value argv[4];
+  int32_t fd;
+  size_t argc = kind == READ_SPANS ? 4 : 3;
+  if (!get_args(env, info, argc, argv) || !get_int(env, argv[0], &fd)) return NULL;
+  if (fd < 0) {
+    napi_throw_range_error(env, NULL, "platter native: bad file descriptor");
+    return NULL;
+  }
+  napi_typedarray_type type;
+  size_t length;
+  void *data;
+  if (napi_get_typedarray_info(env, argv[1], &type, &length, &data, NULL, NULL) != napi_ok || type != napi_uint8_array) {
+    napi_throw_type_error(env, NULL, "platter native: buf must be a Uint8Array");
+    return NULL;
+  }
+  napi_value zb;
+  if (kind == WRITE_SPANS) napi_create_int32(env, 512, &zb);
+  copy_job *j = new_job(env, argv[2], kind == READ_SPANS ? argv[3] : zb);
+  if (!j) return NULL;
+  /* writeSpans names where in buf each span is (readSpans stops where buf is full). */
+  int fits = 1;
+  for (uint32_t s = 0; s < j->count && kind == WRITE_SPANS; s++) {
+    size_t at = (size_t)j->spans[3 * s], len = (size_t)j->spans[3 * s + 2];
+    fits = fits && at <= length && len <= length - at;
+  }
+  if (!fits) {
+    free(j->spans);
+    free(j);
+    napi_throw_range_error(env, NULL, "platter native: the spans do not fit in buf");
+    return NULL;
+  }
+  j->kind = kind;
+  j->src = kind == READ_SPANS ? fd : -1;
+  j->dst = kind == WRITE_SPANS ? fd : -1;
+  j->into = data;
+  j->into_len = length;
+  /* Keeps the buffer alive (and in place: it is not detached while referenced by us) until completion. */
+  if (napi_create_reference(env, argv[1], 1, &j->into_ref) != napi_ok) {
+    free(j->spans);
+    free(j);
+    napi_throw_error(env, NULL, "platter native: N-API call failed");
+    return NULL;
+  }
+  return queue_job(env, j, kind == READ_SPANS ? "platter:readSpans" : "platter:writeSpans");
+}
+
+napi_value read_spans(napi_env env, napi_callback_info info) {
+  return buffer_job(env, info, READ_SPANS);
+}
+
+napi_value write_spans(napi_env env, napi_callback_info info) {
+  return buffer_job(env, info, WRITE_SPANS);
 }

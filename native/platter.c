@@ -21,6 +21,11 @@
  *   copySpans(srcFd, dstFd, spans, zeroBlock) -> Promise<[written, skipped]>
  *                                   file-to-file copy that leaves zero blocks
  *                                   unwritten, off the main thread (copy.c)
+ *   readSpans(srcFd, buf, spans, zeroBlock) -> Promise<runs>
+ *                                   the same reads and zero scan into buf; the
+ *                                   non-zero runs as [dstOffset, length, bufOffset]*
+ *   writeSpans(dstFd, buf, spans) -> Promise<written>
+ *                                   [bufOffset, dstOffset, length]* of buf, written
  *   constants                       FALLOC_FL_* values
  *
  * Errors are thrown as Error objects with `code` (e.g. 'EINVAL'), `errno` and
@@ -35,6 +40,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include <node_api.h>
@@ -326,10 +332,16 @@ static napi_value logical_sector_size(napi_env env, napi_callback_info info) {
 
 /* ---- aligned memory for O_DIRECT ---------------------------------------- */
 
+/* Buffers of at least this size (and at most page alignment) are fresh anonymous mappings. */
+#define MAP_AT_LEAST (1 << 20)
+
+/* hint: the size times two, plus one for a mapping. */
 static void free_aligned(napi_env env, void *data, void *hint) {
+  size_t size = (size_t)(uintptr_t)hint >> 1;
   int64_t ignored;
-  napi_adjust_external_memory(env, -(int64_t)(uintptr_t)hint, &ignored);
-  free(data);
+  napi_adjust_external_memory(env, -(int64_t)size, &ignored);
+  if ((uintptr_t)hint & 1) munmap(data, size);
+  else free(data);
 }
 
 static napi_value aligned_buffer(napi_env env, napi_callback_info info) {
@@ -341,12 +353,21 @@ static napi_value aligned_buffer(napi_env env, napi_callback_info info) {
     return NULL;
   }
   void *mem = NULL;
-  int err = posix_memalign(&mem, (size_t)align, (size_t)size);
-  if (err) return throw_errno(env, err, "posix_memalign");
-  memset(mem, 0, (size_t)size);
-  if (napi_create_external_arraybuffer(env, mem, (size_t)size, free_aligned, (void *)(uintptr_t)size, &ab) !=
+  int mapped = size >= MAP_AT_LEAST && align <= 4096;
+  if (mapped) {
+    /* Zero pages on first touch: a buffer costs only what is used of it. */
+    mem = mmap(NULL, (size_t)size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (mem == MAP_FAILED) return throw_errno(env, errno, "mmap");
+  } else {
+    int err = posix_memalign(&mem, (size_t)align, (size_t)size);
+    if (err) return throw_errno(env, err, "posix_memalign");
+    memset(mem, 0, (size_t)size);
+  }
+  void *hint = (void *)(((uintptr_t)size << 1) | (uintptr_t)mapped);
+  if (napi_create_external_arraybuffer(env, mem, (size_t)size, free_aligned, hint, &ab) !=
       napi_ok) {
-    free(mem);
+    if (mapped) munmap(mem, (size_t)size);
+    else free(mem);
     napi_throw_error(env, "ENOTSUP", "platter native: external array buffers are not allowed");
     return NULL;
   }
@@ -374,6 +395,8 @@ static napi_value init(napi_env env, napi_value exports) {
   set_fn(env, exports, "logicalSectorSize", logical_sector_size);
   set_fn(env, exports, "alignedBuffer", aligned_buffer);
   set_fn(env, exports, "copySpans", copy_spans);
+  set_fn(env, exports, "readSpans", read_spans);
+  set_fn(env, exports, "writeSpans", write_spans);
   napi_value c;
   napi_create_object(env, &c);
   napi_set_named_property(env, c, "FALLOC_FL_KEEP_SIZE", num(env, FALLOC_FL_KEEP_SIZE));

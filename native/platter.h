@@ -12,5 +12,7 @@ napi_value num(napi_env env, double d);
 
 /* copy.c */
 napi_value copy_spans(napi_env env, napi_callback_info info);
+napi_value read_spans(napi_env env, napi_callback_info info);
+napi_value write_spans(napi_env env, napi_callback_info info);
 
 #endif

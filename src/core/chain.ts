@@ -64,16 +64,15 @@ export function stack(top: Disk, below: Disk): Disk {
     return out;
   }
 
-  /**
-   * Reads: each extent from the layer that holds it (zeros are kept nowhere).
-   * Writes land in top, as they are only when nothing below can show through.
-   */
+  /** Reads: each extent from the layer that holds it (zeros are kept nowhere). */
   async function hostSpans(
     offset: number,
     length: number,
     purpose: HostSpanPurpose,
   ): Promise<HostSpan[] | null> {
+    // Writes land in top; with a backing disk below, only whole granules (allocate) leave nothing to show through.
     if (purpose === 'write') return belowIsZero ? top.hostSpans(offset, length, purpose) : null;
+    if (purpose === 'allocate') return top.hostSpans(offset, length, purpose);
     const out: HostSpan[] = [];
     for (const e of await top.extents(offset, length)) {
       const end = e.offset + e.length;

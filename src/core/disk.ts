@@ -38,9 +38,12 @@ export interface HostSpan {
 /**
  * `read`: the bytes are read from these spans; `write`: a write() of the range
  * would land exactly there, changing nothing else (no allocation, no
- * copy-on-write, no metadata).
+ * copy-on-write, no metadata); `allocate`: the layer allocates the range now
+ * (new clusters or blocks, mapped at once) and the caller then writes every
+ * byte of it at these spans itself, before anything reads it (the copy
+ * engine into a new image).
  */
-export type HostSpanPurpose = 'read' | 'write';
+export type HostSpanPurpose = 'read' | 'write' | 'allocate';
 
 export interface SnapshotInfo {
   id: string;
@@ -168,7 +171,7 @@ export interface Disk {
   discard(offset: number, length: number): Promise<void>;
   /** Extents that tile [offset, offset+length) exactly, adjacent equal ones merged. */
   extents(offset: number, length: number): Promise<Extent[]>;
-  /** See DiskImpl.hostSpans; null for a read-only disk asked for `write`. */
+  /** See DiskImpl.hostSpans; null for a read-only disk asked for `write` or `allocate`. */
   hostSpans(offset: number, length: number, purpose: HostSpanPurpose): Promise<HostSpan[] | null>;
   flush(): Promise<void>;
   close(): Promise<void>;
@@ -252,7 +255,7 @@ export function toDisk(impl: DiskImpl, opts: ToDiskOptions): Disk {
     },
     async hostSpans(offset, length, purpose) {
       check(offset, length, false);
-      if (!impl.hostSpans || length === 0 || (purpose === 'write' && readOnly)) return null;
+      if (!impl.hostSpans || length === 0 || (purpose !== 'read' && readOnly)) return null;
       return impl.hostSpans(offset, length, purpose);
     },
     async flush() {

@@ -35,6 +35,16 @@ export interface Storage {
    * it suits only ranges of this store that already read zeros.
    */
   copierFrom?(src: Storage): SpanCopier | undefined;
+  /**
+   * Reads spans of this store (`from`) packed into a buffer, scanning them for
+   * zeros on the way (host files: one call off the main thread).
+   */
+  readSpans?: SpanReader;
+  /**
+   * Writes pieces of `buf` (`from` in the buffer, `to` in this store) in one
+   * call (host files: off the main thread).
+   */
+  writeSpans?(buf: Uint8Array, spans: readonly CopySpan[]): Promise<void>;
 }
 
 /** `length` bytes at `from` in the source store go to `to` in this one. */
@@ -43,6 +53,29 @@ export interface CopySpan {
   to: number;
   length: number;
 }
+
+/** `length` bytes that are not all zero, for `to`, at `at` in the buffer. */
+export interface DataRun {
+  to: number;
+  length: number;
+  at: number;
+}
+
+/**
+ * Reads the spans' bytes (`from` in this store) into `buf` and scans them in
+ * blocks of `zeroBlock` bytes on absolute multiples of `to`: resolves the runs
+ * that are not all zero, and how many bytes of the spans (in order) it got
+ * through before `buf` was full (all zero blocks take no room in `buf`; `buf`
+ * must hold at least SCAN_PIECE bytes).
+ */
+export type SpanReader = (
+  buf: Uint8Array,
+  spans: readonly CopySpan[],
+  zeroBlock: number,
+) => Promise<{ runs: DataRun[]; consumed: number }>;
+
+/** The unit in which a SpanReader fills its buffer. */
+export const SCAN_PIECE = 256 * 1024;
 
 /**
  * Copies the spans; blocks of `zeroBlock` bytes (absolute multiples on the

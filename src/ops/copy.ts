@@ -18,12 +18,13 @@
  *     Buffers come from ioBuffer() (page-aligned: see ops/buffers.ts).
  *   - `onData`, if given, sees every byte of the source exactly once and in
  *     offset order (zeros as `data: undefined`), e.g. to hash while copying.
- *   - Host copies: where the destination reads zeros (`dstZeroed`), nobody watches
- *     the bytes (no `onData`) and both sides keep the data verbatim in host stores
- *     (Disk.hostSpans) whose destination offers a copier from the source
- *     (Storage.copierFrom), data goes store to store in batches of up to
- *     HOST_BATCH bytes: one call to the host per batch instead of a read and a
- *     write per chunk through JavaScript. Such batches run unordered.
+ *   - Host I/O (ops/host-copy.ts): where the destination reads zeros
+ *     (`dstZeroed`), nobody watches the bytes (no `onData`) and the source keeps
+ *     its data verbatim in host stores (Disk.hostSpans), data is copied store to
+ *     store when the destination keeps it verbatim too (unordered batches of up
+ *     to HOST_BATCH), and otherwise read and scanned for zeros by the host in
+ *     batches of SCAN_BATCH, then written through the destination: one call
+ *     to the host per batch instead of a read per chunk.
  *   - The signal stops it between chunks with ECANCELED; chunks in flight finish
  *     first, so no write is torn. What the destination holds then is the
  *     caller's business (the CLI writes to DST.partial and renames at the end).
@@ -31,8 +32,17 @@
 import { alignDown, isAllZero } from '../core/bytes.js';
 import type { Disk, Extent } from '../core/disk.js';
 import { invalid, PlatterError, throwIfAborted } from '../core/errors.js';
+import type { CopySpan, DataRun, Storage } from '../core/storage.js';
 import { ioBuffer } from './buffers.js';
-import { HOST_BATCH, type HostBatch, HostBatcher, type HostPlanner, hostPlanner } from './host-copy.js';
+import {
+  type HostBatch,
+  HostBatcher,
+  type HostPlanner,
+  hostPlanner,
+  restOf,
+  SCAN_BUFFER,
+  SCAN_ZERO_BATCH,
+} from './host-copy.js';
 import type { OpOptions } from './progress.js';
 
 export interface CopyOptions extends OpOptions {
@@ -88,7 +98,7 @@ const MiB = 1 << 20;
 /** How much of the source one extents() call covers. */
 const EXTENT_WINDOW = 1024 * MiB;
 
-type Task = { kind: 'zero' | 'read'; offset: number; length: number } | ({ kind: 'host' } & HostBatch);
+type Task = { kind: 'zero' | 'read'; offset: number; length: number } | HostBatch;
 
 /**
  * Splits the source into tasks: data extents in aligned chunks (or host-copy
@@ -100,9 +110,10 @@ async function* tasks(
   end: number,
   chunk: number,
   host: HostPlanner | undefined,
+  scanLimit: () => number,
 ): AsyncGenerator<Task> {
   // Host copies gathered per copier until a batch is full (or the source ends).
-  const batches = new HostBatcher();
+  const batches = new HostBatcher(scanLimit);
   for (let win = start; win < end; win += EXTENT_WINDOW) {
     const winEnd = Math.min(end, win + EXTENT_WINDOW);
     const exts: Extent[] = await src.extents(win, winEnd - win);
@@ -114,13 +125,13 @@ async function* tasks(
           break;
         case 'data': {
           const eEnd = e.offset + e.length;
-          // Host batches are cut at HOST_BATCH boundaries, chunks at chunk boundaries.
-          const step = host ? HOST_BATCH : chunk;
+          // The planner is asked for at most SCAN_BUFFER at a time; chunks are cut at chunk boundaries.
+          const step = host ? SCAN_BUFFER : chunk;
           for (let pos = e.offset; pos < eEnd; ) {
             const next = Math.min(eEnd, alignDown(pos, step) + step);
             const plan = host && (await host(pos, next - pos));
             if (plan) {
-              for (const b of batches.add(plan)) yield { kind: 'host', ...b };
+              yield* batches.add(plan);
             } else {
               for (let p = pos; p < next; ) {
                 const q = Math.min(next, alignDown(p, chunk) + chunk);
@@ -139,7 +150,7 @@ async function* tasks(
       }
     }
   }
-  for (const b of batches.rest()) yield { kind: 'host', ...b };
+  yield* batches.rest();
 }
 
 /** isAllZero of buf[a, b), rejecting most data blocks by their first and last bytes without a native call. */
@@ -228,11 +239,49 @@ export async function copyDisk(src: Disk, dst: Disk, opts: CopyOptions = {}): Pr
     await flushRun(buf.length);
   };
 
+  /**
+   * Writes scanned runs: where the destination allocates them and says where
+   * (hostSpans 'allocate'), all at once per store; elsewhere through write().
+   * Resolves when the runs are placed (allocated, or written through write())
+   * with the promise of the direct writes, which need no turn.
+   */
+  const placeRuns = async (
+    buf: Uint8Array,
+    runs: readonly DataRun[],
+  ): Promise<{ written: number; direct: Promise<unknown> }> => {
+    const direct = new Map<Storage, CopySpan[]>();
+    let written = 0;
+    for (const r of runs) {
+      const spans = await dst.hostSpans(r.to, r.length, 'allocate');
+      if (spans?.every((sp) => sp.storage.writeSpans)) {
+        for (const sp of spans) {
+          const list = direct.get(sp.storage) ?? [];
+          direct.set(sp.storage, list);
+          list.push({ from: r.at + (sp.offset - r.to), to: sp.at, length: sp.length });
+        }
+      } else {
+        // Through the disk in chunks, as the read path writes (a compressing writer holds what it is given).
+        for (let p = 0; p < r.length; ) {
+          const q = Math.min(r.length, alignDown(r.to + p, chunk) + chunk - r.to);
+          await dst.write(buf.subarray(r.at + p, r.at + q), r.to + p);
+          p = q;
+        }
+      }
+      written += r.length;
+    }
+    return {
+      written,
+      direct: Promise.all([...direct].map(([storage, spans]) => storage.writeSpans!(buf, spans))),
+    };
+  };
+
   // Zero ranges longer than this are split, so progress and cancellation keep moving.
   const zeroStep = Math.max(chunk, 256 * MiB);
   // Zero blocks left unwritten must already read zeros, and onData needs the bytes in hand.
   const host = dstZeroed && !onData ? hostPlanner(src, dst) : undefined;
-  const iter = tasks(src, start, end, chunk, host);
+  // Scans of zeros only may span more than a scan buffer holds (see SCAN_BUFFER).
+  let scansFindData = true;
+  const iter = tasks(src, start, end, chunk, host, () => (scansFindData ? SCAN_BUFFER : SCAN_ZERO_BATCH));
   let failed: unknown;
   // In-order delivery to onData: each task waits for the previous one's turn.
   let turn: Promise<void> = Promise.resolve();
@@ -251,6 +300,7 @@ export async function copyDisk(src: Disk, dst: Disk, opts: CopyOptions = {}): Pr
 
   const worker = async (): Promise<void> => {
     let buf: Uint8Array | undefined;
+    let scanBuf: Uint8Array | undefined;
     while (failed === undefined) {
       throwIfAborted(signal);
       const t = await pull();
@@ -262,7 +312,7 @@ export async function copyDisk(src: Disk, dst: Disk, opts: CopyOptions = {}): Pr
         release = r;
       });
       try {
-        if (t.kind === 'host') {
+        if (t.kind === 'copy') {
           // Unordered: nothing watches the bytes, and the batches do not overlap.
           const r = await t.copier(t.spans, zeroBlock);
           result.bytesRead += t.length;
@@ -270,6 +320,32 @@ export async function copyDisk(src: Disk, dst: Disk, opts: CopyOptions = {}): Pr
           result.bytesSkipped += r.skipped;
           done += t.length;
           onProgress?.({ phase, done, total: length });
+        } else if (t.kind === 'scan') {
+          if (!scanBuf) scanBuf = ioBuffer(SCAN_BUFFER);
+          let spans: readonly CopySpan[] = t.spans;
+          let written = 0;
+          let waited = false;
+          while (spans.length > 0) {
+            const got = await t.reader(scanBuf, spans, zeroBlock);
+            if (got.consumed <= 0) throw new Error('internal error: the span reader made no progress');
+            result.bytesRead += got.consumed;
+            if (ordered && !waited) {
+              await prev;
+              waited = true;
+              if (failed !== undefined) return;
+            }
+            const placed = await placeRuns(scanBuf, got.runs);
+            spans = restOf(spans, got.consumed);
+            // The next batch may allocate while this one's last bytes go out (its own buffer).
+            if (spans.length === 0) void prev.then(release);
+            await placed.direct;
+            written += placed.written;
+            done += got.consumed;
+            onProgress?.({ phase, done, total: length });
+          }
+          scansFindData = written > 0;
+          result.bytesWritten += written;
+          result.bytesSkipped += t.length - written;
         } else if (t.kind === 'read') {
           if (!buf) buf = ioBuffer(chunk);
           const data = buf.subarray(0, t.length);
@@ -301,7 +377,9 @@ export async function copyDisk(src: Disk, dst: Disk, opts: CopyOptions = {}): Pr
           await onData?.({ offset: t.offset, length: t.length });
         }
       } finally {
-        release();
+        // Never before the previous task's turn, even for a task that did not wait for it:
+        // the turns stay in offset order for the tasks that do.
+        void prev.then(release);
       }
     }
   };

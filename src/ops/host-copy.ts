@@ -1,11 +1,17 @@
 /**
- * Host copies for the copy engine: when both sides keep the data verbatim in
- * host stores (Disk.hostSpans) and the destination's store can copy from the
- * source's (Storage.copierFrom), data goes store to store without passing
- * through JavaScript memory, in batches of up to HOST_BATCH bytes.
+ * Host I/O for the copy engine, where a disk says where its data lies in host
+ * stores (Disk.hostSpans):
+ *
+ *   copy  both sides keep the data verbatim and the destination's store copies
+ *         from the source's (Storage.copierFrom): store to store, never through
+ *         JavaScript memory, in batches of up to HOST_BATCH bytes;
+ *   scan  only the source does (the destination allocates: an image format):
+ *         the source's store reads a batch of spans and scans it for zeros in
+ *         one call (Storage.readSpans), and the engine writes the runs that are
+ *         not zero through the destination disk.
  */
 import type { Disk } from '../core/disk.js';
-import type { CopySpan, SpanCopier, Storage } from '../core/storage.js';
+import type { CopySpan, SpanCopier, SpanReader, Storage } from '../core/storage.js';
 
 const MiB = 1 << 20;
 
@@ -15,20 +21,33 @@ const MiB = 1 << 20;
  * 8 MiB batches were 5-25 % slower on the bench machine (BENCHMARKS.md).
  */
 export const HOST_BATCH = 32 * MiB;
-
-/** `length` data bytes in `spans`, for one copier. */
-export interface HostBatch {
-  copier: SpanCopier;
-  spans: CopySpan[];
-  length: number;
-}
-
 /**
- * The host copies for the data range [offset, offset+length), one list per
- * copier, or null when either side cannot say where the bytes are or the
- * destination's store cannot copy from the source's.
+ * Each worker's scan buffer. A scan stops when its buffer is full, but all
+ * zero pieces take no room, so a batch of zeros may span much more:
+ * SCAN_ZERO_BATCH while the last scan found only zeros. 2 MiB: 4 MiB buffers
+ * put `convert -c` (compression workers) past 200 MiB of peak RSS here.
  */
-export type HostPlanner = (offset: number, length: number) => Promise<Map<SpanCopier, CopySpan[]> | null>;
+export const SCAN_BUFFER = 2 * MiB;
+export const SCAN_ZERO_BATCH = 32 * MiB;
+
+/** Spans for one copier or one reader; `to` is a destination store offset (copy) or a disk offset (scan). */
+export type HostBatch =
+  | { kind: 'copy'; copier: SpanCopier; spans: CopySpan[]; length: number }
+  | { kind: 'scan'; reader: SpanReader; spans: CopySpan[]; length: number };
+
+/** What a data range needs: spans per copier, or spans per reader. */
+export type HostPlan =
+  | { kind: 'copy'; spans: Map<SpanCopier, CopySpan[]> }
+  | { kind: 'scan'; spans: Map<SpanReader, CopySpan[]> };
+
+/** The host I/O for the data range [offset, offset+length), or null when the source cannot say where it is. */
+export type HostPlanner = (offset: number, length: number) => Promise<HostPlan | null>;
+
+function listOf<K>(m: Map<K, CopySpan[]>, k: K): CopySpan[] {
+  const l = m.get(k) ?? [];
+  m.set(k, l);
+  return l;
+}
 
 export function hostPlanner(src: Disk, dst: Disk): HostPlanner {
   const copiers = new Map<Storage, Map<Storage, SpanCopier | undefined>>();
@@ -38,11 +57,14 @@ export function hostPlanner(src: Disk, dst: Disk): HostPlanner {
     if (!byDst.has(to)) byDst.set(to, to.copierFrom?.(from));
     return byDst.get(to);
   };
-  return async (offset, length) => {
-    const from = await src.hostSpans(offset, length, 'read');
-    const to = from && (await dst.hostSpans(offset, length, 'write'));
-    if (!from || !to) return null;
-    const plan = new Map<SpanCopier, CopySpan[]>();
+
+  const copyPlan = (
+    offset: number,
+    length: number,
+    from: HostSpanList,
+    to: HostSpanList,
+  ): HostPlan | null => {
+    const spans = new Map<SpanCopier, CopySpan[]>();
     // Both lists tile the range in order: walk them together.
     let i = 0;
     let j = 0;
@@ -52,40 +74,93 @@ export function hostPlanner(src: Disk, dst: Disk): HostPlanner {
       const n = Math.min(a.offset + a.length, b.offset + b.length) - pos;
       const copier = copierOf(a.storage, b.storage);
       if (!copier) return null;
-      const spans = plan.get(copier) ?? [];
-      plan.set(copier, spans);
-      spans.push({ from: a.at + (pos - a.offset), to: b.at + (pos - b.offset), length: n });
+      listOf(spans, copier).push({ from: a.at + (pos - a.offset), to: b.at + (pos - b.offset), length: n });
       pos += n;
       if (pos === a.offset + a.length) i++;
       if (pos === b.offset + b.length) j++;
     }
-    return plan;
+    return { kind: 'copy', spans };
+  };
+
+  const scanPlan = (from: HostSpanList): HostPlan | null => {
+    const spans = new Map<SpanReader, CopySpan[]>();
+    for (const a of from) {
+      if (!a.storage.readSpans) return null;
+      listOf(spans, a.storage.readSpans).push({ from: a.at, to: a.offset, length: a.length });
+    }
+    return { kind: 'scan', spans };
+  };
+
+  return async (offset, length) => {
+    const from = await src.hostSpans(offset, length, 'read');
+    if (!from) return null;
+    const to = await dst.hostSpans(offset, length, 'write');
+    return (to && copyPlan(offset, length, from, to)) || scanPlan(from);
   };
 }
 
-/** Gathers planned spans per copier into batches of at least HOST_BATCH bytes. */
-export class HostBatcher {
-  private readonly pending = new Map<SpanCopier, HostBatch>();
+type HostSpanList = NonNullable<Awaited<ReturnType<Disk['hostSpans']>>>;
 
-  /** Adds a plan; returns the batches it filled. */
-  add(plan: Map<SpanCopier, CopySpan[]>): HostBatch[] {
-    const full: HostBatch[] = [];
-    for (const [copier, spans] of plan) {
-      const b = this.pending.get(copier) ?? { copier, spans: [], length: 0 };
-      this.pending.set(copier, b);
+/** The spans after the first `consumed` bytes of them. */
+export function restOf(spans: readonly CopySpan[], consumed: number): CopySpan[] {
+  const out: CopySpan[] = [];
+  let skip = consumed;
+  for (const sp of spans) {
+    if (skip >= sp.length) {
+      skip -= sp.length;
+      continue;
+    }
+    out.push({ from: sp.from + skip, to: sp.to + skip, length: sp.length - skip });
+    skip = 0;
+  }
+  return out;
+}
+
+/**
+ * Gathers planned spans into batches: copies until HOST_BATCH bytes, scans
+ * while they fit `scanLimit` (the planner is asked for at most SCAN_BUFFER at a time).
+ */
+export class HostBatcher {
+  private readonly pending = new Map<SpanCopier | SpanReader, HostBatch>();
+
+  constructor(private readonly scanLimit: () => number) {}
+
+  /** Adds a plan; returns the batches that are ready. */
+  add(plan: HostPlan): HostBatch[] {
+    const ready: HostBatch[] = [];
+    const take = (b: HostBatch, spans: CopySpan[]): void => {
       for (const sp of spans) {
         b.spans.push(sp);
         b.length += sp.length;
       }
-      if (b.length >= HOST_BATCH) {
-        this.pending.delete(copier);
-        full.push(b);
+    };
+    if (plan.kind === 'copy') {
+      for (const [copier, spans] of plan.spans) {
+        const b = this.pending.get(copier) ?? { kind: 'copy', copier, spans: [], length: 0 };
+        this.pending.set(copier, b);
+        take(b, spans);
+        if (b.length >= HOST_BATCH) {
+          this.pending.delete(copier);
+          ready.push(b);
+        }
       }
+      return ready;
     }
-    return full;
+    for (const [reader, spans] of plan.spans) {
+      const bytes = spans.reduce((s, sp) => s + sp.length, 0);
+      let b = this.pending.get(reader);
+      if (b && b.length + bytes > this.scanLimit()) {
+        ready.push(b);
+        b = undefined;
+      }
+      b ??= { kind: 'scan', reader, spans: [], length: 0 };
+      this.pending.set(reader, b);
+      take(b, spans);
+    }
+    return ready;
   }
 
-  /** The batches not yet full (at the end of the source). */
+  /** The batches not yet sent (at the end of the source). */
   rest(): HostBatch[] {
     const out = [...this.pending.values()];
     this.pending.clear();

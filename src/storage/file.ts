@@ -45,7 +45,7 @@
  */
 import * as fs from 'node:fs';
 import { PlatterError } from '../core/errors.js';
-import type { CopySpan, OpenMode, SpanCopier, Storage, StorageExtent } from '../core/storage.js';
+import type { CopySpan, DataRun, OpenMode, SpanCopier, Storage, StorageExtent } from '../core/storage.js';
 import { hostError } from './errors.js';
 import { native as defaultNative, type Native, READ_LOCK, UNLOCK, WRITE_LOCK } from './native.js';
 
@@ -265,6 +265,15 @@ function clipExtents(extents: readonly StorageExtent[], from: number, to: number
 /** The descriptor behind each open file Storage, for copierFrom (a source reached only through its Storage). */
 const hostFiles = new WeakMap<Storage, { fd: number; path: string; readable: () => boolean }>();
 
+/** [from, to, length] triples for the native copier. */
+function triplesOf(spans: readonly CopySpan[]): Float64Array {
+  const t = new Float64Array(spans.length * 3);
+  spans.forEach((sp, i) => {
+    t.set([sp.from, sp.to, sp.length], i * 3);
+  });
+  return t;
+}
+
 /** Maps a copySpans failure to the file and offset it happened at. */
 function copyError(e: unknown, src: string, dst: string): Error {
   const err = e as NodeJS.ErrnoException & { offset?: number; side?: string };
@@ -430,19 +439,40 @@ function makeFileStorage(path: string, mode: OpenMode, nat: Native, o: Opened): 
       return async (spans: readonly CopySpan[], zeroBlock: number) => {
         checkWritable();
         if (!from.readable()) throw new PlatterError('ECLOSED', `${from.path}: storage is closed`);
-        const triples = new Float64Array(spans.length * 3);
         let end = 0;
-        spans.forEach((sp, i) => {
+        for (const sp of spans) {
           checkDeviceEnd(sp.to, sp.length);
-          triples.set([sp.from, sp.to, sp.length], i * 3);
           end = Math.max(end, sp.to + sp.length);
-        });
+        }
         const [written, skipped] = await nat
-          .copySpans(from.fd, fd, triples, zeroBlock)
+          .copySpans(from.fd, fd, triplesOf(spans), zeroBlock)
           .catch((e) => Promise.reject(copyError(e, from.path, path)));
         grew(end);
         return { written, skipped };
       };
+    };
+    storage.writeSpans = async (buf, spans) => {
+      checkWritable();
+      let end = 0;
+      for (const sp of spans) {
+        checkDeviceEnd(sp.to, sp.length);
+        end = Math.max(end, sp.to + sp.length);
+      }
+      await nat.writeSpans(fd, buf, triplesOf(spans)).catch((e) => Promise.reject(copyError(e, path, path)));
+      grew(end);
+    };
+  }
+
+  if (nat.available && directFd < 0) {
+    storage.readSpans = async (buf, spans, zeroBlock) => {
+      checkOpen();
+      const flat = await nat
+        .readSpans(fd, buf, triplesOf(spans), zeroBlock)
+        .catch((e) => Promise.reject(copyError(e, path, path)));
+      const runs: DataRun[] = [];
+      for (let i = 1; i < flat.length; i += 3)
+        runs.push({ to: flat[i], length: flat[i + 1], at: flat[i + 2] });
+      return { runs, consumed: flat[0] };
     };
   }
 

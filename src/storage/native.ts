@@ -12,7 +12,8 @@
  *   logicalSectorSize | ioctl BLKSSZGET                 | sysfs logical_block_size, else 512
  *   alignedBuffer     | posix_memalign                  | ordinary memory (no O_DIRECT)
  *   copySpans         | pread/scan/pwrite on a pool     | rejects EOPNOTSUPP (file.ts offers
- *                     | thread (native/copy.c)          | no copier without the addon)
+ *   readSpans,        | thread (native/copy.c)          | none without the addon)
+ *   writeSpans        |                                 |
  *
  * storage/file.ts asks `native.available` before offering discard/allocate,
  * locks and O_DIRECT, so the fallback never pretends to do what it cannot.
@@ -65,6 +66,14 @@ export interface Native {
    * ('source' | 'destination'); a short source has code 'EOF'.
    */
   copySpans(srcFd: number, dstFd: number, spans: Float64Array, zeroBlock: number): Promise<[number, number]>;
+  /**
+   * The same reads and zero scan into `buf` (the spans packed in order, all
+   * zero 256 KiB pieces taking no room), up to where `buf` is full; resolves
+   * [consumed, then the non-zero runs as triples dstOffset, length, bufOffset].
+   */
+  readSpans(srcFd: number, buf: Uint8Array, spans: Float64Array, zeroBlock: number): Promise<number[]>;
+  /** Writes [bufOffset, dstOffset, length] triples of `buf`; resolves the bytes written. */
+  writeSpans(dstFd: number, buf: Uint8Array, spans: Float64Array): Promise<number>;
   readonly constants: {
     readonly FALLOC_FL_KEEP_SIZE: number;
     readonly FALLOC_FL_PUNCH_HOLE: number;
@@ -117,6 +126,8 @@ export const fallback: Native = {
   logicalSectorSize: (fd) => sysfsBlock(fd, 'queue/logical_block_size') ?? 512,
   alignedBuffer: (size) => new Uint8Array(size),
   copySpans: async () => Promise.reject(notSupported('copySpans')),
+  readSpans: async () => Promise.reject(notSupported('readSpans')),
+  writeSpans: async () => Promise.reject(notSupported('writeSpans')),
   constants: { FALLOC_FL_KEEP_SIZE: 1, FALLOC_FL_PUNCH_HOLE: 2, FALLOC_FL_ZERO_RANGE: 16 },
 };
 

@@ -9,9 +9,16 @@ import { randomBytes } from 'node:crypto';
 import { describe, it } from 'node:test';
 import fc from 'fast-check';
 import { type Disk, type Extent, type HostSpan, toDisk } from '../../src/core/disk.js';
-import type { CopySpan, SpanCopier, Storage } from '../../src/core/storage.js';
+import {
+  type CopySpan,
+  type DataRun,
+  SCAN_PIECE,
+  type SpanCopier,
+  type SpanReader,
+  type Storage,
+} from '../../src/core/storage.js';
 import { copyDisk } from '../../src/ops/copy.js';
-import { HOST_BATCH } from '../../src/ops/host-copy.js';
+import { HOST_BATCH, SCAN_BUFFER, SCAN_ZERO_BATCH } from '../../src/ops/host-copy.js';
 import { memoryStorage } from '../../src/storage/memory.js';
 
 const K = 1024;
@@ -24,6 +31,8 @@ interface Source {
   storage: Storage;
   /** [offset, length] of reads through Disk.read. */
   reads: Array<[number, number]>;
+  /** The span lists handed to the store's reader. */
+  scans: CopySpan[][];
   /** Ranges whose hostSpans answer null (compressed clusters, say). */
   opaque: Array<[number, number]>;
   /** The data extents, adjacent pieces merged. */
@@ -58,7 +67,41 @@ function source(pieces: Piece[], zeroRuns: Array<[number, number]>): Source {
       if (from < to) bytes.fill(0, from, to);
     }
   }
-  const storage = memoryStorage('src-store', bytes);
+  const storage: Storage = memoryStorage('src-store', bytes);
+  const scans: CopySpan[][] = [];
+  // The native reader's contract in JavaScript: pieces packed into buf (an all-zero
+  // piece leaves its room to the next), non-zero runs per zeroBlock, a stop where buf is full.
+  const readSpans: SpanReader = async (buf, spans, zeroBlock) => {
+    scans.push(spans.map((s) => ({ ...s })));
+    const runs: DataRun[] = [];
+    let at = 0;
+    let consumed = 0;
+    for (const s of spans) {
+      for (let done = 0; done < s.length; ) {
+        const n = Math.min(SCAN_PIECE, s.length - done);
+        if (at + n > buf.length) return { runs, consumed };
+        await storage.read(buf.subarray(at, at + n), s.from + done);
+        let kept = false;
+        for (let p = 0; p < n; ) {
+          const to = s.to + done + p;
+          const q = Math.min(n, (Math.floor(to / zeroBlock) + 1) * zeroBlock - (s.to + done));
+          if (buf.subarray(at + p, at + q).some((b) => b !== 0)) {
+            kept = true;
+            const last = runs[runs.length - 1];
+            if (last && last.to + last.length === to && last.at + last.length === at + p)
+              last.length += q - p;
+            else runs.push({ to, length: q - p, at: at + p });
+          }
+          p = q;
+        }
+        done += n;
+        consumed += n;
+        if (kept) at += n;
+      }
+    }
+    return { runs, consumed };
+  };
+  storage.readSpans = readSpans;
   const reads: Array<[number, number]> = [];
   const overlaps = (o: number, l: number, [a, n]: [number, number]) => o < a + n && a < o + l;
   const disk = toDisk(
@@ -90,7 +133,7 @@ function source(pieces: Piece[], zeroRuns: Array<[number, number]>): Source {
     },
     { name: 'src', readOnly: true },
   );
-  return { disk, bytes, storage, reads, opaque, data };
+  return { disk, bytes, storage, reads, scans, opaque, data };
 }
 
 interface Destination {
@@ -101,7 +144,7 @@ interface Destination {
 }
 
 /** A raw-like destination in memory whose store copies from `from` (JS, the native copier's contract). */
-function destination(size: number, from: Storage, offsetOnHost = 0): Destination {
+function destination(size: number, from: Storage, offsetOnHost = 0, allocates = false): Destination {
   const store = memoryStorage('dst-store');
   const copies: CopySpan[][] = [];
   const writes: Array<[number, number]> = [];
@@ -140,6 +183,8 @@ function destination(size: number, from: Storage, offsetOnHost = 0): Destination
         await store.write(buf, offsetOnHost + offset);
       },
       async hostSpans(offset, length) {
+        // An image format allocates as it writes: it cannot say in advance.
+        if (allocates) return null;
         return [{ offset, length, storage: withCopier, at: offsetOnHost + offset }];
       },
     },
@@ -152,6 +197,31 @@ function destination(size: number, from: Storage, offsetOnHost = 0): Destination
     return out;
   };
   return { disk, bytes, copies, writes };
+}
+
+/** Data extents cut where the engine plans them: at multiples of SCAN_BUFFER. */
+function planned(data: Array<[number, number]>): Array<[number, number]> {
+  const out: Array<[number, number]> = [];
+  for (const [a, n] of data) {
+    for (let p = a; p < a + n; ) {
+      const q = Math.min(a + n, (Math.floor(p / SCAN_BUFFER) + 1) * SCAN_BUFFER);
+      out.push([p, q - p]);
+      p = q;
+    }
+  }
+  return out;
+}
+
+/** Bytes covered by a set of [start, end) intervals. */
+function unionLength(iv: Array<[number, number]>): number {
+  let total = 0;
+  let reach = -1;
+  for (const [a, b] of [...iv].sort((x, y) => x[0] - y[0])) {
+    if (b <= reach) continue;
+    total += b - Math.max(a, reach);
+    reach = b;
+  }
+  return total;
 }
 
 const piece = fc.record({
@@ -177,9 +247,10 @@ describe('copyDisk: host copies', () => {
           assert.equal(r.bytesRead, dataBytes, 'every data byte counted once, on either path');
           const inside = (o: number, l: number, rs: Array<[number, number]>) =>
             rs.some(([a, n]) => o >= a && o + l <= a + n);
-          // An extent (all below HOST_BATCH here) with an opaque part is read whole; the others are copied.
+          // The engine asks where data is a SCAN_BUFFER-aligned piece at a time: a piece with an
+          // opaque part is read whole, the others are copied.
           const overlaps = ([o, l]: [number, number], [a, n]: [number, number]) => o < a + n && a < o + l;
-          const tainted = src.data.filter((d) => src.opaque.some((o) => overlaps(d, o)));
+          const tainted = planned(src.data).filter((d) => src.opaque.some((o) => overlaps(d, o)));
           for (const [o, l] of src.reads)
             assert.ok(inside(o, l, tainted), `read ${o}+${l} is of opaque extents`);
           const viaReads = src.reads.reduce((s, [, n]) => s + n, 0);
@@ -201,6 +272,77 @@ describe('copyDisk: host copies', () => {
       ),
       { numRuns: 150 },
     );
+  });
+
+  it('random layouts into an allocating destination: scanned by the host in batches, written through the disk', async () => {
+    await fc.assert(
+      fc.asyncProperty(
+        fc.array(piece, { minLength: 1, maxLength: 12 }),
+        fc.array(fc.tuple(fc.nat({ max: 4000 * K }), fc.integer({ min: 1, max: 200 * K })), { maxLength: 4 }),
+        fc.constantFrom(4096, 64 * K, 1000 * K),
+        async (pieces, zeroRuns, chunkSize) => {
+          const src = source(pieces, zeroRuns);
+          const dst = destination(src.disk.size, src.storage, 0, true);
+          const r = await copyDisk(src.disk, dst.disk, { dstZeroed: true, chunkSize });
+          assert.ok(Buffer.from(dst.bytes()).equals(Buffer.from(src.bytes)), 'the copy is the source');
+          assert.equal(dst.copies.length, 0, 'nothing to copy into');
+          const overlaps = ([o, l]: [number, number], [a, n]: [number, number]) => o < a + n && a < o + l;
+          const tainted = planned(src.data).filter((d) => src.opaque.some((o) => overlaps(d, o)));
+          const viaReads = src.reads.reduce((s, [, n]) => s + n, 0);
+          // A scan that stopped with a full buffer is called again for the rest: count each byte once.
+          const viaScans = unionLength(src.scans.flat().map((c) => [c.from, c.from + c.length]));
+          const dataBytes = src.data.reduce((s, [, n]) => s + n, 0);
+          assert.equal(viaReads + viaScans, dataBytes, 'each data byte read once, one way or the other');
+          assert.equal(
+            viaReads,
+            tainted.reduce((s, [, n]) => s + n, 0),
+          );
+          for (const batch of src.scans) {
+            assert.ok(batch.reduce((s, c) => s + c.length, 0) <= SCAN_ZERO_BATCH);
+            for (const c of batch)
+              assert.equal(c.to, c.from, 'the disk offset of each span (raw-like source)');
+          }
+          // Zero blocks (4 KiB, absolute) are not written on either path; the rest is, once.
+          let nonZero = 0;
+          for (const [a, n] of src.data) {
+            for (let p = a; p < a + n; ) {
+              const q = Math.min(a + n, (Math.floor(p / 4096) + 1) * 4096);
+              if (src.bytes.subarray(p, q).some((b) => b !== 0)) nonZero += q - p;
+              p = q;
+            }
+          }
+          assert.equal(r.bytesWritten, nonZero);
+          assert.equal(
+            dst.writes.reduce((s, [, n]) => s + n, 0),
+            nonZero,
+          );
+        },
+      ),
+      { numRuns: 150 },
+    );
+  });
+
+  it('zeros scan in big batches through a small buffer; data after them fills it and the scan goes on', async () => {
+    const zeros = 24 * SCAN_BUFFER;
+    const src = source([{ status: 'data', length: zeros + 20 * SCAN_BUFFER, opaque: false }], [[0, zeros]]);
+    const dst = destination(src.disk.size, src.storage, 0, true);
+    const reader = src.storage.readSpans!;
+    let partial = 0;
+    let widest = 0;
+    src.storage.readSpans = async (buf, spans, zb) => {
+      assert.equal(buf.length, SCAN_BUFFER, 'one scan buffer per worker');
+      const r = await reader(buf, spans, zb);
+      const asked = spans.reduce((n, sp) => n + sp.length, 0);
+      widest = Math.max(widest, r.consumed);
+      if (r.consumed < asked) partial++;
+      return r;
+    };
+    const r = await copyDisk(src.disk, dst.disk, { dstZeroed: true });
+    assert.ok(Buffer.from(dst.bytes()).equals(Buffer.from(src.bytes)));
+    assert.equal(r.bytesRead, src.disk.size);
+    assert.equal(r.bytesWritten, 20 * SCAN_BUFFER);
+    assert.ok(widest > SCAN_BUFFER, 'a scan of zeros spanned more than its buffer');
+    assert.ok(partial > 0, 'data filled a buffer and the scan went on from where it stopped');
   });
 
   it('no host copies where the bytes must be seen (onData) or zeros written (dstZeroed false)', async () => {

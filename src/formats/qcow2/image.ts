@@ -464,6 +464,7 @@ export class Qcow2Image implements RefcountHost {
    * end of the file. (Writes may need allocation or copy-on-write: never.)
    */
   async hostSpans(offset: number, length: number, purpose: HostSpanPurpose): Promise<HostSpan[] | null> {
+    if (purpose === 'allocate') return this.allocateSpans(offset, length);
     if (purpose !== 'read') return null;
     const spans: HostSpan[] = [];
     for (const s of await this.map(offset, length)) {
@@ -829,7 +830,20 @@ export class Qcow2Image implements RefcountHost {
     } finally {
       this.refcounts.writeBack = false;
     }
-    await this.writeHost(content, host);
+    // A new cluster past the end of the file reads zeros without being written (as in qemu):
+    // with nothing old merged in, only the caller's bytes go out.
+    const merged = entries.some((e) => e.kind === 'data' || e.kind === 'compressed');
+    if (!merged && content !== data && host >= this.fileSize) {
+      this.guard(host, n * cs, 'data');
+      await this.writeHost(data, host + (offset - start));
+      // The file still covers the whole clusters (a read of their zeros must not meet its end).
+      if (host + n * cs > this.fileSize) {
+        await this.storage.truncate(host + n * cs);
+        this.fileSize = host + n * cs;
+      }
+    } else {
+      await this.writeHost(content, host);
+    }
     const i0 = c % this.l2Entries;
     for (let k = 0; k < n; k++) {
       const [hi, lo] = standardEntry(host + k * cs, true);
@@ -837,6 +851,69 @@ export class Qcow2Image implements RefcountHost {
     }
     await this.writeL2Entries(l2off, table, i0, i0 + n, true);
     for (const e of entries) await this.release(e);
+  }
+
+  /**
+   * hostSpans 'allocate': whole unallocated clusters (or the disk's last one)
+   * get new host clusters now, mapped as writeNewClusters maps them (refcounts
+   * and L2 entries held back), and the caller writes every byte there itself.
+   * Null unless every cluster in the range is unallocated (a hole): nothing
+   * to merge, nothing to release.
+   */
+  private async allocateSpans(offset: number, length: number): Promise<HostSpan[] | null> {
+    const cs = this.cs;
+    const end = offset + length;
+    if (this.readOnly || this.compress || this.extL2) return null;
+    if (offset % cs !== 0 || (end % cs !== 0 && end !== this.h.size)) return null;
+    return this.mutex.run(async () => {
+      this.checkWritable();
+      const c0 = offset / cs;
+      const c1 = Math.ceil(end / cs);
+      for (let c = c0; c < c1; ) {
+        const l1i = Math.floor(c / this.l2Entries);
+        const stop = Math.min(c1, (l1i + 1) * this.l2Entries);
+        const l2off = this.l2Offset(l1i);
+        if (l2off !== 0) {
+          const table = await this.loadL2(l2off);
+          for (let k = c; k < stop; k++) if (!isZeroEntry(table, (k % this.l2Entries) * 8)) return null;
+        }
+        c = stop;
+      }
+      await this.beginChange();
+      const spans: HostSpan[] = [];
+      for (let c = c0; c < c1; ) {
+        const l1i = Math.floor(c / this.l2Entries);
+        const stop = Math.min(c1, (l1i + 1) * this.l2Entries);
+        const { offset: l2off, table } = await this.l2ForWrite(l1i);
+        const n = stop - c;
+        this.refcounts.writeBack = true;
+        let host: number;
+        try {
+          host = await this.allocClusters(n);
+        } finally {
+          this.refcounts.writeBack = false;
+        }
+        this.guard(host, n * cs, 'data');
+        // The caller's write extends the file to here; later allocations must know.
+        this.fileSize = Math.max(this.fileSize, host + n * cs);
+        const i0 = c % this.l2Entries;
+        for (let k = 0; k < n; k++) {
+          const [hi, lo] = standardEntry(host + k * cs, true);
+          writeHiLo(table, i0 + k, hi, lo);
+        }
+        await this.writeL2Entries(l2off, table, i0, i0 + n, true);
+        const from = Math.max(offset, c * cs);
+        const to = Math.min(end, stop * cs);
+        spans.push({
+          offset: from,
+          length: to - from,
+          storage: this.bareStorage,
+          at: host + (from - c * cs),
+        });
+        c = stop;
+      }
+      return spans;
+    });
   }
 
   /**
