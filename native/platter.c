@@ -10,6 +10,7 @@
  *                                   ranges in [offset, end), at most `max` pairs;
  *                                   null when the file system cannot tell (EINVAL)
  *   fallocate(fd, mode, offset, length) -> Promise<void>   (runs off the main thread)
+ *   preadInto(fd, buf, offset)      pread on this thread: bytes read, or -errno
  *   ofdLock(fd, type, start, length)     type 0 unlock, 1 read, 2 write;
  *                                   true when taken, false when another open file
  *                                   description holds a conflicting lock
@@ -193,6 +194,32 @@ static napi_value data_ranges(napi_env env, napi_callback_info info) {
     pos = hole;
   }
   return out;
+}
+
+/* ---- pread on the calling thread ---------------------------------------- */
+
+/*
+ * preadInto(fd, buf, offset) -> bytes read, or -errno. For rescue's
+ * synchronous reads: a bad sector is an answer, not an exception (Node's
+ * readSync builds an error object with a message for each one).
+ */
+static napi_value pread_into(napi_env env, napi_callback_info info) {
+  napi_value argv[3];
+  int32_t fd;
+  int64_t off;
+  if (!get_args(env, info, 3, argv) || !get_int(env, argv[0], &fd) || !get_off(env, argv[2], &off)) return NULL;
+  napi_typedarray_type type;
+  size_t length;
+  void *data;
+  if (napi_get_typedarray_info(env, argv[1], &type, &length, &data, NULL, NULL) != napi_ok || type != napi_uint8_array) {
+    napi_throw_type_error(env, NULL, "platter native: buf must be a Uint8Array");
+    return NULL;
+  }
+  ssize_t r;
+  do {
+    r = pread(fd, data, length, (off_t)off);
+  } while (r < 0 && errno == EINTR);
+  return num(env, r < 0 ? -(double)errno : (double)r);
 }
 
 /* ---- fallocate (asynchronous) ------------------------------------------- */
@@ -389,6 +416,7 @@ static napi_value init(napi_env env, napi_value exports) {
   set_fn(env, exports, "seekHole", seek_hole);
   set_fn(env, exports, "dataRanges", data_ranges);
   set_fn(env, exports, "fallocate", do_fallocate);
+  set_fn(env, exports, "preadInto", pread_into);
   set_fn(env, exports, "ofdLock", ofd_lock);
   set_fn(env, exports, "ofdTest", ofd_test);
   set_fn(env, exports, "blockDeviceSize", block_device_size);

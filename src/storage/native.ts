@@ -6,6 +6,7 @@
  *   helper            | native                          | fallback
  *   ------------------|---------------------------------|------------------------------
  *   dataRanges        | lseek SEEK_DATA/SEEK_HOLE       | null: "cannot tell", all data
+ *   preadInto         | pread(2), -errno on failure     | null (callers use fs.readSync)
  *   fallocate         | fallocate(2), off the main loop | rejects EOPNOTSUPP
  *   ofdLock / ofdTest | fcntl F_OFD_SETLK / F_OFD_GETLK | no locks: always granted
  *   blockDeviceSize   | ioctl BLKGETSIZE64              | /sys/dev/block/M:m/size, else stat
@@ -49,6 +50,11 @@ export interface Native {
    * the file system cannot tell (treat everything as data).
    */
   dataRanges(fd: number, offset: number, end: number, max: number): number[] | null;
+  /**
+   * pread(2) on the calling thread: bytes read, or -errno (a failed read is an
+   * answer here, not an exception); null in the fallback, which has none.
+   */
+  preadInto: ((fd: number, buf: Uint8Array, offset: number) => number) | null;
   /** fallocate(2) with FALLOC_FL_* `mode`; errors carry `code` like Node's fs errors. */
   fallocate(fd: number, mode: number, offset: number, length: number): Promise<void>;
   /** Take (READ_LOCK/WRITE_LOCK) or drop (UNLOCK) an OFD lock; false when another holder conflicts. */
@@ -116,6 +122,7 @@ export const fallback: Native = {
     return offset > size ? -1 : size;
   },
   dataRanges: () => null,
+  preadInto: null,
   fallocate: async () => Promise.reject(notSupported('fallocate')),
   ofdLock: () => true,
   ofdTest: () => null,

@@ -14,7 +14,7 @@
 import * as fs from 'node:fs';
 import { BackgroundSync } from '../core/background-sync.js';
 import { PlatterError } from '../core/errors.js';
-import { hostError } from './errors.js';
+import { errnoName, hostError } from './errors.js';
 import { alignedSpan } from './file.js';
 import { native } from './native.js';
 
@@ -86,20 +86,37 @@ export function syncFileIo(source: string, dest: string, o: FileIoOptions): Sync
     new PlatterError('EIO', `${source}: unexpected end of file reading ${len} bytes at offset ${pos}`);
   /** errno of the last failed read: a plain EIO is a bad sector, which says nothing about the size. */
   let lastErrno: string | undefined;
-  const pread = (fd: number, b: Uint8Array, pos: number): number => {
-    // A failed read is a bad sector, not a bug: thousands of them must not each
-    // capture a stack trace (Node's errno error, then our PlatterError).
+  // A failed read is a bad sector, not a bug: thousands of them must not each
+  // capture a stack trace (Node's errno error, then our PlatterError).
+  const quietly = <T>(fn: () => T): T => {
     const limit = Error.stackTraceLimit;
     Error.stackTraceLimit = 0;
-    lastErrno = undefined;
     try {
-      return fs.readSync(fd, b, 0, b.length, pos);
-    } catch (e) {
-      lastErrno = (e as NodeJS.ErrnoException).code;
-      throw hostError(e, source, `read at offset ${pos}`);
+      return fn();
     } finally {
       Error.stackTraceLimit = limit;
     }
+  };
+  const readFailed = (e: unknown, pos: number): Error => {
+    lastErrno = (e as NodeJS.ErrnoException).code;
+    return quietly(() => hostError(e, source, `read at offset ${pos}`));
+  };
+  const preadInto = native.preadInto;
+  const pread = (fd: number, b: Uint8Array, pos: number): number => {
+    lastErrno = undefined;
+    if (preadInto) {
+      // -errno for a bad sector: no error object but the one the engine gets.
+      const n = preadInto(fd, b, pos);
+      if (n < 0) throw readFailed({ code: errnoName(-n) }, pos);
+      return n;
+    }
+    return quietly(() => {
+      try {
+        return fs.readSync(fd, b, 0, b.length, pos);
+      } catch (e) {
+        throw readFailed(e, pos);
+      }
+    });
   };
 
   /** Direct reads: aligned pieces straight into `buf`, the rest through the bounce buffer. */

@@ -161,9 +161,33 @@ describe('native addon', () => {
       assert.equal(n, 8192);
       assert.ok(Buffer.from(buf).equals(data.subarray(4096, 12288)));
       assert.throws(() => native.alignedBuffer(4096, 3), RangeError);
+      // Big buffers are lazy mappings: page-aligned, zeros, writable, of the size asked.
+      const big = native.alignedBuffer(3 << 20, 4096);
+      assert.equal(big.length, 3 << 20);
+      assert.ok(big.every((b) => b === 0));
+      big[big.length - 1] = 7;
+      assert.equal(big[big.length - 1], 7);
     } finally {
       closeSync(fd);
     }
+  });
+
+  it('preadInto answers bytes read, or -errno for a failed read (no exception)', (t) => {
+    if (!requireNative(t)) return;
+    const p = join(dir, 'pread.img');
+    writeFileSync(p, Buffer.from('0123456789'));
+    const fd = openSync(p, 'r');
+    const buf = new Uint8Array(4);
+    assert.equal(native.preadInto!(fd, buf, 3), 4);
+    assert.equal(Buffer.from(buf).toString(), '3456');
+    assert.equal(native.preadInto!(fd, buf, 8), 2, 'short at the end');
+    assert.equal(native.preadInto!(fd, buf, 100), 0, 'past the end');
+    closeSync(fd);
+    assert.equal(native.preadInto!(fd, buf, 0), -9, 'a closed descriptor: -EBADF');
+    const d = openSync(dir, 'r');
+    assert.equal(native.preadInto!(d, buf, 0), -21, 'a directory: -EISDIR');
+    closeSync(d);
+    assert.equal(fallback.preadInto, null);
   });
 });
 
