@@ -22,9 +22,10 @@
  *     (`dstZeroed`), nobody watches the bytes (no `onData`) and the source keeps
  *     its data verbatim in host stores (Disk.hostSpans), data is copied store to
  *     store when the destination keeps it verbatim too (unordered batches of up
- *     to HOST_BATCH), and otherwise read and scanned for zeros by the host in
- *     batches of SCAN_BATCH, then written through the destination: one call
- *     to the host per batch instead of a read per chunk.
+ *     to HOST_BATCH); otherwise the host reads and scans it for zeros into a
+ *     SCAN_BUFFER per worker, and what is not zero is placed in offset order
+ *     (hostSpans 'allocate' and one Storage.writeSpans per batch, or write()):
+ *     one call to the host per batch instead of a read and a write per chunk.
  *   - The signal stops it between chunks with ECANCELED; chunks in flight finish
  *     first, so no write is torn. What the destination holds then is the
  *     caller's business (the CLI writes to DST.partial and renames at the end).

@@ -164,4 +164,42 @@ describe('file storage copierFrom (native copySpans)', () => {
     assert.equal(ro.copierFrom, undefined, 'a read-only store takes no copies');
     await ro.close();
   });
+
+  it('readSpans packs data, lets zero pieces pass, stops when the buffer is full and goes on', async (t) => {
+    if (!needNative(t)) return;
+    // [1 MiB zeros][700 KiB data][300 KiB zeros][100 KiB data], read through a 512 KiB buffer.
+    const bytes = new Uint8Array(2100 * KiB);
+    bytes.set(randomBytes(700 * KiB), MiB);
+    bytes.set(randomBytes(100 * KiB), 2000 * KiB);
+    const { src, dst } = await pair(bytes, 1);
+    const buf = new Uint8Array(512 * KiB);
+    let spans: CopySpan[] = [{ from: 0, to: 5 * MiB, length: bytes.length }];
+    const got = new Uint8Array(bytes.length);
+    const calls: number[] = [];
+    while (spans.length > 0) {
+      const r = await src.readSpans!(buf, spans, 4096);
+      assert.ok(r.consumed > 0);
+      calls.push(r.consumed);
+      for (const run of r.runs) {
+        assert.ok(run.at + run.length <= buf.length);
+        assert.ok(run.to >= 5 * MiB && run.to % 4096 === 0);
+        got.set(buf.subarray(run.at, run.at + run.length), run.to - 5 * MiB);
+      }
+      let skip = r.consumed;
+      spans = spans.flatMap((sp) => {
+        const k = Math.min(skip, sp.length);
+        skip -= k;
+        return k === sp.length ? [] : [{ from: sp.from + k, to: sp.to + k, length: sp.length - k }];
+      });
+    }
+    assert.ok(Buffer.from(got).equals(Buffer.from(bytes)), 'every non-zero byte came back, where it belongs');
+    assert.ok(calls[0] >= MiB + 512 * KiB, `the leading zeros took no room (first call: ${calls[0]})`);
+    assert.ok(calls.length >= 3, 'the data needed several buffers');
+    assert.equal(
+      calls.reduce((a, b) => a + b, 0),
+      bytes.length,
+    );
+    await src.close();
+    await dst.close();
+  });
 });
