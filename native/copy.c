@@ -350,13 +350,9 @@ static napi_value buffer_job(napi_env env, napi_callback_info info, enum job_kin
     napi_throw_range_error(env, NULL, "platter native: bad file descriptor");
     return NULL;
   }
-  napi_typedarray_type type;
   size_t length;
   void *data;
-  if (napi_get_typedarray_info(env, argv[1], &type, &length, &data, NULL, NULL) != napi_ok || type != napi_uint8_array) {
-    napi_throw_type_error(env, NULL, "platter native: buf must be a Uint8Array");
-    return NULL;
-  }
+  if (!get_bytes(env, argv[1], &data, &length)) return NULL;
   napi_value zb;
   if (kind == WRITE_SPANS) napi_create_int32(env, 512, &zb);
   copy_job *j = new_job(env, argv[2], kind == READ_SPANS ? argv[3] : zb);

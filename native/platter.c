@@ -132,6 +132,15 @@ static int get_off(napi_env env, napi_value v, int64_t *out) {
   return 1;
 }
 
+int get_bytes(napi_env env, napi_value v, void **data, size_t *length) {
+  napi_typedarray_type type;
+  if (napi_get_typedarray_info(env, v, &type, length, data, NULL, NULL) != napi_ok || type != napi_uint8_array) {
+    napi_throw_type_error(env, NULL, "platter native: expected a Uint8Array");
+    return 0;
+  }
+  return 1;
+}
+
 napi_value num(napi_env env, double d) {
   napi_value v;
   napi_create_double(env, d, &v);
@@ -208,13 +217,9 @@ static napi_value pread_into(napi_env env, napi_callback_info info) {
   int32_t fd;
   int64_t off;
   if (!get_args(env, info, 3, argv) || !get_int(env, argv[0], &fd) || !get_off(env, argv[2], &off)) return NULL;
-  napi_typedarray_type type;
   size_t length;
   void *data;
-  if (napi_get_typedarray_info(env, argv[1], &type, &length, &data, NULL, NULL) != napi_ok || type != napi_uint8_array) {
-    napi_throw_type_error(env, NULL, "platter native: buf must be a Uint8Array");
-    return NULL;
-  }
+  if (!get_bytes(env, argv[1], &data, &length)) return NULL;
   ssize_t r;
   do {
     r = pread(fd, data, length, (off_t)off);

@@ -9,6 +9,8 @@ napi_value throw_errno(napi_env env, int err, const char *syscall);
 int get_args(napi_env env, napi_callback_info info, size_t want, napi_value *argv);
 int get_int(napi_env env, napi_value v, int32_t *out);
 napi_value num(napi_env env, double d);
+/* A Uint8Array's memory (throws a TypeError and returns 0 for anything else). */
+int get_bytes(napi_env env, napi_value v, void **data, size_t *length);
 
 /* copy.c */
 napi_value copy_spans(napi_env env, napi_callback_info info);

@@ -670,6 +670,16 @@ export class Qcow2Image implements RefcountHost {
     return this.refcounts.alloc(n);
   }
 
+  /** allocClusters for new data clusters, their refcounts held back (written before the L2 entries). */
+  private async allocHeldBack(n: number): Promise<number> {
+    this.refcounts.writeBack = true;
+    try {
+      return await this.allocClusters(n);
+    } finally {
+      this.refcounts.writeBack = false;
+    }
+  }
+
   /** The L2 table for l1i, owned by the active image alone (allocated or copied as needed). */
   async l2ForWrite(l1i: number): Promise<{ offset: number; table: Uint8Array }> {
     const old = this.l2Offset(l1i);
@@ -823,13 +833,7 @@ export class Qcow2Image implements RefcountHost {
     }
     // The last cluster of a disk whose size is not cluster-aligned: keep the file tidy.
     // Refcounts and L2 entries are held back (write-back); the data goes out now, before them.
-    this.refcounts.writeBack = true;
-    let host: number;
-    try {
-      host = await this.allocClusters(n);
-    } finally {
-      this.refcounts.writeBack = false;
-    }
+    const host = await this.allocHeldBack(n);
     // A new cluster past the end of the file reads zeros without being written (as in qemu):
     // with nothing old merged in, only the caller's bytes go out.
     const merged = entries.some((e) => e.kind === 'data' || e.kind === 'compressed');
@@ -886,13 +890,7 @@ export class Qcow2Image implements RefcountHost {
         const stop = Math.min(c1, (l1i + 1) * this.l2Entries);
         const { offset: l2off, table } = await this.l2ForWrite(l1i);
         const n = stop - c;
-        this.refcounts.writeBack = true;
-        let host: number;
-        try {
-          host = await this.allocClusters(n);
-        } finally {
-          this.refcounts.writeBack = false;
-        }
+        const host = await this.allocHeldBack(n);
         this.guard(host, n * cs, 'data');
         // The caller's write extends the file to here; later allocations must know.
         this.fileSize = Math.max(this.fileSize, host + n * cs);
