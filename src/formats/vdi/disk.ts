@@ -70,6 +70,8 @@ export class VdiDisk implements DiskImpl {
   private readonly meta = new Mutex();
   /** Blocks being allocated: a second writer waits for the first. */
   private readonly pending = new Map<number, Promise<void>>();
+  /** Map entries [from, to) allocated by allocateSpans and not written yet. */
+  private unwritten = { from: Number.POSITIVE_INFINITY, to: 0 };
   private backing?: { name: string; format?: string };
 
   constructor(private readonly o: VdiOptions) {
@@ -114,8 +116,14 @@ export class VdiDisk implements DiskImpl {
     });
   }
 
-  /** Reads only: allocated blocks. */
+  /**
+   * Reads: allocated blocks. Allocate: allocated blocks in place, and
+   * unallocated blocks (whole ones only in a differencing image) get the next
+   * block indices at once; their map entries and the count are written at the
+   * next flush (allocateMeta), and the caller writes the range first.
+   */
   async hostSpans(offset: number, length: number, purpose: HostSpanPurpose): Promise<HostSpan[] | null> {
+    if (purpose === 'allocate') return this.allocateSpans(offset, length);
     if (purpose !== 'read') return null;
     const spans: HostSpan[] = [];
     for (const p of blockPieces(offset, length, this.bs)) {
@@ -124,6 +132,52 @@ export class VdiDisk implements DiskImpl {
       spans.push({ offset: offset + p.at, length: p.length, storage: this.storage, at });
     }
     return spans;
+  }
+
+  private allocateSpans(offset: number, length: number): HostSpan[] | null {
+    if (!this.write) return null;
+    const pieces = [...blockPieces(offset, length, this.bs)];
+    for (const p of pieces) {
+      if (this.o.bad.has(p.block) || this.pending.has(p.block)) return null;
+      const whole = p.within === 0 && (p.length === this.bs || p.block * this.bs + p.length === this.size);
+      // A differencing image's unwritten bytes come from its parent: only whole blocks there.
+      if (!this.isAllocated(p.block) && !whole && this.h.type !== TYPE_DYNAMIC) return null;
+    }
+    const spans: HostSpan[] = [];
+    for (const p of pieces) {
+      if (!this.isAllocated(p.block)) {
+        const index = this.h.blocksAllocated;
+        if (index >= ZERO_BLOCK) return null; // write() says why
+        this.h.blocksAllocated = index + 1;
+        this.bmap[p.block] = index;
+        this.unwritten.from = Math.min(this.unwritten.from, p.block);
+        this.unwritten.to = Math.max(this.unwritten.to, p.block + 1);
+      }
+      spans.push({
+        offset: offset + p.at,
+        length: p.length,
+        storage: this.storage,
+        at: this.dataAt(p.block) + p.within,
+      });
+    }
+    return spans;
+  }
+
+  /**
+   * Writes the map entries and the count that allocateSpans left for later,
+   * and makes the file reach the end of the last block (a block the caller
+   * wrote only in part reads zeros for the rest).
+   */
+  private async allocateMeta(): Promise<void> {
+    const { from, to } = this.unwritten;
+    if (from >= to) return;
+    this.unwritten = { from: Number.POSITIVE_INFINITY, to: 0 };
+    await this.meta.run(async () => {
+      await this.writeMap(from, to);
+      await this.writeCount();
+      const end = this.h.offsetData + this.h.blocksAllocated * this.bs;
+      if ((await this.storage.size()) < end) await this.storage.truncate(end);
+    });
   }
 
   async extents(offset: number, length: number): Promise<Extent[]> {
@@ -226,11 +280,16 @@ export class VdiDisk implements DiskImpl {
   };
 
   async flush(): Promise<void> {
+    await this.allocateMeta();
     await this.storage.flush();
   }
 
   async close(): Promise<void> {
-    await this.storage.close();
+    try {
+      await this.allocateMeta();
+    } finally {
+      await this.storage.close();
+    }
   }
 
   async info(): Promise<FormatInfo> {

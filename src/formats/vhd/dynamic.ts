@@ -93,6 +93,8 @@ export class DynamicVhd implements DiskImpl {
   private readonly bitmaps = new Map<number, Uint8Array>();
   private readonly loading = new Map<number, Promise<Uint8Array>>();
   private readonly meta = new Mutex();
+  /** Blocks placed by allocateSpans whose bitmap and BAT entry are not written yet. */
+  private unwritten: number[] = [];
   /** Blocks being allocated: a second writer waits for the first. */
   private readonly pending = new Map<number, Promise<void>>();
   private backing?: { name: string; format?: string };
@@ -190,8 +192,15 @@ export class DynamicVhd implements DiskImpl {
     }
   }
 
-  /** Reads only: allocated blocks whose every sector is present (a full bitmap). */
+  /**
+   * Reads: allocated blocks whose every sector is present (a full bitmap).
+   * Allocate: those in place, and unallocated blocks (whole ones only in a
+   * differencing disk) get their place behind the last block at once; their
+   * bitmaps (all present), BAT entries and the footer behind them are written
+   * at the next flush (allocateMeta), as the caller writes every byte first.
+   */
   async hostSpans(offset: number, length: number, purpose: HostSpanPurpose): Promise<HostSpan[] | null> {
+    if (purpose === 'allocate') return this.allocateSpans(offset, length);
     if (purpose !== 'read') return null;
     const spans: HostSpan[] = [];
     for (const p of blockPieces(offset, length, this.bs)) {
@@ -206,6 +215,58 @@ export class DynamicVhd implements DiskImpl {
       });
     }
     return spans;
+  }
+
+  private async allocateSpans(offset: number, length: number): Promise<HostSpan[] | null> {
+    if (!this.write) return null;
+    const pieces = [...blockPieces(offset, length, this.bs)];
+    for (const p of pieces) {
+      if (this.o.bad.has(p.block) || this.pending.has(p.block)) return null;
+      if (this.blockOffset(p.block) >= 0) {
+        if ((await this.bitmap(p.block)) !== FULL) return null;
+      } else if (this.footer.diskType !== DISK_DYNAMIC && !this.wholeBlock(p.block, p.within, p.length)) {
+        // A differencing disk's unwritten sectors come from its parent: only whole blocks here.
+        return null;
+      }
+    }
+    const spans: HostSpan[] = [];
+    for (const p of pieces) {
+      if (this.blockOffset(p.block) < 0) {
+        const at = alignUp(this.nextFree, 512);
+        if (at / 512 >= UNUSED) return null; // write() says why
+        this.nextFree = at + this.bitmapSize + this.bs;
+        this.bat[p.block] = at / 512;
+        this.bitmaps.set(p.block, FULL);
+        this.unwritten.push(p.block);
+      }
+      const at = this.blockOffset(p.block) + this.bitmapSize + p.within;
+      spans.push({ offset: offset + p.at, length: p.length, storage: this.storage, at });
+    }
+    return spans;
+  }
+
+  /** Does [within, within+length) of block b cover all of it that lies in the disk? */
+  private wholeBlock(b: number, within: number, length: number): boolean {
+    return within === 0 && (length === this.bs || b * this.bs + length === this.size);
+  }
+
+  /** Writes what allocateSpans left for later: bitmaps, BAT entries, the footer behind the last block. */
+  private async allocateMeta(): Promise<void> {
+    if (this.unwritten.length === 0) return;
+    const blocks = this.unwritten;
+    this.unwritten = [];
+    await this.meta.run(async () => {
+      const full = new Uint8Array(this.bitmapSize).fill(0xff);
+      for (const b of blocks) await this.storage.write(full, this.blockOffset(b));
+      let from = blocks[0];
+      let to = blocks[0] + 1;
+      for (const b of blocks) {
+        from = Math.min(from, b);
+        to = Math.max(to, b + 1);
+      }
+      await this.writeBatEntries(from, to);
+      await this.storage.write(serializeFooter(this.footer), this.nextFree);
+    });
   }
 
   async extents(offset: number, length: number): Promise<Extent[]> {
@@ -344,11 +405,16 @@ export class DynamicVhd implements DiskImpl {
   };
 
   async flush(): Promise<void> {
+    await this.allocateMeta();
     await this.storage.flush();
   }
 
   async close(): Promise<void> {
-    await this.storage.close();
+    try {
+      await this.allocateMeta();
+    } finally {
+      await this.storage.close();
+    }
   }
 
   async info(): Promise<FormatInfo> {
