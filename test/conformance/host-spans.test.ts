@@ -93,8 +93,8 @@ const CASES: Array<{ name: string; format: string; opts: string[]; spans: boolea
   { name: 'vhd fixed', format: 'vpc', opts: ['-o', 'subformat=fixed'], spans: true },
   { name: 'vdi dynamic', format: 'vdi', opts: [], spans: true },
   { name: 'vdi static', format: 'vdi', opts: ['-o', 'static=on'], spans: true },
-  // Formats that do not (yet) say where their data is: the read path, same bytes.
-  { name: 'vhdx', format: 'vhdx', opts: [], spans: false },
+  { name: 'vhdx', format: 'vhdx', opts: [], spans: true },
+  // A format that does not (yet) say where its data is: the read path, same bytes.
   { name: 'vmdk', format: 'vmdk', opts: [], spans: false },
 ];
 

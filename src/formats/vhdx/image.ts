@@ -17,7 +17,14 @@
  */
 import { blockPieces } from '../../core/blocks.js';
 import { alignUp, viewOf } from '../../core/bytes.js';
-import type { CheckResult, DiskFeatures, Extent, FormatInfo } from '../../core/disk.js';
+import type {
+  CheckResult,
+  DiskFeatures,
+  Extent,
+  FormatInfo,
+  HostSpan,
+  HostSpanPurpose,
+} from '../../core/disk.js';
 import { assert, corrupt, invalid, PlatterError, unsupported } from '../../core/errors.js';
 import { Mutex } from '../../core/mutex.js';
 import type { Storage } from '../../core/storage.js';
@@ -407,6 +414,46 @@ export class VhdxImage {
       }
     }
     await Promise.all(jobs);
+  }
+
+  /**
+   * Reads: fully present blocks inside the file, while no pending log lies over
+   * the file's bytes (read-only opens of an unreplayed log read through it).
+   * Allocate: those in place, and blocks not present (whole ones only in a
+   * differencing disk) get a new payload block now (its BAT entry staged, as
+   * write() does); the caller then writes the range.
+   */
+  async hostSpans(offset: number, length: number, purpose: HostSpanPurpose): Promise<HostSpan[] | null> {
+    if (purpose === 'write') return null;
+    const bs = this.geo.blockSize;
+    const pieces = [...blockPieces(offset, length, bs)];
+    const place = (): HostSpan[] | null => {
+      const spans: HostSpan[] = [];
+      for (const p of pieces) {
+        const i = payloadIndex(this.geo, p.block);
+        const at = this.bat.offset(i) + p.within;
+        if (this.bat.state(i) !== FULLY_PRESENT || at + p.length > this.fileSize) return null;
+        spans.push({ offset: offset + p.at, length: p.length, storage: this.storage, at });
+      }
+      return spans;
+    };
+    if (purpose === 'read') return this.logOps.length === 0 ? place() : null;
+    if (this.readOnly || this.logOps.length > 0) return null;
+    return this.lock.run(async () => {
+      await this.beginWrite();
+      for (const p of pieces) {
+        const s = this.bat.state(payloadIndex(this.geo, p.block));
+        const whole = p.within === 0 && (p.length === bs || p.block * bs + p.length === this.md.size);
+        if (s === PARTIALLY_PRESENT || (s !== FULLY_PRESENT && this.hasParent && !whole)) return null;
+      }
+      for (const p of pieces) {
+        const i = payloadIndex(this.geo, p.block);
+        if (this.bat.state(i) === FULLY_PRESENT) continue;
+        const whole = p.within === 0 && p.length === bs;
+        await this.setEntry(i, FULLY_PRESENT, await this.allocate(bs, this.dense && !whole));
+      }
+      return place();
+    });
   }
 
   async extents(offset: number, length: number): Promise<Extent[]> {

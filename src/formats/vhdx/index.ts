@@ -96,6 +96,7 @@ async function open(storage: Storage, ctx: OpenContext): Promise<OpenedImage> {
     write: writable ? (buf, offset) => img.write(buf, offset) : undefined,
     writeZeroes: writable ? (offset, length) => img.writeZeroes(offset, length) : undefined,
     extents: (offset, length) => img.extents(offset, length),
+    hostSpans: (offset, length, purpose) => img.hostSpans(offset, length, purpose),
     flush: () => img.flush(),
     close: () => img.close(),
     info: async () => img.info(backing),

@@ -71,6 +71,9 @@ describe('vhdx log', () => {
     const d = await openRead(path);
     try {
       assert.ok((await readAll(d)).equals(model));
+      // Blocks whose BAT entries live in the log are not where the file says: no host spans.
+      assert.equal(await d.hostSpans(6 * MiB, MiB, 'read'), null);
+      assert.equal(await d.hostSpans(MiB, MiB, 'read'), null, 'none at all while a log is pending');
       const info = await d.info();
       assert.equal(info.dirty, true);
       assert.equal(info.details?.logPending, 1);
