@@ -33,6 +33,7 @@ import type {
   HostSpanPurpose,
 } from '../../core/disk.js';
 import { assert, corrupt, invalid, PlatterError } from '../../core/errors.js';
+import { hostRuns } from '../../core/host-holes.js';
 import { Mutex } from '../../core/mutex.js';
 import type { Storage } from '../../core/storage.js';
 import {
@@ -280,8 +281,11 @@ export class DynamicVhd implements DiskImpl {
         push(out, pos, n, 'hole');
       } else {
         const bm = await this.bitmap(b);
-        if (bm === FULL) push(out, pos, n, 'data');
-        else {
+        if (bm === FULL) {
+          // Holes of the host file inside the block read as zeros: report them, so copies skip them.
+          const at = this.blockOffset(b) + this.bitmapSize + within;
+          for (const r of await hostRuns(this.storage, at, n)) push(out, pos + r.offset, r.length, r.status);
+        } else {
           for (let p = within; p < within + n; ) {
             const s = Math.floor(p / 512);
             const e = Math.min((s + 1) * 512, within + n);

@@ -26,6 +26,7 @@ import type {
   HostSpanPurpose,
 } from '../../core/disk.js';
 import { assert, corrupt, invalid, PlatterError, unsupported } from '../../core/errors.js';
+import { hostRuns } from '../../core/host-holes.js';
 import { Mutex } from '../../core/mutex.js';
 import type { Storage } from '../../core/storage.js';
 import type { OpenContext } from '../driver.js';
@@ -474,14 +475,7 @@ export class VhdxImage {
       } else if (s === FULLY_PRESENT && this.storage.extents && this.logOps.length === 0) {
         // Holes of the host file inside a block read as zeros: report them, so copies skip them.
         const at = this.bat.offset(payloadIndex(this.geo, b)) + within;
-        let p = pos;
-        for (const e of await this.storage.extents(at, n)) {
-          const len = Math.min(e.offset + e.length, at + n) - Math.max(e.offset, at);
-          if (len <= 0) continue;
-          push(p, len, e.kind === 'hole' ? 'zero' : 'data');
-          p += len;
-        }
-        if (p < pos + n) push(p, pos + n - p, 'data');
+        for (const r of await hostRuns(this.storage, at, n)) push(pos + r.offset, r.length, r.status);
       } else {
         push(pos, n, s === FULLY_PRESENT ? 'data' : s === NOT_PRESENT && this.hasParent ? 'hole' : 'zero');
       }
