@@ -67,7 +67,7 @@ typedef struct {
   napi_async_work work;
 } copy_job;
 
-/* True when [p, p+n) is all zero bytes (n a multiple of 64, p 64-aligned). */
+/* True when [p, p+n) is all zero bytes (n a multiple of 64, p 8-aligned). */
 static int all_zero(const unsigned char *p, size_t n) {
   const uint64_t *q = (const uint64_t *)p;
   for (size_t i = 0; i < n / 8; i += 8) {
@@ -271,9 +271,7 @@ static void copy_complete(napi_env env, napi_status status, void *data) {
 }
 
 /* Checks and copies the spans (a Float64Array of triples) and zeroBlock into a new job. */
-static copy_job *new_job(napi_env env, napi_value spans_v, napi_value zero_block_v) {
-  int32_t zero_block;
-  if (!get_int(env, zero_block_v, &zero_block)) return NULL;
+static copy_job *new_job(napi_env env, napi_value spans_v, int32_t zero_block) {
   napi_typedarray_type type;
   size_t length;
   void *values;
@@ -332,7 +330,9 @@ napi_value copy_spans(napi_env env, napi_callback_info info) {
     napi_throw_range_error(env, NULL, "platter native: bad file descriptor");
     return NULL;
   }
-  copy_job *j = new_job(env, argv[2], argv[3]);
+  int32_t zero_block;
+  if (!get_int(env, argv[3], &zero_block)) return NULL;
+  copy_job *j = new_job(env, argv[2], zero_block);
   if (!j) return NULL;
   j->kind = COPY_SPANS;
   j->src = src;
@@ -353,9 +353,10 @@ static napi_value buffer_job(napi_env env, napi_callback_info info, enum job_kin
   size_t length;
   void *data;
   if (!get_bytes(env, argv[1], &data, &length)) return NULL;
-  napi_value zb;
-  if (kind == WRITE_SPANS) napi_create_int32(env, 512, &zb);
-  copy_job *j = new_job(env, argv[2], kind == READ_SPANS ? argv[3] : zb);
+  /* writeSpans scans nothing: any valid zeroBlock will do. */
+  int32_t zero_block = 512;
+  if (kind == READ_SPANS && !get_int(env, argv[3], &zero_block)) return NULL;
+  copy_job *j = new_job(env, argv[2], zero_block);
   if (!j) return NULL;
   /* writeSpans names where in buf each span is (readSpans stops where buf is full). */
   int fits = 1;

@@ -16,6 +16,15 @@ export interface BlockPiece {
   length: number;
 }
 
+/**
+ * Does the piece cover its whole block, or all of it that lies in a disk of
+ * `diskSize` bytes (the last block)? A write of such a piece leaves nothing of
+ * the block to take from elsewhere (a parent, old content).
+ */
+export function coversBlock(p: BlockPiece, blockSize: number, diskSize: number): boolean {
+  return p.within === 0 && (p.length === blockSize || p.block * blockSize + p.length === diskSize);
+}
+
 /** The pieces of [offset, offset + length) cut at multiples of blockSize, in order. */
 export function* blockPieces(offset: number, length: number, blockSize: number): Generator<BlockPiece> {
   for (let at = 0; at < length; ) {

@@ -78,6 +78,19 @@ export type SpanReader = (
 export const SCAN_PIECE = 256 * 1024;
 
 /**
+ * Writes pieces of `buf` to `storage` (`from` in the buffer, `to` in the
+ * store): in one call where the store can (writeSpans), else one write each.
+ */
+export async function writeSpansTo(
+  storage: Storage,
+  buf: Uint8Array,
+  spans: readonly CopySpan[],
+): Promise<void> {
+  if (storage.writeSpans) return storage.writeSpans(buf, spans);
+  for (const sp of spans) await storage.write(buf.subarray(sp.from, sp.from + sp.length), sp.to);
+}
+
+/**
  * Copies the spans; blocks of `zeroBlock` bytes (absolute multiples on the
  * destination) that read as all zeros are skipped, not written.
  */

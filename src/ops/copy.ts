@@ -33,13 +33,14 @@
 import { alignDown, isAllZero } from '../core/bytes.js';
 import type { Disk, Extent } from '../core/disk.js';
 import { invalid, PlatterError, throwIfAborted } from '../core/errors.js';
-import type { CopySpan, DataRun, Storage } from '../core/storage.js';
+import type { CopySpan } from '../core/storage.js';
 import { ioBuffer } from './buffers.js';
 import {
   type HostBatch,
   HostBatcher,
   type HostPlanner,
   hostPlanner,
+  placeRuns,
   restOf,
   SCAN_BUFFER,
   SCAN_ZERO_BATCH,
@@ -240,42 +241,6 @@ export async function copyDisk(src: Disk, dst: Disk, opts: CopyOptions = {}): Pr
     await flushRun(buf.length);
   };
 
-  /**
-   * Writes scanned runs: where the destination allocates them and says where
-   * (hostSpans 'allocate'), all at once per store; elsewhere through write().
-   * Resolves when the runs are placed (allocated, or written through write())
-   * with the promise of the direct writes, which need no turn.
-   */
-  const placeRuns = async (
-    buf: Uint8Array,
-    runs: readonly DataRun[],
-  ): Promise<{ written: number; direct: Promise<unknown> }> => {
-    const direct = new Map<Storage, CopySpan[]>();
-    let written = 0;
-    for (const r of runs) {
-      const spans = await dst.hostSpans(r.to, r.length, 'allocate');
-      if (spans?.every((sp) => sp.storage.writeSpans)) {
-        for (const sp of spans) {
-          const list = direct.get(sp.storage) ?? [];
-          direct.set(sp.storage, list);
-          list.push({ from: r.at + (sp.offset - r.to), to: sp.at, length: sp.length });
-        }
-      } else {
-        // Through the disk in chunks, as the read path writes (a compressing writer holds what it is given).
-        for (let p = 0; p < r.length; ) {
-          const q = Math.min(r.length, alignDown(r.to + p, chunk) + chunk - r.to);
-          await dst.write(buf.subarray(r.at + p, r.at + q), r.to + p);
-          p = q;
-        }
-      }
-      written += r.length;
-    }
-    return {
-      written,
-      direct: Promise.all([...direct].map(([storage, spans]) => storage.writeSpans!(buf, spans))),
-    };
-  };
-
   // Zero ranges longer than this are split, so progress and cancellation keep moving.
   const zeroStep = Math.max(chunk, 256 * MiB);
   // Zero blocks left unwritten must already read zeros, and onData needs the bytes in hand.
@@ -335,7 +300,7 @@ export async function copyDisk(src: Disk, dst: Disk, opts: CopyOptions = {}): Pr
               waited = true;
               if (failed !== undefined) return;
             }
-            const placed = await placeRuns(scanBuf, got.runs);
+            const placed = await placeRuns(dst, scanBuf, got.runs, chunk);
             spans = restOf(spans, got.consumed);
             // The next batch may allocate while this one's last bytes go out (its own buffer).
             if (spans.length === 0) void prev.then(release);

@@ -10,8 +10,16 @@
  *         one call (Storage.readSpans), and the engine writes the runs that are
  *         not zero through the destination disk.
  */
-import type { Disk } from '../core/disk.js';
-import type { CopySpan, SpanCopier, SpanReader, Storage } from '../core/storage.js';
+import { alignDown } from '../core/bytes.js';
+import type { Disk, HostSpan } from '../core/disk.js';
+import {
+  type CopySpan,
+  type DataRun,
+  type SpanCopier,
+  type SpanReader,
+  type Storage,
+  writeSpansTo,
+} from '../core/storage.js';
 
 const MiB = 1 << 20;
 
@@ -58,12 +66,7 @@ export function hostPlanner(src: Disk, dst: Disk): HostPlanner {
     return byDst.get(to);
   };
 
-  const copyPlan = (
-    offset: number,
-    length: number,
-    from: HostSpanList,
-    to: HostSpanList,
-  ): HostPlan | null => {
+  const copyPlan = (offset: number, length: number, from: HostSpan[], to: HostSpan[]): HostPlan | null => {
     const spans = new Map<SpanCopier, CopySpan[]>();
     // Both lists tile the range in order: walk them together.
     let i = 0;
@@ -82,7 +85,7 @@ export function hostPlanner(src: Disk, dst: Disk): HostPlanner {
     return { kind: 'copy', spans };
   };
 
-  const scanPlan = (from: HostSpanList): HostPlan | null => {
+  const scanPlan = (from: HostSpan[]): HostPlan | null => {
     const spans = new Map<SpanReader, CopySpan[]>();
     for (const a of from) {
       if (!a.storage.readSpans) return null;
@@ -99,7 +102,41 @@ export function hostPlanner(src: Disk, dst: Disk): HostPlanner {
   };
 }
 
-type HostSpanList = NonNullable<Awaited<ReturnType<Disk['hostSpans']>>>;
+/**
+ * Places scanned runs (`at` in `buf`) on the destination in order: where it
+ * allocates them and says where (hostSpans 'allocate'), they are gathered per
+ * store for one write each; elsewhere they go through write(), in chunks as the
+ * read path writes (a compressing writer holds what it is given). Resolves
+ * once every run is placed, with the promise of the gathered writes (which
+ * need no turn: nothing else writes there).
+ */
+export async function placeRuns(
+  dst: Disk,
+  buf: Uint8Array,
+  runs: readonly DataRun[],
+  chunk: number,
+): Promise<{ written: number; direct: Promise<unknown> }> {
+  const direct = new Map<Storage, CopySpan[]>();
+  let written = 0;
+  for (const r of runs) {
+    const spans = await dst.hostSpans(r.to, r.length, 'allocate');
+    if (spans) {
+      for (const sp of spans)
+        listOf(direct, sp.storage).push({ from: r.at + (sp.offset - r.to), to: sp.at, length: sp.length });
+    } else {
+      for (let p = 0; p < r.length; ) {
+        const q = Math.min(r.length, alignDown(r.to + p, chunk) + chunk - r.to);
+        await dst.write(buf.subarray(r.at + p, r.at + q), r.to + p);
+        p = q;
+      }
+    }
+    written += r.length;
+  }
+  return {
+    written,
+    direct: Promise.all([...direct].map(([storage, spans]) => writeSpansTo(storage, buf, spans))),
+  };
+}
 
 /** The spans after the first `consumed` bytes of them. */
 export function restOf(spans: readonly CopySpan[], consumed: number): CopySpan[] {

@@ -1,14 +1,5 @@
 /** Maps host (errno) errors to one-line PlatterErrors that name the file. */
-import { constants } from 'node:os';
 import { PlatterError } from '../core/errors.js';
-
-let errnoNames: Map<number, string> | undefined;
-
-/** The name of an errno number ('EIO' for 5), as Node's errors carry in `code`. */
-export function errnoName(errno: number): string {
-  errnoNames ??= new Map(Object.entries(constants.errno).map(([name, n]) => [n, name]));
-  return errnoNames.get(errno) ?? `errno ${errno}`;
-}
 
 export function hostError(e: unknown, path: string, during?: string): Error {
   const code = (e as NodeJS.ErrnoException)?.code;

@@ -313,6 +313,16 @@ function makeFileStorage(path: string, mode: OpenMode, nat: Native, o: Opened): 
     }
   };
 
+  /** Where writes to `spans` (`to` in this file) end; past a device's end is ENOSPC. */
+  const spansEnd = (spans: readonly CopySpan[]): number => {
+    let end = 0;
+    for (const sp of spans) {
+      checkDeviceEnd(sp.to, sp.length);
+      end = Math.max(end, sp.to + sp.length);
+    }
+    return end;
+  };
+
   const eof = (buf: Uint8Array, offset: number): PlatterError =>
     new PlatterError(
       'EIO',
@@ -439,11 +449,7 @@ function makeFileStorage(path: string, mode: OpenMode, nat: Native, o: Opened): 
       return async (spans: readonly CopySpan[], zeroBlock: number) => {
         checkWritable();
         if (!from.readable()) throw new PlatterError('ECLOSED', `${from.path}: storage is closed`);
-        let end = 0;
-        for (const sp of spans) {
-          checkDeviceEnd(sp.to, sp.length);
-          end = Math.max(end, sp.to + sp.length);
-        }
+        const end = spansEnd(spans);
         const [written, skipped] = await nat
           .copySpans(from.fd, fd, triplesOf(spans), zeroBlock)
           .catch((e) => Promise.reject(copyError(e, from.path, path)));
@@ -453,11 +459,7 @@ function makeFileStorage(path: string, mode: OpenMode, nat: Native, o: Opened): 
     };
     storage.writeSpans = async (buf, spans) => {
       checkWritable();
-      let end = 0;
-      for (const sp of spans) {
-        checkDeviceEnd(sp.to, sp.length);
-        end = Math.max(end, sp.to + sp.length);
-      }
+      const end = spansEnd(spans);
       await nat.writeSpans(fd, buf, triplesOf(spans)).catch((e) => Promise.reject(copyError(e, path, path)));
       grew(end);
     };

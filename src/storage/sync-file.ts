@@ -12,9 +12,10 @@
  * is synced in the background as writes accumulate (BackgroundSync).
  */
 import * as fs from 'node:fs';
+import { getSystemErrorName } from 'node:util';
 import { BackgroundSync } from '../core/background-sync.js';
 import { PlatterError } from '../core/errors.js';
-import { errnoName, hostError } from './errors.js';
+import { hostError } from './errors.js';
 import { alignedSpan } from './file.js';
 import { native } from './native.js';
 
@@ -107,7 +108,7 @@ export function syncFileIo(source: string, dest: string, o: FileIoOptions): Sync
     if (preadInto) {
       // -errno for a bad sector: no error object but the one the engine gets.
       const n = preadInto(fd, b, pos);
-      if (n < 0) throw readFailed({ code: errnoName(-n) }, pos);
+      if (n < 0) throw readFailed({ code: getSystemErrorName(n) }, pos);
       return n;
     }
     return quietly(() => {

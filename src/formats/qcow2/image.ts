@@ -848,13 +848,24 @@ export class Qcow2Image implements RefcountHost {
     } else {
       await this.writeHost(content, host);
     }
+    await this.mapNewClusters(l2off, table, c, n, host);
+    for (const e of entries) await this.release(e);
+  }
+
+  /** Maps guest clusters [c, c+n) of one L2 table to new host clusters from `host` (entries held back). */
+  private async mapNewClusters(
+    l2off: number,
+    table: Uint8Array,
+    c: number,
+    n: number,
+    host: number,
+  ): Promise<void> {
     const i0 = c % this.l2Entries;
     for (let k = 0; k < n; k++) {
-      const [hi, lo] = standardEntry(host + k * cs, true);
+      const [hi, lo] = standardEntry(host + k * this.cs, true);
       writeHiLo(table, i0 + k, hi, lo);
     }
     await this.writeL2Entries(l2off, table, i0, i0 + n, true);
-    for (const e of entries) await this.release(e);
   }
 
   /**
@@ -894,12 +905,7 @@ export class Qcow2Image implements RefcountHost {
         this.guard(host, n * cs, 'data');
         // The caller's write extends the file to here; later allocations must know.
         this.fileSize = Math.max(this.fileSize, host + n * cs);
-        const i0 = c % this.l2Entries;
-        for (let k = 0; k < n; k++) {
-          const [hi, lo] = standardEntry(host + k * cs, true);
-          writeHiLo(table, i0 + k, hi, lo);
-        }
-        await this.writeL2Entries(l2off, table, i0, i0 + n, true);
+        await this.mapNewClusters(l2off, table, c, n, host);
         const from = Math.max(offset, c * cs);
         const to = Math.min(end, stop * cs);
         spans.push({

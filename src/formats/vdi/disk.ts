@@ -13,7 +13,7 @@
  * (qemu-img check requires the indexes 0 .. allocated-1 each used once).
  * Granularity is the block size, so the chain copies-on-write whole blocks.
  */
-import { blockPieces, eachBlockPiece } from '../../core/blocks.js';
+import { blockPieces, coversBlock, eachBlockPiece } from '../../core/blocks.js';
 import { alignUp, isAllZero, viewOf } from '../../core/bytes.js';
 import type {
   CheckResult,
@@ -137,17 +137,19 @@ export class VdiDisk implements DiskImpl {
   private allocateSpans(offset: number, length: number): HostSpan[] | null {
     if (!this.write) return null;
     const pieces = [...blockPieces(offset, length, this.bs)];
+    let fresh = 0;
     for (const p of pieces) {
       if (this.o.bad.has(p.block) || this.pending.has(p.block)) return null;
-      const whole = p.within === 0 && (p.length === this.bs || p.block * this.bs + p.length === this.size);
+      if (this.isAllocated(p.block)) continue;
       // A differencing image's unwritten bytes come from its parent: only whole blocks there.
-      if (!this.isAllocated(p.block) && !whole && this.h.type !== TYPE_DYNAMIC) return null;
+      if (this.h.type !== TYPE_DYNAMIC && !coversBlock(p, this.bs, this.size)) return null;
+      fresh++;
     }
+    if (this.h.blocksAllocated + fresh > ZERO_BLOCK) return null; // write() says why
     const spans: HostSpan[] = [];
     for (const p of pieces) {
       if (!this.isAllocated(p.block)) {
         const index = this.h.blocksAllocated;
-        if (index >= ZERO_BLOCK) return null; // write() says why
         this.h.blocksAllocated = index + 1;
         this.bmap[p.block] = index;
         this.unwritten.from = Math.min(this.unwritten.from, p.block);

@@ -21,7 +21,7 @@
  * New blocks go where the footer at the end of the file was, and the footer moves
  * behind them. A BAT that must grow and has no room where it is moves to the end.
  */
-import { blockPieces, eachBlockPiece } from '../../core/blocks.js';
+import { blockPieces, coversBlock, eachBlockPiece } from '../../core/blocks.js';
 import { alignUp, isAllZero, viewOf } from '../../core/bytes.js';
 import type {
   CheckResult,
@@ -35,7 +35,7 @@ import type {
 import { assert, corrupt, invalid, PlatterError } from '../../core/errors.js';
 import { hostRuns } from '../../core/host-holes.js';
 import { Mutex } from '../../core/mutex.js';
-import type { Storage } from '../../core/storage.js';
+import { type Storage, writeSpansTo } from '../../core/storage.js';
 import {
   chsSectors,
   DISK_DIFFERENCING,
@@ -221,20 +221,23 @@ export class DynamicVhd implements DiskImpl {
   private async allocateSpans(offset: number, length: number): Promise<HostSpan[] | null> {
     if (!this.write) return null;
     const pieces = [...blockPieces(offset, length, this.bs)];
+    let fresh = 0;
     for (const p of pieces) {
       if (this.o.bad.has(p.block) || this.pending.has(p.block)) return null;
       if (this.blockOffset(p.block) >= 0) {
         if ((await this.bitmap(p.block)) !== FULL) return null;
-      } else if (this.footer.diskType !== DISK_DYNAMIC && !this.wholeBlock(p.block, p.within, p.length)) {
-        // A differencing disk's unwritten sectors come from its parent: only whole blocks here.
-        return null;
+        continue;
       }
+      // A differencing disk's unwritten sectors come from its parent: only whole blocks here.
+      if (this.footer.diskType !== DISK_DYNAMIC && !coversBlock(p, this.bs, this.size)) return null;
+      fresh++;
     }
+    const last = alignUp(this.nextFree, 512) + (fresh - 1) * (this.bitmapSize + this.bs);
+    if (fresh > 0 && last / 512 >= UNUSED) return null; // write() says why
     const spans: HostSpan[] = [];
     for (const p of pieces) {
       if (this.blockOffset(p.block) < 0) {
         const at = alignUp(this.nextFree, 512);
-        if (at / 512 >= UNUSED) return null; // write() says why
         this.nextFree = at + this.bitmapSize + this.bs;
         this.bat[p.block] = at / 512;
         this.bitmaps.set(p.block, FULL);
@@ -246,19 +249,19 @@ export class DynamicVhd implements DiskImpl {
     return spans;
   }
 
-  /** Does [within, within+length) of block b cover all of it that lies in the disk? */
-  private wholeBlock(b: number, within: number, length: number): boolean {
-    return within === 0 && (length === this.bs || b * this.bs + length === this.size);
-  }
-
   /** Writes what allocateSpans left for later: bitmaps, BAT entries, the footer behind the last block. */
   private async allocateMeta(): Promise<void> {
     if (this.unwritten.length === 0) return;
     const blocks = this.unwritten;
     this.unwritten = [];
     await this.meta.run(async () => {
+      // One bitmap of all present sectors, written to every new block at once.
       const full = new Uint8Array(this.bitmapSize).fill(0xff);
-      for (const b of blocks) await this.storage.write(full, this.blockOffset(b));
+      await writeSpansTo(
+        this.storage,
+        full,
+        blocks.map((b) => ({ from: 0, to: this.blockOffset(b), length: full.length })),
+      );
       let from = blocks[0];
       let to = blocks[0] + 1;
       for (const b of blocks) {

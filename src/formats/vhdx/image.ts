@@ -15,7 +15,7 @@
  * allocates it and sets the written sectors in the chunk's sector bitmap
  * (PARTIALLY_PRESENT); unset sectors are `hole` and read from the parent.
  */
-import { blockPieces } from '../../core/blocks.js';
+import { blockPieces, coversBlock } from '../../core/blocks.js';
 import { alignUp, viewOf } from '../../core/bytes.js';
 import type {
   CheckResult,
@@ -444,8 +444,9 @@ export class VhdxImage {
       await this.beginWrite();
       for (const p of pieces) {
         const s = this.bat.state(payloadIndex(this.geo, p.block));
-        const whole = p.within === 0 && (p.length === bs || p.block * bs + p.length === this.md.size);
-        if (s === PARTIALLY_PRESENT || (s !== FULLY_PRESENT && this.hasParent && !whole)) return null;
+        if (s === PARTIALLY_PRESENT) return null;
+        // A differencing disk's unwritten sectors come from its parent: only whole blocks here.
+        if (s !== FULLY_PRESENT && this.hasParent && !coversBlock(p, bs, this.md.size)) return null;
       }
       for (const p of pieces) {
         const i = payloadIndex(this.geo, p.block);
