@@ -177,6 +177,18 @@ static int write_runs(copy_job *j, const unsigned char *buf, size_t n, int64_t a
 }
 
 /*
+ * The next piece of a span at destination offset `dst` with `left` bytes to
+ * go: up to the next multiple of `unit` on the destination. A span that starts
+ * off a boundary (a VHD block sits 512 bytes past a page, and its host-file
+ * data runs start on the page before) then meets the zero scan and pwrite in
+ * whole aligned pieces, not in pieces that straddle every zero block.
+ */
+static size_t piece_len(int64_t dst, int64_t left, int64_t unit) {
+  int64_t n = unit - dst % unit;
+  return (size_t)(left < n ? left : n);
+}
+
+/*
  * One buffer per pool thread, kept for the life of the process (libuv's pool
  * has a few threads): a fresh buffer per call would cost a page fault and a
  * page clearing for every 4 KiB it copies.
@@ -203,7 +215,7 @@ static void copy_execute(napi_env env, void *data) {
        * its place to the next one (and a source of zeros stays in the cache).
        */
       for (int64_t done = 0; done < len;) {
-        size_t n = (size_t)(len - done < (int64_t)SCAN_PIECE ? len - done : (int64_t)SCAN_PIECE);
+        size_t n = piece_len(dst + done, len - done, SCAN_PIECE);
         if (off + n > j->into_len) return; /* full: the caller goes on from `consumed` */
         int64_t kept = j->written;
         if (!read_full(j, j->into + off, n, src + done) || !write_runs(j, j->into + off, n, dst + done, off)) return;
@@ -223,7 +235,7 @@ static void copy_execute(napi_env env, void *data) {
   for (uint32_t s = 0; s < j->count && !j->err; s++) {
     int64_t src = j->spans[3 * s], dst = j->spans[3 * s + 1], len = j->spans[3 * s + 2];
     for (int64_t done = 0; done < len;) {
-      size_t n = (size_t)(len - done < CHUNK ? len - done : CHUNK);
+      size_t n = piece_len(dst + done, len - done, CHUNK);
       if (!read_full(j, buf, n, src + done) || !write_runs(j, buf, n, dst + done, 0)) break;
       done += (int64_t)n;
     }
