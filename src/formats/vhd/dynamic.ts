@@ -298,7 +298,8 @@ export class DynamicVhd implements DiskImpl {
   async extents(offset: number, length: number): Promise<Extent[]> {
     const out: Extent[] = [];
     const end = Math.min(offset + length, offset + 4096 * this.bs);
-    if (end > offset) await this.prefetchBitmaps(Math.floor(offset / this.bs), Math.floor((end - 1) / this.bs));
+    if (end > offset)
+      await this.prefetchBitmaps(Math.floor(offset / this.bs), Math.floor((end - 1) / this.bs));
     for (let pos = offset; pos < end; ) {
       const b = Math.floor(pos / this.bs);
       const within = pos - b * this.bs;
