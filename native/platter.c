@@ -430,6 +430,11 @@ static napi_value init(napi_env env, napi_value exports) {
   set_fn(env, exports, "copySpans", copy_spans);
   set_fn(env, exports, "readSpans", read_spans);
   set_fn(env, exports, "writeSpans", write_spans);
+  set_fn(env, exports, "sendSpans", send_spans);
+  set_fn(env, exports, "dupFd", dup_fd);
+  set_fn(env, exports, "closeFd", close_fd);
+  set_fn(env, exports, "shutdownFd", shutdown_fd);
+  set_fn(env, exports, "widenSendBuffer", widen_send_buffer);
   napi_value c;
   napi_create_object(env, &c);
   napi_set_named_property(env, c, "FALLOC_FL_KEEP_SIZE", num(env, FALLOC_FL_KEEP_SIZE));

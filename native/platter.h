@@ -17,4 +17,11 @@ napi_value copy_spans(napi_env env, napi_callback_info info);
 napi_value read_spans(napi_env env, napi_callback_info info);
 napi_value write_spans(napi_env env, napi_callback_info info);
 
+/* send.c */
+napi_value send_spans(napi_env env, napi_callback_info info);
+napi_value dup_fd(napi_env env, napi_callback_info info);
+napi_value close_fd(napi_env env, napi_callback_info info);
+napi_value shutdown_fd(napi_env env, napi_callback_info info);
+napi_value widen_send_buffer(napi_env env, napi_callback_info info);
+
 #endif

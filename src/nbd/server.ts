@@ -27,6 +27,7 @@ import { createServer, type Server, type Socket } from 'node:net';
 import type { Disk, Extent } from '../core/disk.js';
 import { isPlatterError, PlatterError } from '../core/errors.js';
 import { ioBuffer } from '../ops/buffers.js';
+import { type FileRange, type SendPart, SocketSender } from '../storage/socket-sender.js';
 import * as P from './protocol.js';
 import { SocketReader } from './stream.js';
 
@@ -56,6 +57,10 @@ const BLOCK_SIZE_PREFERRED = 4096;
  */
 const BLOCK_SIZE_PREFERRED_READ_ONLY = 2 * 1024 * 1024;
 const META_CONTEXT_ID = 1;
+/** Replies queued in a connection's sender at most before its requests wait. */
+const MAX_QUEUED_REPLIES = 256;
+/** How long the last replies may take to leave before the connection is cut. */
+const LINGER_MS = 2000;
 
 export interface NbdServerOptions {
   /** The export's name; clients must ask for exactly this (default ''). */
@@ -72,6 +77,13 @@ export interface NbdServerOptions {
 /** A unix socket path, a TCP address, or an inherited listening descriptor (socket activation). */
 export type ListenAddress = { path: string } | { fd: number } | { host?: string; port?: number };
 
+/** A part of a read's reply: data, or (structured replies) a hole sent as OFFSET_HOLE. */
+interface ReadPiece {
+  offset: number;
+  length: number;
+  hole: boolean;
+}
+
 /** Drop this client: the byte stream cannot be trusted any more. */
 class Drop extends Error {}
 
@@ -84,6 +96,8 @@ export class NbdServer {
    * extent lookup (the hot path of nbdcopy). Writes always go through `disk`.
    */
   readonly source: Disk;
+  /** Read bytes sent straight from host files (sendfile: no copy through this process). */
+  sentFromFiles = 0;
   private readonly maxClients: number;
   private readonly sessions = new Set<Session>();
   private readonly waiting: Socket[] = [];
@@ -243,6 +257,12 @@ class Session {
   private readonly inflight = new Set<Promise<void>>();
   private stopping = false;
   private done: Promise<void> | null = null;
+  /**
+   * Sends every reply of the transmission phase from the thread pool, file
+   * ranges straight from the page cache (storage/socket-sender.ts): for
+   * read-only exports, whose host spans cannot move under a queued reply.
+   */
+  private sender?: SocketSender;
 
   constructor(
     private readonly server: NbdServer,
@@ -263,11 +283,12 @@ class Session {
           this.server.log(`client error: ${(e as Error)?.stack ?? e}`);
       })
       .then(() => Promise.allSettled([...this.inflight]))
+      .then(() => this.finishSending())
       .then(async () => {
         // Let the last replies leave before the socket goes away.
         if (!this.socket.destroyed) {
           await new Promise<void>((r) => {
-            const t = setTimeout(r, 2000);
+            const t = setTimeout(r, LINGER_MS);
             this.socket.once('close', () => {
               clearTimeout(t);
               r();
@@ -285,10 +306,21 @@ class Session {
     this.stopping = true;
     // Requests already dispatched still reply; a request read after this gets ESHUTDOWN.
     await Promise.allSettled([...this.inflight]);
+    await this.finishSending();
     this.socket.end();
-    const t = setTimeout(() => this.socket.destroy(), 2000);
+    const t = setTimeout(() => this.socket.destroy(), LINGER_MS);
     await this.done;
     clearTimeout(t);
+  }
+
+  /** Waits for the sender's queued replies (cut off after LINGER_MS), then closes it. */
+  private async finishSending(): Promise<void> {
+    const sender = this.sender;
+    if (!sender) return;
+    const t = setTimeout(() => sender.abort(), LINGER_MS);
+    await sender.idle();
+    clearTimeout(t);
+    await sender.close();
   }
 
   private send(...parts: Uint8Array[]): void {
@@ -296,7 +328,11 @@ class Session {
   }
 
   /** Writes parts as one burst; `written` runs once the socket no longer needs them. */
-  private sendThen(written: (() => void) | undefined, ...parts: Uint8Array[]): void {
+  private sendThen(written: (() => void) | undefined, ...parts: SendPart[]): void {
+    if (this.sender) {
+      this.sender.send(parts, written && (() => written()));
+      return;
+    }
     if (this.socket.destroyed) {
       written?.();
       return;
@@ -304,6 +340,7 @@ class Session {
     this.socket.cork();
     const last = parts.length - 1;
     parts.forEach((p, i) => {
+      if (!(p instanceof Uint8Array)) throw new Error('internal error: a file range without a sender');
       if (i === last && written) this.socket.write(p, () => written());
       else if (p.length > 0) this.socket.write(p);
     });
@@ -322,6 +359,7 @@ class Session {
     }
     this.noZeroes = (clientFlags & P.FLAG_C_NO_ZEROES) !== 0;
     if (!(await this.haggle())) return;
+    if (this.server.readOnly) this.sender = SocketSender.for(this.socket);
     await this.transmit();
   }
 
@@ -456,6 +494,7 @@ class Session {
           this.socket.on('close', done);
         });
       }
+      if (this.sender && this.sender.queued > MAX_QUEUED_REPLIES) await this.sender.idle();
       const h = this.reader.readNow(P.REQUEST_SIZE) ?? (await this.reader.read(P.REQUEST_SIZE));
       const req = P.parseRequest(h);
       if (!req) throw new Drop('bad request magic');
@@ -467,9 +506,13 @@ class Session {
         return;
       }
       while (this.inflight.size >= MAX_INFLIGHT) await Promise.race(this.inflight);
-      // Buffers for reads and write payloads come out of the server-wide budget.
+      // Buffers for reads and write payloads come out of the server-wide budget
+      // (reads sent from their files need none; sendRead reserves if it falls back).
+      const viaSender = this.sender !== undefined && req.type === P.CMD_READ;
       const bytes =
-        req.type === P.CMD_READ || req.type === P.CMD_WRITE ? Math.min(req.length, P.MAX_REQUEST) : 0;
+        (req.type === P.CMD_READ && !viaSender) || req.type === P.CMD_WRITE
+          ? Math.min(req.length, P.MAX_REQUEST)
+          : 0;
       if (!this.server.tryReserve(bytes)) await this.server.reserve(bytes);
       let payload: Buffer | undefined;
       if (req.type === P.CMD_WRITE) {
@@ -489,7 +532,11 @@ class Session {
         return;
       }
       const p = (
-        this.isSmallRead(req) ? this.smallRead(req, bytes) : this.handle(req, payload, bytes)
+        viaSender
+          ? this.sendRead(req)
+          : this.isSmallRead(req)
+            ? this.smallRead(req, bytes)
+            : this.handle(req, payload, bytes)
       ).finally(() => {
         this.inflight.delete(p);
       });
@@ -675,41 +722,93 @@ class Session {
 
   /** Reads and replies; `buf` goes back to the pool once the socket is done with it. */
   private async readInto(req: P.ServerRequest, buf: Buffer, sent: () => void): Promise<void> {
-    const { offset, length, cookie } = req;
+    const { offset } = req;
     const release = (): void => {
       pool.give(buf);
       sent();
     };
-    // Simple replies cannot hold holes; small reads go out as one data chunk: looking
-    // for holes would cost more than it saves (clients that care, like nbdcopy and
-    // qemu-img, ask for block status first anyway).
+    const pieces = await this.readPieces(req);
+    const bytesOf = (p: ReadPiece): Buffer => buf.subarray(p.offset - offset, p.offset - offset + p.length);
+    // Data runs between the holes, read concurrently; then every chunk in one burst.
+    await Promise.all(
+      pieces.filter((p) => !p.hole).map((p) => this.server.source.read(bytesOf(p), p.offset)),
+    );
+    this.sendThen(release, ...this.readReply(req, pieces, (p) => [bytesOf(p)]));
+  }
+
+  /**
+   * A read answered from the host files that hold its bytes, by the sender
+   * (no buffer, no copy here); a read whose bytes are not all in such files
+   * (compressed or unallocated clusters, a partial VHD block) takes the
+   * buffered path with its share of the budget.
+   */
+  private async sendRead(req: P.ServerRequest): Promise<void> {
+    const sender = this.sender;
+    if (!sender) throw new Error('internal error: sendRead without a sender');
+    try {
+      this.checkRange(req, false);
+      if (req.length > 0 && req.length <= P.MAX_REQUEST) {
+        const pieces = await this.readPieces(req);
+        const files = new Map<ReadPiece, SendPart[]>();
+        for (const p of pieces) {
+          if (p.hole) continue;
+          const spans = await this.server.source.hostSpans(p.offset, p.length, 'read');
+          if (!spans?.every((h) => sender.canSendFrom(h.storage))) break;
+          files.set(
+            p,
+            spans.map((h): FileRange => ({ storage: h.storage, at: h.at, length: h.length })),
+          );
+        }
+        if (pieces.every((p) => p.hole || files.has(p))) {
+          for (const p of files.keys()) this.server.sentFromFiles += p.length;
+          this.sendThen(undefined, ...this.readReply(req, pieces, (p) => files.get(p) ?? []));
+          return;
+        }
+      }
+    } catch (e) {
+      this.replyFailure(req, e);
+      return;
+    }
+    const bytes = Math.min(req.length, P.MAX_REQUEST);
+    if (!this.server.tryReserve(bytes)) await this.server.reserve(bytes);
+    return this.isSmallRead(req) ? this.smallRead(req, bytes) : this.handle(req, undefined, bytes);
+  }
+
+  /**
+   * The pieces of a read's reply, in order: one data piece, or (structured
+   * replies) data runs between holes of at least MIN_HOLE_CHUNK. Simple
+   * replies cannot hold holes; small reads go out as one data chunk: looking
+   * for holes would cost more than it saves (clients that care, like nbdcopy
+   * and qemu-img, ask for block status first anyway).
+   */
+  private async readPieces(req: P.ServerRequest): Promise<ReadPiece[]> {
+    const { offset, length } = req;
     const exts =
       !this.structured || req.flags & P.CMD_FLAG_DF || length <= SMALL_READ
         ? []
         : await this.disk.extents(offset, length);
-    const holes = exts.filter((e) => e.status !== 'data' && e.length >= MIN_HOLE_CHUNK);
-    if (holes.length === 0) {
-      await this.server.source.read(buf, offset);
-      this.sendThen(release, this.wholeDataHead(cookie, offset, length), buf);
-      return;
-    }
-    // Data runs between the holes, read concurrently; then every chunk in one burst.
-    const pieces: Array<{ offset: number; length: number; hole: boolean }> = [];
+    const pieces: ReadPiece[] = [];
     let pos = offset;
-    for (const h of holes) {
+    for (const h of exts) {
+      if (h.status === 'data' || h.length < MIN_HOLE_CHUNK) continue;
       if (h.offset > pos) pieces.push({ offset: pos, length: h.offset - pos, hole: false });
       pieces.push({ offset: h.offset, length: h.length, hole: true });
       pos = h.offset + h.length;
     }
     if (pos < offset + length) pieces.push({ offset: pos, length: offset + length - pos, hole: false });
-    await Promise.all(
-      pieces
-        .filter((p) => !p.hole)
-        .map((p) =>
-          this.server.source.read(buf.subarray(p.offset - offset, p.offset - offset + p.length), p.offset),
-        ),
-    );
-    const parts: Uint8Array[] = [];
+    return pieces;
+  }
+
+  /** The reply to a read: its pieces as chunks (`data` gives a data piece's bytes), or one data reply. */
+  private readReply(
+    req: P.ServerRequest,
+    pieces: ReadPiece[],
+    data: (p: ReadPiece) => SendPart[],
+  ): SendPart[] {
+    const { offset, length, cookie } = req;
+    if (pieces.length === 1 && !pieces[0].hole)
+      return [this.wholeDataHead(cookie, offset, length), ...data(pieces[0])];
+    const parts: SendPart[] = [];
     pieces.forEach((p, i) => {
       const last = i === pieces.length - 1 ? P.REPLY_FLAG_DONE : 0;
       if (p.hole) {
@@ -721,11 +820,11 @@ class Session {
         parts.push(
           P.chunkHeader(cookie, last, P.REPLY_TYPE_OFFSET_DATA, 8 + p.length),
           u64(p.offset),
-          buf.subarray(p.offset - offset, p.offset - offset + p.length),
+          ...data(p),
         );
       }
     });
-    this.sendThen(release, ...parts);
+    return parts;
   }
 
   private async blockStatus(req: P.ServerRequest): Promise<void> {

@@ -265,6 +265,16 @@ function clipExtents(extents: readonly StorageExtent[], from: number, to: number
 /** The descriptor behind each open file Storage, for copierFrom (a source reached only through its Storage). */
 const hostFiles = new WeakMap<Storage, { fd: number; path: string; readable: () => boolean }>();
 
+/**
+ * The descriptor behind a file Storage while it is open and reads through the
+ * page cache (not O_DIRECT); undefined for any other Storage. For host I/O
+ * inside storage/ (the socket sender) only.
+ */
+export function pageCacheFd(storage: Storage): number | undefined {
+  const f = hostFiles.get(storage);
+  return f?.readable() ? f.fd : undefined;
+}
+
 /** [from, to, length] triples for the native copier. */
 function triplesOf(spans: readonly CopySpan[]): Float64Array {
   const t = new Float64Array(spans.length * 3);

@@ -15,6 +15,8 @@
  *   copySpans         | pread/scan/pwrite on a pool     | rejects EOPNOTSUPP (file.ts offers
  *   readSpans,        | thread (native/copy.c)          | none without the addon)
  *   writeSpans        |                                 |
+ *   socket            | sendfile/send on a pool thread  | null (the NBD server writes
+ *                     | (native/send.c)                 | through Node's socket)
  *
  * storage/file.ts asks `native.available` before offering discard/allocate,
  * locks and O_DIRECT, so the fallback never pretends to do what it cannot.
@@ -80,6 +82,8 @@ export interface Native {
   readSpans(srcFd: number, buf: Uint8Array, spans: Float64Array, zeroBlock: number): Promise<number[]>;
   /** Writes [bufOffset, dstOffset, length] triples of `buf`; resolves the bytes written. */
   writeSpans(dstFd: number, buf: Uint8Array, spans: Float64Array): Promise<number>;
+  /** Socket sends off the main thread (native/send.c); null in the fallback. */
+  readonly socket: SocketCalls | null;
   readonly constants: {
     readonly FALLOC_FL_KEEP_SIZE: number;
     readonly FALLOC_FL_PUNCH_HOLE: number;
@@ -87,8 +91,34 @@ export interface Native {
   };
 }
 
-interface Addon extends Omit<Native, 'available' | 'alignedMemory' | 'alignedBuffer'> {
+export interface SocketCalls {
+  /**
+   * Sends [fd, offset, length] triples to a non-blocking stream socket, in
+   * order, as one pool work item: a negative fd -(i + 1) names bytes of
+   * buffers[i], any other a range of that file (sendfile(2)). Waits for room
+   * in the socket `waitMs` at most in all, then resolves the bytes sent so far;
+   * rejects with an errno error when a send fails (the peer left).
+   */
+  sendSpans(sock: number, buffers: Uint8Array[], segments: Float64Array, waitMs: number): Promise<number>;
+  /** A duplicate of the descriptor (close-on-exec), for a sender of its own. */
+  dupFd(fd: number): number;
+  closeFd(fd: number): void;
+  /** shutdown(SHUT_RDWR): ends the connection for every descriptor of it. */
+  shutdownFd(fd: number): void;
+  /**
+   * A unix stream socket's send buffer set to `bytes` (capped by the kernel at
+   * net.core.wmem_max); returns the size it got, 0 for other sockets.
+   */
+  widenSendBuffer(fd: number, bytes: number): number;
+}
+
+interface Addon extends Omit<Native, 'available' | 'alignedMemory' | 'alignedBuffer' | 'socket'> {
   alignedBuffer(size: number, alignment: number): ArrayBuffer;
+  sendSpans: SocketCalls['sendSpans'];
+  dupFd: SocketCalls['dupFd'];
+  closeFd: SocketCalls['closeFd'];
+  shutdownFd: SocketCalls['shutdownFd'];
+  widenSendBuffer: SocketCalls['widenSendBuffer'];
 }
 
 function sysfsBlock(fd: number, file: string): number | undefined {
@@ -135,6 +165,7 @@ export const fallback: Native = {
   copySpans: async () => Promise.reject(notSupported('copySpans')),
   readSpans: async () => Promise.reject(notSupported('readSpans')),
   writeSpans: async () => Promise.reject(notSupported('writeSpans')),
+  socket: null,
   constants: { FALLOC_FL_KEEP_SIZE: 1, FALLOC_FL_PUNCH_HOLE: 2, FALLOC_FL_ZERO_RANGE: 16 },
 };
 
@@ -160,10 +191,12 @@ function load(): Native {
     } catch {
       alignedMemory = false;
     }
+    const { sendSpans, dupFd, closeFd, shutdownFd, widenSendBuffer } = addon;
     return {
       ...addon,
       available: true,
       alignedMemory,
+      socket: { sendSpans, dupFd, closeFd, shutdownFd, widenSendBuffer },
       alignedBuffer: (size, alignment) => new Uint8Array(addon.alignedBuffer(size, alignment)),
     };
   } catch (e) {

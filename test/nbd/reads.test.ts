@@ -8,6 +8,7 @@
  */
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
+import { closeSync, openSync, readdirSync, writeFileSync, writeSync } from 'node:fs';
 import { connect, createServer, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
@@ -15,9 +16,13 @@ import { stack } from '../../src/core/chain.js';
 import { type Disk, toDisk } from '../../src/core/disk.js';
 import { PlatterError } from '../../src/core/errors.js';
 import { zeroDisk } from '../../src/core/zeros.js';
+import { openImage } from '../../src/formats/open.js';
 import { cow } from '../../src/layers/cow.js';
 import * as P from '../../src/nbd/protocol.js';
 import { SocketReader } from '../../src/nbd/stream.js';
+import { nodeHost } from '../../src/storage/host.js';
+import { native } from '../../src/storage/native.js';
+import { needPeers, run } from '../helpers/peers.js';
 import { tempDir } from '../helpers/tmp.js';
 import { serveDisk } from './helpers.js';
 
@@ -362,5 +367,116 @@ describe('nbd server: reads', () => {
       await s.stop();
       await disk.close();
     }
+  });
+  describe('read-only exports of host files (replies sent from the files)', () => {
+    const fileReads = [
+      ...sequential(0, 8, 2 * MiB),
+      { offset: 0, length: 1 },
+      { offset: SIZE - 1, length: 1 },
+      { offset: 777, length: 256 * KiB - 1 },
+      { offset: 7 * MiB + 3, length: 4 * MiB },
+      { offset: 8 * MiB, length: 2 * MiB },
+    ];
+
+    for (const structured of [false, true]) {
+      it(`raw, ${structured ? 'structured' : 'simple'} replies: the file's bytes, holes as hole chunks`, async (t) => {
+        if (!native.socket) return t.skip('no native addon');
+        const path = join(dir, `sent-${structured}.raw`);
+        const content = randomBytes(SIZE);
+        content.fill(0, 8 * MiB, 10 * MiB);
+        const fd = openSync(path, 'w');
+        writeSync(fd, content.subarray(0, 8 * MiB), 0, 8 * MiB, 0);
+        writeSync(fd, content.subarray(10 * MiB), 0, SIZE - 10 * MiB, 10 * MiB); // 8-10 MiB: a real hole
+        closeSync(fd);
+        const disk = await openImage(nodeHost, path, { format: 'raw', readOnly: true });
+        const s = await serveDisk(disk, dir, { readOnly: true });
+        const c = await Raw.open(s.uri, structured);
+        try {
+          for (const r of await c.readAll(fileReads)) {
+            assert.equal(r.reply.errno, 0, `read ${r.offset}+${r.length}: ${r.reply.message}`);
+            assert.ok(
+              r.reply.data.equals(content.subarray(r.offset, r.offset + r.length)),
+              `${r.offset}+${r.length}`,
+            );
+            if (structured && r.offset === 8 * MiB)
+              assert.equal(r.reply.holeChunks, 1, 'the hole is a hole chunk');
+          }
+          // Structured replies send the 2 MiB hole as a chunk in each of the three reads over it.
+          const data = fileReads.reduce((n, r) => n + r.length, 0) - (structured ? 6 * MiB : 0);
+          assert.equal(s.server.sentFromFiles, data, 'every data byte left from the file');
+        } finally {
+          c.close();
+          await s.stop();
+          await disk.close();
+        }
+      });
+    }
+
+    it('qcow2 with compressed clusters: data clusters from the file, the rest through memory', async (t) => {
+      if (!needPeers(t, 'qemu-img', 'qemu-io')) return;
+      if (!native.socket) return t.skip('no native addon');
+      const raw = join(dir, 'half.raw');
+      const q = join(dir, 'mixed.qcow2');
+      const content = randomBytes(SIZE);
+      // The first 8 MiB compress (a repeated KiB), so qemu-img stores them compressed.
+      for (let p = KiB; p < 8 * MiB; p += KiB) content.copy(content, p, 0, KiB);
+      content.fill(0, 8 * MiB, 10 * MiB);
+      writeFileSync(raw, content.subarray(0, 8 * MiB));
+      assert.equal(run('qemu-img', ['convert', '-c', '-f', 'raw', '-O', 'qcow2', raw, q]).status, 0);
+      assert.equal(run('qemu-img', ['resize', '-f', 'qcow2', q, String(SIZE)]).status, 0);
+      writeFileSync(raw, content.subarray(10 * MiB));
+      const w = run('qemu-io', ['-f', 'qcow2', '-c', `write -s ${raw} ${10 * MiB} ${SIZE - 10 * MiB}`, q]);
+      assert.equal(w.status, 0, w.stderr);
+      const disk = await openImage(nodeHost, q, { format: 'qcow2', readOnly: true });
+      const s = await serveDisk(disk, dir, { readOnly: true });
+      const c = await Raw.open(s.uri, true);
+      try {
+        for (const r of await c.readAll([...fileReads, ...sequential(0, 64, 256 * KiB)])) {
+          assert.equal(r.reply.errno, 0, `read ${r.offset}+${r.length}: ${r.reply.message}`);
+          assert.ok(
+            r.reply.data.equals(content.subarray(r.offset, r.offset + r.length)),
+            `${r.offset}+${r.length}`,
+          );
+        }
+        // Reads wholly in the uncompressed [10, 16) MiB: three of 2 MiB, 24 of 256 KiB, the last byte.
+        assert.equal(
+          s.server.sentFromFiles,
+          12 * MiB + 1,
+          'only reads of uncompressed clusters left from the file',
+        );
+      } finally {
+        c.close();
+        await s.stop();
+        await disk.close();
+      }
+    });
+
+    it('a client that leaves with replies queued costs nothing: others are served, no descriptor is left', async (t) => {
+      if (!native.socket) return t.skip('no native addon');
+      const path = join(dir, 'leave.raw');
+      const content = randomBytes(SIZE);
+      writeFileSync(path, content);
+      const fds = readdirSync('/proc/self/fd').length;
+      const disk = await openImage(nodeHost, path, { format: 'raw', readOnly: true });
+      const s = await serveDisk(disk, dir, { readOnly: true });
+      try {
+        for (let round = 0; round < 3; round++) {
+          const quitter = await Raw.open(s.uri, true);
+          for (let i = 0; i < 64; i++) quitter.read((i % 8) * 2 * MiB, 2 * MiB);
+          await new Promise((r) => setTimeout(r, 20));
+          quitter.close();
+        }
+        const c = await Raw.open(s.uri, false);
+        const [r] = await c.readAll([{ offset: MiB, length: 4 * MiB }]);
+        assert.ok(r.reply.data.equals(content.subarray(MiB, 5 * MiB)));
+        c.close();
+        for (let i = 0; i < 100 && s.server.clients > 0; i++) await new Promise((r) => setTimeout(r, 20));
+        assert.equal(s.server.clients, 0, 'every session ended');
+      } finally {
+        await s.stop();
+        await disk.close();
+      }
+      assert.equal(readdirSync('/proc/self/fd').length, fds, 'no descriptor left open');
+    });
   });
 });
