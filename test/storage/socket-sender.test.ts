@@ -11,9 +11,9 @@ import { writeFileSync } from 'node:fs';
 import { connect, createServer, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
+import { openFile } from '../../src/storage/file.js';
 import { memoryStorage } from '../../src/storage/memory.js';
 import { native } from '../../src/storage/native.js';
-import { openFile } from '../../src/storage/file.js';
 import { SocketSender } from '../../src/storage/socket-sender.js';
 import { tempDir } from '../helpers/tmp.js';
 
