@@ -41,6 +41,14 @@ export interface Storage {
    */
   readSpans?: SpanReader;
   /**
+   * Reads on the calling thread, the same bytes and errors as read() (host
+   * files through the page cache). For a consumer that keeps this thread busy
+   * between reads anyway (hashing): a trip through the thread pool per read
+   * only adds work, and on a machine whose cores share their execution units
+   * a read running beside the hashing slows it down more than it saves.
+   */
+  readSync?(buf: Uint8Array, offset: number): void;
+  /**
    * Writes pieces of `buf` (`from` in the buffer, `to` in this store) in one
    * call (host files: off the main thread).
    */

@@ -23,7 +23,7 @@ import { createHash, type Hash } from 'node:crypto';
 import { availableParallelism } from 'node:os';
 import { Worker } from 'node:worker_threads';
 import { alignDown } from '../core/bytes.js';
-import type { Disk } from '../core/disk.js';
+import type { Disk, HostSpan } from '../core/disk.js';
 import { invalid, PlatterError, throwIfAborted } from '../core/errors.js';
 import { ioBuffer } from './buffers.js';
 import type { OpOptions } from './progress.js';
@@ -55,6 +55,8 @@ export function parseAlgorithms(text: string): HashAlgorithm[] {
 
 export interface MultiHash {
   readonly algorithms: readonly HashAlgorithm[];
+  /** Every algorithm runs on the calling thread (no worker). */
+  readonly inline: boolean;
   /** Adds bytes; resolves once `buf` may be reused (it has been hashed or copied). */
   update(buf: Uint8Array): Promise<void>;
   /** Adds `length` zero bytes without a buffer. */
@@ -76,6 +78,11 @@ export interface MultiHashOptions {
 
 const MiB = 1 << 20;
 const ZEROS = new Uint8Array(MiB);
+/**
+ * The piece read and hashed at a time on the calling thread (Storage.readSync):
+ * it stays in the core's cache between the copy and the hash.
+ */
+const SYNC_PIECE = 256 * 1024;
 
 // The worker: hashes the slots it is told about, in message order, and acks each.
 const WORKER_SOURCE = `
@@ -197,6 +204,7 @@ export function createMultiHash(
 
   return {
     algorithms: [...algorithms],
+    inline: lanes.length === 0,
     async update(buf) {
       check();
       for (let i = 0; i < buf.length; i += slotSize) {
@@ -273,7 +281,14 @@ export async function hashDisk(
   let done = 0;
   onProgress?.({ phase, done, total });
 
-  type Job = { offset: number; length: number; buf?: Uint8Array; read?: Promise<void> };
+  /** A data chunk has `buf`, and either a `read` in flight or `sync`: its host spans, read when it is hashed. */
+  type Job = {
+    offset: number;
+    length: number;
+    buf?: Uint8Array;
+    read?: Promise<void>;
+    sync?: HostSpan[];
+  };
   const pool: Uint8Array[] = [];
   const queue: Job[] = [];
   const window = 1024 * MiB;
@@ -305,23 +320,43 @@ export async function hashDisk(
       e.length -= n;
       if (e.length === 0) pendingExtents.shift();
       job.buf = (pool.pop() ?? ioBuffer(chunk)).subarray(0, n);
+      if (mh.inline) {
+        const spans = await disk.hostSpans(job.offset, n, 'read');
+        if (spans?.every((h) => h.storage.readSync)) {
+          job.sync = spans;
+          return job;
+        }
+      }
       job.read = disk.read(job.buf, job.offset);
       job.read.catch(() => undefined); // awaited below, in order
       return job;
     };
     const fill = async (): Promise<void> => {
-      while (queue.filter((j) => j.buf).length < ahead) {
+      while (queue.filter((j) => j.read).length < ahead) {
         const j = await nextJob();
         if (!j) return;
         queue.push(j);
-        if (!j.buf) return; // a zero range: hash it before reading further
+        if (!j.read) return; // a zero range or a chunk read at hash time: hash it before reading further
       }
     };
     await fill();
     while (queue.length) {
       throwIfAborted(signal);
       const j = queue.shift()!;
-      if (j.buf) {
+      if (j.sync) {
+        // Read and hashed on this thread, a piece at a time while it is in the cache.
+        await fill();
+        for (const h of j.sync) {
+          for (let p = 0; p < h.length; p += SYNC_PIECE) {
+            const piece = j.buf!.subarray(0, Math.min(SYNC_PIECE, h.length - p));
+            h.storage.readSync!(piece, h.at + p);
+            await mh.update(piece);
+          }
+        }
+        pool.push(new Uint8Array(j.buf!.buffer, j.buf!.byteOffset, chunk));
+        done += j.length;
+        onProgress?.({ phase, done, total });
+      } else if (j.buf) {
         await j.read;
         await fill(); // start the next reads before hashing this chunk
         await mh.update(j.buf);

@@ -452,6 +452,22 @@ function makeFileStorage(path: string, mode: OpenMode, nat: Native, o: Opened): 
   // Buffered reads only: an O_DIRECT source keeps its own aligned path.
   hostFiles.set(storage, { fd, path, readable: () => !closed && directFd < 0 });
 
+  if (directFd < 0) {
+    storage.readSync = (buf, offset) => {
+      checkOpen();
+      for (let done = 0; done < buf.length; ) {
+        let n: number;
+        try {
+          n = fs.readSync(fd, buf, done, Math.min(buf.length - done, MAX_IO), offset + done);
+        } catch (e) {
+          throw hostError(e, path, `read at offset ${offset + done}`);
+        }
+        if (n === 0) throw eof(buf, offset);
+        done += n;
+      }
+    };
+  }
+
   if (nat.available && mode.write) {
     storage.copierFrom = (src: Storage): SpanCopier | undefined => {
       const from = hostFiles.get(src);

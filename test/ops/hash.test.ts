@@ -1,9 +1,14 @@
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import fc from 'fast-check';
 import { PlatterError } from '../../src/core/errors.js';
 import { createMultiHash, hashDisk, parseAlgorithms, planLanes } from '../../src/ops/hash.js';
+import { openImage } from '../../src/formats/open.js';
+import { nodeHost } from '../../src/storage/host.js';
+import { tempDir } from '../helpers/tmp.js';
 import { arrayDisk, readAll, toyDisk } from './toy.js';
 
 const K = 1024;
@@ -124,5 +129,63 @@ describe('hashDisk', () => {
       }),
       (e: unknown) => e instanceof PlatterError && e.code === 'ECANCELED',
     );
+  });
+  describe('one algorithm over a host file: read on the calling thread (Storage.readSync)', () => {
+    const dir = tempDir();
+
+    it('reads every data byte with readSync, a piece at a time, and gets the same digest', async () => {
+      const path = join(dir, 'sync.raw');
+      const bytes = randomBytes(5 * K * K + 4099);
+      writeFileSync(path, bytes);
+      const disk = await openImage(nodeHost, path, { format: 'raw', readOnly: true });
+      try {
+        const [h] = (await disk.hostSpans(0, 1, 'read')) ?? [];
+        assert.ok(h?.storage.readSync, 'a host file reads synchronously');
+        const readSync = h.storage.readSync.bind(h.storage);
+        const sizes: number[] = [];
+        h.storage.readSync = (buf, offset) => {
+          sizes.push(buf.length);
+          readSync(buf, offset);
+        };
+        const got = await hashDisk(disk, ['sha256'], { chunkSize: 2 * K * K });
+        assert.equal(got.sha256, ref('sha256', bytes));
+        assert.equal(
+          sizes.reduce((a, b) => a + b, 0),
+          bytes.length,
+          'every byte read once, on this thread',
+        );
+        assert.ok(Math.max(...sizes) <= 256 * K, 'in pieces that stay in the cache');
+        // Several algorithms spread over workers keep the reads in the pool, ahead of the hashing.
+        sizes.length = 0;
+        const two = await hashDisk(disk, ['md5', 'sha1'], { threads: 2 });
+        assert.equal(two.md5, ref('md5', bytes));
+        assert.equal(sizes.length, 0);
+      } finally {
+        await disk.close();
+      }
+    });
+
+    it('a failing synchronous read rejects the hash with its error', async () => {
+      const path = join(dir, 'fails.raw');
+      writeFileSync(path, randomBytes(4 * K * K));
+      const disk = await openImage(nodeHost, path, { format: 'raw', readOnly: true });
+      try {
+        const [h] = (await disk.hostSpans(0, 1, 'read')) ?? [];
+        assert.ok(h?.storage.readSync);
+        const readSync = h.storage.readSync.bind(h.storage);
+        h.storage.readSync = (buf, offset) => {
+          if (offset >= 3 * K * K)
+            throw new PlatterError('EIO', 'fails.raw: read at offset 3145728: input/output error');
+          readSync(buf, offset);
+        };
+        await assert.rejects(
+          hashDisk(disk, ['sha256']),
+          (e: unknown) =>
+            e instanceof PlatterError && e.code === 'EIO' && e.message.includes('offset 3145728'),
+        );
+      } finally {
+        await disk.close();
+      }
+    });
   });
 });

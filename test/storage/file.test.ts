@@ -80,6 +80,10 @@ describe('file storage: I/O and capabilities', () => {
       await s.write(Buffer.from([1]), 10000);
       assert.equal(await s.size(), 10001, 'writing past the end extends the file');
       await assert.rejects(s.read(Buffer.alloc(2), 10000), isCode('EIO', p));
+      const sync = Buffer.alloc(5000);
+      s.readSync?.(sync, 3000);
+      assert.ok(sync.equals(data), 'readSync reads the same bytes');
+      assert.throws(() => s.readSync?.(Buffer.alloc(2), 10000), isCode('EIO', p));
       await s.truncate(4096);
       assert.equal(await s.size(), 4096);
       assert.equal(statSync(p).size, 4096);
@@ -88,6 +92,7 @@ describe('file storage: I/O and capabilities', () => {
       await s.close();
     }
     await assert.rejects(s.read(Buffer.alloc(1), 0), isCode('ECLOSED'));
+    assert.throws(() => s.readSync?.(Buffer.alloc(1), 0), isCode('ECLOSED'));
   });
 
   it('read-only storage refuses writes', async () => {
