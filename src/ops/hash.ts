@@ -83,6 +83,8 @@ const ZEROS = new Uint8Array(MiB);
  * it stays in the core's cache between the copy and the hash.
  */
 const SYNC_PIECE = 256 * 1024;
+/** How long synchronous reads may hold the event loop at a time (ms). */
+const YIELD_MS = 10;
 
 // The worker: hashes the slots it is told about, in message order, and acks each.
 const WORKER_SOURCE = `
@@ -292,6 +294,7 @@ export async function hashDisk(
   const pool: Uint8Array[] = [];
   const queue: Job[] = [];
   const window = 1024 * MiB;
+  let lastYield = performance.now();
   try {
     let win = 0;
     const pendingExtents: Array<{ offset: number; length: number; data: boolean }> = [];
@@ -345,6 +348,11 @@ export async function hashDisk(
       const j = queue.shift()!;
       if (j.sync) {
         // Read and hashed on this thread, a piece at a time while it is in the cache.
+        // That holds the event loop: let it run every YIELD_MS (signals, progress timers).
+        if (performance.now() - lastYield >= YIELD_MS) {
+          await new Promise<void>((resolve) => setImmediate(resolve));
+          lastYield = performance.now();
+        }
         await fill();
         for (const h of j.sync) {
           for (let p = 0; p < h.length; p += SYNC_PIECE) {

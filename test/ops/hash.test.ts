@@ -165,6 +165,24 @@ describe('hashDisk', () => {
       }
     });
 
+    it('synchronous reads still let timers run: a cancellation lands mid-hash', async () => {
+      const path = join(dir, 'cancel.raw');
+      writeFileSync(path, randomBytes(64 * K * K));
+      const disk = await openImage(nodeHost, path, { format: 'raw', readOnly: true });
+      try {
+        let hashed = 0;
+        const ac = new AbortController();
+        setTimeout(() => ac.abort(), 0);
+        await assert.rejects(
+          hashDisk(disk, ['sha256'], { signal: ac.signal, onProgress: (p) => (hashed = p.done) }),
+          (e: unknown) => e instanceof PlatterError && e.code === 'ECANCELED',
+        );
+        assert.ok(hashed < 64 * K * K, 'stopped before the end');
+      } finally {
+        await disk.close();
+      }
+    });
+
     it('a failing synchronous read rejects the hash with its error', async () => {
       const path = join(dir, 'fails.raw');
       writeFileSync(path, randomBytes(4 * K * K));
