@@ -9,7 +9,7 @@
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { closeSync, openSync, readdirSync, writeFileSync, writeSync } from 'node:fs';
-import { connect, createServer, type Socket } from 'node:net';
+import { connect, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import { stack } from '../../src/core/chain.js';
@@ -23,6 +23,7 @@ import { SocketReader } from '../../src/nbd/stream.js';
 import { nodeHost } from '../../src/storage/host.js';
 import { native } from '../../src/storage/native.js';
 import { needPeers, run } from '../helpers/peers.js';
+import { socketPair } from '../helpers/sockets.js';
 import { tempDir } from '../helpers/tmp.js';
 import { serveDisk } from './helpers.js';
 
@@ -215,16 +216,7 @@ describe('nbd server: reads', () => {
   const dir = tempDir();
 
   it('SocketReader.readNow takes only bytes already buffered, across chunks, else nothing', async () => {
-    const path = join(dir, 'reader.sock');
-    const accepted = new Promise<Socket>((resolve) => {
-      const srv = createServer((s) => {
-        srv.close();
-        resolve(s);
-      });
-      srv.listen(path);
-    });
-    const client = connect(path);
-    const server = await accepted;
+    const { server, client } = await socketPair(dir, 'reader.sock');
     const r = new SocketReader(server);
     try {
       assert.equal(r.readNow(1), null);

@@ -8,33 +8,17 @@
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { writeFileSync } from 'node:fs';
-import { connect, createServer, type Socket } from 'node:net';
+import type { Socket } from 'node:net';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import { openFile } from '../../src/storage/file.js';
 import { memoryStorage } from '../../src/storage/memory.js';
 import { native } from '../../src/storage/native.js';
 import { SocketSender } from '../../src/storage/socket-sender.js';
+import { socketPair } from '../helpers/sockets.js';
 import { tempDir } from '../helpers/tmp.js';
 
 const MiB = 1 << 20;
-
-/** A connected pair of unix sockets: the server's side and the client's. */
-async function pair(dir: string, name: string): Promise<{ server: Socket; client: Socket }> {
-  const path = join(dir, name);
-  const accepted = new Promise<Socket>((resolve) => {
-    const srv = createServer((s) => {
-      srv.close();
-      resolve(s);
-    });
-    srv.listen(path);
-  });
-  const client = connect(path);
-  const server = await accepted;
-  server.on('error', () => undefined);
-  client.on('error', () => undefined);
-  return { server, client };
-}
 
 /** Reads n bytes from the socket. */
 function readN(s: Socket, n: number): Promise<Buffer> {
@@ -62,7 +46,7 @@ describe('socket sender', { skip: native.socket ? false : 'no native addon' }, (
     const content = randomBytes(8 * MiB);
     writeFileSync(path, content);
     const file = await openFile(path, { write: false });
-    const { server, client } = await pair(dir, 'order.sock');
+    const { server, client } = await socketPair(dir, 'order.sock');
     const sender = SocketSender.for(server);
     assert.ok(sender);
     try {
@@ -105,7 +89,7 @@ describe('socket sender', { skip: native.socket ? false : 'no native addon' }, (
     const path = join(dir, 'big');
     writeFileSync(path, randomBytes(32 * MiB));
     const file = await openFile(path, { write: false });
-    const { server, client } = await pair(dir, 'stall.sock');
+    const { server, client } = await socketPair(dir, 'stall.sock');
     client.pause();
     const sender = SocketSender.for(server);
     assert.ok(sender);
@@ -138,7 +122,7 @@ describe('socket sender', { skip: native.socket ? false : 'no native addon' }, (
     const path = join(dir, 'short');
     writeFileSync(path, randomBytes(MiB));
     const file = await openFile(path, { write: false });
-    const { server, client } = await pair(dir, 'eof.sock');
+    const { server, client } = await socketPair(dir, 'eof.sock');
     const sender = SocketSender.for(server);
     assert.ok(sender);
     try {
@@ -151,7 +135,7 @@ describe('socket sender', { skip: native.socket ? false : 'no native addon' }, (
       client.destroy();
       server.destroy();
     }
-    const p2 = await pair(dir, 'hup.sock');
+    const p2 = await socketPair(dir, 'hup.sock');
     const s2 = SocketSender.for(p2.server);
     assert.ok(s2);
     try {
