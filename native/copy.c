@@ -34,7 +34,6 @@
  * Resolves the bytes written.
  */
 #include <errno.h>
-#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -102,7 +101,7 @@ static int read_full(copy_job *j, unsigned char *buf, size_t n, int64_t at) {
   return 1;
 }
 
-static int write_unlocked(copy_job *j, const unsigned char *buf, size_t n, int64_t at) {
+static int write_full(copy_job *j, const unsigned char *buf, size_t n, int64_t at) {
   size_t done = 0;
   while (done < n) {
     ssize_t r = pwrite(j->dst, buf + done, n - done, (off_t)(at + (int64_t)done));
@@ -117,26 +116,6 @@ static int write_unlocked(copy_job *j, const unsigned char *buf, size_t n, int64
   }
   j->written += (int64_t)n;
   return 1;
-}
-
-/*
- * Writers to one file take turns here. ext4 (like most file systems) holds the
- * inode's lock for the whole of a buffered write, and a writer that finds it
- * taken spins in the kernel while the holder runs. With the pool's threads all
- * writing one new file on a 2-vCPU VM, that spinning took a quarter of the CPU
- * (perf: rwsem_spin_on_owner) and some runs 4 s of system time instead of 1 s
- * (BENCHMARKS.md); a thread that waits here sleeps instead, and the reads go on.
- * Striped by descriptor, so writers of other files are seldom held up.
- */
-#define WRITE_LOCKS 64
-static pthread_mutex_t write_locks[WRITE_LOCKS] = {[0 ... WRITE_LOCKS - 1] = PTHREAD_MUTEX_INITIALIZER};
-
-static int write_full(copy_job *j, const unsigned char *buf, size_t n, int64_t at) {
-  pthread_mutex_t *lock = &write_locks[(unsigned)j->dst % WRITE_LOCKS];
-  pthread_mutex_lock(lock);
-  int ok = write_unlocked(j, buf, n, at);
-  pthread_mutex_unlock(lock);
-  return ok;
 }
 
 /* readSpans: records a non-zero run, merged with the last when both are contiguous. */
