@@ -284,19 +284,14 @@ static void copy_complete(napi_env env, napi_status status, void *data) {
 
 /* Checks and copies the spans (a Float64Array of triples) and zeroBlock into a new job. */
 static copy_job *new_job(napi_env env, napi_value spans_v, int32_t zero_block) {
-  napi_typedarray_type type;
-  size_t length;
-  void *values;
-  if (napi_get_typedarray_info(env, spans_v, &type, &length, &values, NULL, NULL) != napi_ok ||
-      type != napi_float64_array || length % 3 != 0 || length / 3 > UINT32_MAX) {
-    napi_throw_type_error(env, NULL, "platter native: spans must be a Float64Array of triples");
-    return NULL;
-  }
+  uint32_t count;
+  const double *d = get_triples(env, spans_v, "spans", &count);
+  if (!d) return NULL;
   if (zero_block < 512 || (zero_block & (zero_block - 1)) != 0) {
     napi_throw_range_error(env, NULL, "platter native: zeroBlock must be a power of two >= 512");
     return NULL;
   }
-  const double *d = values;
+  size_t length = (size_t)count * 3;
   for (size_t i = 0; i < length; i++) {
     if (!(d[i] >= 0 && d[i] <= 9007199254740992.0)) {
       napi_throw_range_error(env, NULL, "platter native: span values must be offsets in [0, 2^53]");
@@ -312,25 +307,22 @@ static copy_job *new_job(napi_env env, napi_value spans_v, int32_t zero_block) {
     return NULL;
   }
   for (size_t i = 0; i < length; i++) spans[i] = (int64_t)d[i];
-  j->count = (uint32_t)(length / 3);
+  j->count = count;
   j->spans = spans;
   j->zero_block = (uint32_t)zero_block;
   return j;
 }
 
+/* Frees a job that was never queued. */
+static void discard_job(napi_env env, copy_job *j) {
+  if (j->into_ref) napi_delete_reference(env, j->into_ref);
+  free(j->spans);
+  free(j);
+}
+
 static napi_value queue_job(napi_env env, copy_job *j, const char *what) {
-  napi_value promise, name;
-  napi_status st = napi_create_promise(env, &j->deferred, &promise);
-  if (st == napi_ok) st = napi_create_string_utf8(env, what, NAPI_AUTO_LENGTH, &name);
-  if (st == napi_ok) st = napi_create_async_work(env, NULL, name, copy_execute, copy_complete, j, &j->work);
-  if (st == napi_ok) st = napi_queue_async_work(env, j->work);
-  if (st != napi_ok) {
-    if (j->into_ref) napi_delete_reference(env, j->into_ref);
-    free(j->spans);
-    free(j);
-    napi_throw_error(env, NULL, "platter native: N-API call failed");
-    return NULL;
-  }
+  napi_value promise = queue_async(env, what, copy_execute, copy_complete, j, &j->deferred, &j->work);
+  if (!promise) discard_job(env, j);
   return promise;
 }
 
@@ -377,8 +369,7 @@ static napi_value buffer_job(napi_env env, napi_callback_info info, enum job_kin
     fits = fits && at <= length && len <= length - at;
   }
   if (!fits) {
-    free(j->spans);
-    free(j);
+    discard_job(env, j);
     napi_throw_range_error(env, NULL, "platter native: the spans do not fit in buf");
     return NULL;
   }
@@ -389,8 +380,7 @@ static napi_value buffer_job(napi_env env, napi_callback_info info, enum job_kin
   j->into_len = length;
   /* Keeps the buffer alive (and in place: it is not detached while referenced by us) until completion. */
   if (napi_create_reference(env, argv[1], 1, &j->into_ref) != napi_ok) {
-    free(j->spans);
-    free(j);
+    discard_job(env, j);
     napi_throw_error(env, NULL, "platter native: N-API call failed");
     return NULL;
   }

@@ -27,6 +27,10 @@
  *                                   non-zero runs as [dstOffset, length, bufOffset]*
  *   writeSpans(dstFd, buf, spans) -> Promise<written>
  *                                   [bufOffset, dstOffset, length]* of buf, written
+ *   sendSpans(sock, buffers, segments, waitMs) -> Promise<sent>
+ *                                   buffers and file ranges (sendfile) to a socket,
+ *                                   off the main thread (send.c); dupFd, closeFd,
+ *                                   shutdownFd, widenSendBuffer for its sender
  *   constants                       FALLOC_FL_* values
  *
  * Errors are thrown as Error objects with `code` (e.g. 'EINVAL'), `errno` and
@@ -147,6 +151,39 @@ napi_value num(napi_env env, double d) {
   return v;
 }
 
+const double *get_triples(napi_env env, napi_value v, const char *what, uint32_t *count) {
+  napi_typedarray_type type;
+  size_t length;
+  void *values;
+  if (napi_get_typedarray_info(env, v, &type, &length, &values, NULL, NULL) != napi_ok ||
+      type != napi_float64_array || length % 3 != 0 || length / 3 > UINT32_MAX) {
+    char text[96];
+    snprintf(text, sizeof text, "platter native: %s must be a Float64Array of triples", what);
+    napi_throw_type_error(env, NULL, text);
+    return NULL;
+  }
+  *count = (uint32_t)(length / 3);
+  /* An empty array may have no memory: any non-null pointer will do, nothing is read. */
+  return length ? values : (const double *)"";
+}
+
+napi_value queue_async(napi_env env, const char *name, napi_async_execute_callback execute,
+                       napi_async_complete_callback complete, void *data, napi_deferred *deferred,
+                       napi_async_work *work) {
+  napi_value promise, resource;
+  *work = NULL;
+  napi_status st = napi_create_promise(env, deferred, &promise);
+  if (st == napi_ok) st = napi_create_string_utf8(env, name, NAPI_AUTO_LENGTH, &resource);
+  if (st == napi_ok) st = napi_create_async_work(env, NULL, resource, execute, complete, data, work);
+  if (st == napi_ok) st = napi_queue_async_work(env, *work);
+  if (st == napi_ok) return promise;
+  /* A promise that was made is never settled: nothing awaits it yet. */
+  if (*work) napi_delete_async_work(env, *work);
+  *work = NULL;
+  napi_throw_error(env, NULL, "platter native: N-API call failed");
+  return NULL;
+}
+
 /* ---- SEEK_DATA / SEEK_HOLE ---------------------------------------------- */
 
 static napi_value seek_common(napi_env env, napi_callback_info info, int whence, const char *name) {
@@ -261,7 +298,7 @@ static void falloc_complete(napi_env env, napi_status status, void *data) {
 }
 
 static napi_value do_fallocate(napi_env env, napi_callback_info info) {
-  napi_value argv[4], promise, name;
+  napi_value argv[4];
   int32_t fd, mode;
   int64_t off, len;
   if (!get_args(env, info, 4, argv) || !get_int(env, argv[0], &fd) || !get_int(env, argv[1], &mode) ||
@@ -273,10 +310,8 @@ static napi_value do_fallocate(napi_env env, napi_callback_info info) {
   j->mode = mode;
   j->off = off;
   j->len = len;
-  CHECK(napi_create_promise(env, &j->deferred, &promise));
-  CHECK(napi_create_string_utf8(env, "platter:fallocate", NAPI_AUTO_LENGTH, &name));
-  CHECK(napi_create_async_work(env, NULL, name, falloc_execute, falloc_complete, j, &j->work));
-  CHECK(napi_queue_async_work(env, j->work));
+  napi_value promise = queue_async(env, "platter:fallocate", falloc_execute, falloc_complete, j, &j->deferred, &j->work);
+  if (!promise) free(j);
   return promise;
 }
 

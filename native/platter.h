@@ -11,6 +11,16 @@ int get_int(napi_env env, napi_value v, int32_t *out);
 napi_value num(napi_env env, double d);
 /* A Uint8Array's memory (throws a TypeError and returns 0 for anything else). */
 int get_bytes(napi_env env, napi_value v, void **data, size_t *length);
+/* A Float64Array of [a, b, c] triples: its values and how many triples (NULL after throwing a TypeError). */
+const double *get_triples(napi_env env, napi_value v, const char *what, uint32_t *count);
+/*
+ * Queues `data` as a libuv work item (execute on a pool thread, complete on the
+ * main thread) and returns its promise; NULL after throwing when N-API fails,
+ * with nothing queued (*work is NULL then): the caller frees `data`.
+ */
+napi_value queue_async(napi_env env, const char *name, napi_async_execute_callback execute,
+                       napi_async_complete_callback complete, void *data, napi_deferred *deferred,
+                       napi_async_work *work);
 
 /* copy.c */
 napi_value copy_spans(napi_env env, napi_callback_info info);

@@ -157,15 +157,10 @@ static int take_buffers(napi_env env, napi_value list, send_job *j, size_t **len
 
 /* Checks the segments against the buffers and copies them into the job; 0 after throwing. */
 static int take_segments(napi_env env, napi_value v, send_job *j, const size_t *lens) {
-  napi_typedarray_type type;
-  size_t length;
-  void *values;
-  if (napi_get_typedarray_info(env, v, &type, &length, &values, NULL, NULL) != napi_ok ||
-      type != napi_float64_array || length % 3 != 0 || length / 3 > UINT32_MAX) {
-    napi_throw_type_error(env, NULL, "platter native: segments must be a Float64Array of triples");
-    return 0;
-  }
-  const double *d = values;
+  uint32_t count;
+  const double *d = get_triples(env, v, "segments", &count);
+  if (!d) return 0;
+  size_t length = (size_t)count * 3;
   for (size_t i = 0; i < length; i += 3) {
     double fd = d[i], at = d[i + 1], len = d[i + 2];
     int ok = at >= 0 && len >= 0 && at <= 9007199254740992.0 && len <= 9007199254740992.0 &&
@@ -185,7 +180,7 @@ static int take_segments(napi_env env, napi_value v, send_job *j, const size_t *
     return 0;
   }
   for (size_t i = 0; i < length; i++) j->segs[i] = (int64_t)d[i];
-  j->count = (uint32_t)(length / 3);
+  j->count = count;
   return 1;
 }
 
@@ -208,17 +203,8 @@ napi_value send_spans(napi_env env, napi_callback_info info) {
   }
   j->sock = sock;
   j->wait_ms = wait_ms;
-  napi_value promise, name;
-  napi_status st = napi_create_promise(env, &j->deferred, &promise);
-  if (st == napi_ok) st = napi_create_string_utf8(env, "platter:sendSpans", NAPI_AUTO_LENGTH, &name);
-  if (st == napi_ok) st = napi_create_async_work(env, NULL, name, send_execute, send_complete, j, &j->work);
-  if (st == napi_ok) st = napi_queue_async_work(env, j->work);
-  if (st != napi_ok) {
-    /* A promise that was made is never settled: nothing awaits it yet. */
-    free_job(env, j);
-    napi_throw_error(env, NULL, "platter native: N-API call failed");
-    return NULL;
-  }
+  napi_value promise = queue_async(env, "platter:sendSpans", send_execute, send_complete, j, &j->deferred, &j->work);
+  if (!promise) free_job(env, j);
   return promise;
 }
 

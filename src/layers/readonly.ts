@@ -13,8 +13,8 @@ export function readonly(disk: Disk): Disk {
       features: {},
       read: (buf, offset) => disk.read(buf, offset),
       extents: (offset, length) => disk.extents(offset, length),
-      hostSpans: (offset, length, purpose) =>
-        purpose === 'read' ? disk.hostSpans(offset, length, purpose) : Promise.resolve(null),
+      // Only `read` is asked of a read-only view (toDisk answers null for the rest).
+      hostSpans: (offset, length, purpose) => disk.hostSpans(offset, length, purpose),
       // Nothing written through this view; a flush has nothing to persist.
       async flush() {},
       close: () => disk.close(),

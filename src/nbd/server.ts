@@ -749,19 +749,23 @@ class Session {
       this.checkRange(req, false);
       if (req.length > 0 && req.length <= P.MAX_REQUEST) {
         const pieces = await this.readPieces(req);
-        const files = new Map<ReadPiece, SendPart[]>();
+        let files: Map<ReadPiece, FileRange[]> | null = new Map();
         for (const p of pieces) {
           if (p.hole) continue;
           const spans = await this.server.source.hostSpans(p.offset, p.length, 'read');
-          if (!spans?.every((h) => sender.canSendFrom(h.storage))) break;
+          if (!spans?.every((h) => sender.canSendFrom(h.storage))) {
+            files = null;
+            break;
+          }
           files.set(
             p,
-            spans.map((h): FileRange => ({ storage: h.storage, at: h.at, length: h.length })),
+            spans.map((h) => ({ storage: h.storage, at: h.at, length: h.length })),
           );
         }
-        if (pieces.every((p) => p.hole || files.has(p))) {
+        if (files) {
           for (const p of files.keys()) this.server.sentFromFiles += p.length;
-          this.sendThen(undefined, ...this.readReply(req, pieces, (p) => files.get(p) ?? []));
+          const ranges = files;
+          this.sendThen(undefined, ...this.readReply(req, pieces, (p) => ranges.get(p) ?? []));
           return;
         }
       }

@@ -112,13 +112,11 @@ export interface SocketCalls {
   widenSendBuffer(fd: number, bytes: number): number;
 }
 
-interface Addon extends Omit<Native, 'available' | 'alignedMemory' | 'alignedBuffer' | 'socket'> {
+/** What the addon exports: Native's calls, the socket calls beside them, alignedBuffer as an ArrayBuffer. */
+interface Addon
+  extends Omit<Native, 'available' | 'alignedMemory' | 'alignedBuffer' | 'socket'>,
+    SocketCalls {
   alignedBuffer(size: number, alignment: number): ArrayBuffer;
-  sendSpans: SocketCalls['sendSpans'];
-  dupFd: SocketCalls['dupFd'];
-  closeFd: SocketCalls['closeFd'];
-  shutdownFd: SocketCalls['shutdownFd'];
-  widenSendBuffer: SocketCalls['widenSendBuffer'];
 }
 
 function sysfsBlock(fd: number, file: string): number | undefined {

@@ -459,9 +459,10 @@ export class Qcow2Image implements RefcountHost {
   }
 
   /**
-   * Reads only: where uncompressed data clusters keep [offset, offset+length)
-   * in the file; null where any of it is compressed, zero, a hole or past the
-   * end of the file. (Writes may need allocation or copy-on-write: never.)
+   * Reads: where uncompressed data clusters keep [offset, offset+length) in
+   * the file; null where any of it is compressed, zero, a hole or past the end
+   * of the file. Allocate: see allocateSpans. Writes: never (they may need
+   * allocation or copy-on-write).
    */
   async hostSpans(offset: number, length: number, purpose: HostSpanPurpose): Promise<HostSpan[] | null> {
     if (purpose === 'allocate') return this.allocateSpans(offset, length);
