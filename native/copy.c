@@ -1,5 +1,5 @@
 /*
- * copySpans(srcFd, dstFd, spans, zeroBlock) -> Promise<[written, skipped]>
+ * copySpans(srcFd, dstFd, spans, zeroBlock) -> Promise<number[]>
  *
  * Copies host-file ranges into a destination that already reads zeros (a new
  * sparse file), leaving every all-zero block unwritten, as one libuv work item:
@@ -11,7 +11,9 @@
  *   zeroBlock  zero-detection unit (a power of two); blocks follow absolute
  *              multiples of it on the destination, so zero runs stay aligned
  *
- * Resolves [bytes written, bytes skipped as zeros]. A failed or short read or
+ * Resolves [bytes written, bytes skipped as zeros, dstOffset, length, ...]:
+ * the counts, then the destination ranges left unwritten (adjacent ones
+ * merged), which a caller that allocated them may give back. A failed or short read or
  * write rejects with an errno error that also carries `offset` (on the file
  * that failed) and `side` ('source' or 'destination'); a read that meets the
  * end of the source has code 'EOF'.
@@ -53,7 +55,7 @@ typedef struct {
   unsigned char *into;
   size_t into_len;
   napi_ref into_ref;
-  double *runs; /* readSpans: triples */
+  double *runs; /* triples: readSpans the data runs, copySpans the skipped ones */
   size_t nruns, cap;
   uint32_t count; /* spans */
   int64_t *spans; /* count * 3 */
@@ -118,7 +120,7 @@ static int write_full(copy_job *j, const unsigned char *buf, size_t n, int64_t a
   return 1;
 }
 
-/* readSpans: records a non-zero run, merged with the last when both are contiguous. */
+/* Records a run (readSpans: data, copySpans: skipped), merged with the last when both are contiguous. */
 static int add_run(copy_job *j, int64_t at, size_t n, size_t buf_off) {
   if (j->nruns) {
     double *last = j->runs + 3 * (j->nruns - 1);
@@ -154,6 +156,12 @@ static int put_run(copy_job *j, const unsigned char *buf, size_t n, int64_t at, 
   return add_run(j, at, n, buf_off);
 }
 
+/* An all-zero run left unwritten: copySpans says where (its destination offset). */
+static int skip_run(copy_job *j, int64_t at, size_t n) {
+  j->skipped += (int64_t)n;
+  return j->kind != COPY_SPANS || add_run(j, at, n, (size_t)at);
+}
+
 static int write_runs(copy_job *j, const unsigned char *buf, size_t n, int64_t at, size_t buf_off) {
   const int64_t zb = j->zero_block;
   size_t run = 0;
@@ -165,26 +173,30 @@ static int write_runs(copy_job *j, const unsigned char *buf, size_t n, int64_t a
     int z = block_is_zero(buf + i, next - i);
     if (z != run_zero) {
       if (run_zero == 0 && !put_run(j, buf + run, i - run, at + (int64_t)run, buf_off + run)) return 0;
-      if (run_zero == 1) j->skipped += (int64_t)(i - run);
+      if (run_zero == 1 && !skip_run(j, at + (int64_t)run, i - run)) return 0;
       run = i;
       run_zero = z;
     }
     i = next;
   }
   if (run_zero == 0) return put_run(j, buf + run, n - run, at + (int64_t)run, buf_off + run);
-  if (run_zero == 1) j->skipped += (int64_t)(n - run);
+  if (run_zero == 1) return skip_run(j, at + (int64_t)run, n - run);
   return 1;
 }
 
 /*
  * The next piece of a span at destination offset `dst` with `left` bytes to
- * go: up to the next multiple of `unit` on the destination. A span that starts
+ * go: at most `unit` bytes, ending on a multiple of the zero block (or of
+ * `unit`, when that is the smaller) on the destination. A span that starts
  * off a boundary (a VHD block sits 512 bytes past a page, and its host-file
  * data runs start on the page before) then meets the zero scan and pwrite in
- * whole aligned pieces, not in pieces that straddle every zero block.
+ * whole aligned pieces, not in pieces that straddle every zero block; and a
+ * span that starts on one (a qcow2 cluster) is cut every `unit` bytes from
+ * its start, so its pieces match the source's extents.
  */
-static size_t piece_len(int64_t dst, int64_t left, int64_t unit) {
-  int64_t n = unit - dst % unit;
+static size_t piece_len(int64_t dst, int64_t left, int64_t unit, int64_t zero_block) {
+  int64_t align = zero_block < unit ? zero_block : unit;
+  int64_t n = unit - dst % align;
   return (size_t)(left < n ? left : n);
 }
 
@@ -215,7 +227,7 @@ static void copy_execute(napi_env env, void *data) {
        * its place to the next one (and a source of zeros stays in the cache).
        */
       for (int64_t done = 0; done < len;) {
-        size_t n = piece_len(dst + done, len - done, SCAN_PIECE);
+        size_t n = piece_len(dst + done, len - done, SCAN_PIECE, j->zero_block);
         if (off + n > j->into_len) return; /* full: the caller goes on from `consumed` */
         int64_t kept = j->written;
         if (!read_full(j, j->into + off, n, src + done) || !write_runs(j, j->into + off, n, dst + done, off)) return;
@@ -235,7 +247,7 @@ static void copy_execute(napi_env env, void *data) {
   for (uint32_t s = 0; s < j->count && !j->err; s++) {
     int64_t src = j->spans[3 * s], dst = j->spans[3 * s + 1], len = j->spans[3 * s + 2];
     for (int64_t done = 0; done < len;) {
-      size_t n = piece_len(dst + done, len - done, CHUNK);
+      size_t n = piece_len(dst + done, len - done, CHUNK, j->zero_block);
       if (!read_full(j, buf, n, src + done) || !write_runs(j, buf, n, dst + done, 0)) break;
       done += (int64_t)n;
     }
@@ -270,9 +282,13 @@ static void copy_complete(napi_env env, napi_status status, void *data) {
     napi_resolve_deferred(env, j->deferred, out);
   } else {
     napi_value out;
-    napi_create_array_with_length(env, 2, &out);
+    napi_create_array_with_length(env, 2 + 2 * j->nruns, &out);
     napi_set_element(env, out, 0, num(env, (double)j->written));
     napi_set_element(env, out, 1, num(env, (double)j->skipped));
+    for (size_t i = 0; i < j->nruns; i++) {
+      napi_set_element(env, out, (uint32_t)(2 + 2 * i), num(env, j->runs[3 * i]));
+      napi_set_element(env, out, (uint32_t)(3 + 2 * i), num(env, j->runs[3 * i + 1]));
+    }
     napi_resolve_deferred(env, j->deferred, out);
   }
   if (j->into_ref) napi_delete_reference(env, j->into_ref);

@@ -128,8 +128,9 @@ export interface DiskImpl {
   read(buf: Uint8Array, offset: number): Promise<void>;
   write?(buf: Uint8Array, offset: number): Promise<void>;
   /**
-   * Make a range read as zeros in this layer (status `zero` or `data`, never
-   * `hole`, which would expose a backing disk); `mayUnmap` allows freeing space.
+   * Make a range read as zeros in this layer (status `zero` or `data`; `hole`
+   * would expose a backing disk, so only an image without one may answer with
+   * holes); `mayUnmap` allows freeing space.
    */
   writeZeroes?(offset: number, length: number, opts: { mayUnmap: boolean }): Promise<void>;
   /** Discard: the range may afterwards read as zeros or as what lies below. */

@@ -98,14 +98,22 @@ export async function writeSpansTo(
   for (const sp of spans) await storage.write(buf.subarray(sp.from, sp.from + sp.length), sp.to);
 }
 
+/** Bytes [offset, offset+length) of a store. */
+export interface StoreRange {
+  offset: number;
+  length: number;
+}
+
 /**
  * Copies the spans; blocks of `zeroBlock` bytes (absolute multiples on the
- * destination) that read as all zeros are skipped, not written.
+ * destination) that read as all zeros are skipped, not written. `zeroRuns`
+ * says where they are on the destination (adjacent ones merged): whoever
+ * allocated that space for the copy may give it back.
  */
 export type SpanCopier = (
   spans: readonly CopySpan[],
   zeroBlock: number,
-) => Promise<{ written: number; skipped: number }>;
+) => Promise<{ written: number; skipped: number; zeroRuns: StoreRange[] }>;
 
 export interface StorageExtent {
   offset: number;

@@ -21,11 +21,15 @@
  *   - Host I/O (ops/host-copy.ts): where the destination reads zeros
  *     (`dstZeroed`), nobody watches the bytes (no `onData`) and the source keeps
  *     its data verbatim in host stores (Disk.hostSpans), data is copied store to
- *     store when the destination keeps it verbatim too (unordered batches of up
- *     to HOST_BATCH); otherwise the host reads and scans it for zeros into a
+ *     store when the destination keeps it verbatim too, or allocates it on
+ *     request (hostSpans 'allocate', allocated first: zeros found there are
+ *     given back); unordered batches of up to HOST_BATCH, those into allocated
+ *     space starting at SCAN_BUFFER and doubling while they meet no zeros.
+ *     After a copy met zeros, the host reads and scans data for zeros into a
  *     SCAN_BUFFER per worker, and what is not zero is placed in offset order
- *     (hostSpans 'allocate' and one Storage.writeSpans per batch, or write()):
- *     one call to the host per batch instead of a read and a write per chunk.
+ *     (hostSpans 'allocate' and one Storage.writeSpans per batch, or write()),
+ *     until a scan meets only data: one call to the host per batch instead of
+ *     a read and a write per chunk.
  *   - The signal stops it between chunks with ECANCELED; chunks in flight finish
  *     first, so no write is torn. What the destination holds then is the
  *     caller's business (the CLI writes to DST.partial and renames at the end).
@@ -36,6 +40,8 @@ import { invalid, PlatterError, throwIfAborted } from '../core/errors.js';
 import type { CopySpan } from '../core/storage.js';
 import { ioBuffer } from './buffers.js';
 import {
+  giveBack,
+  HOST_BATCH,
   type HostBatch,
   HostBatcher,
   type HostPlanner,
@@ -113,9 +119,10 @@ async function* tasks(
   chunk: number,
   host: HostPlanner | undefined,
   scanLimit: () => number,
+  allocLimit: () => number,
 ): AsyncGenerator<Task> {
   // Host copies gathered per copier until a batch is full (or the source ends).
-  const batches = new HostBatcher(scanLimit);
+  const batches = new HostBatcher(scanLimit, allocLimit);
   for (let win = start; win < end; win += EXTENT_WINDOW) {
     const winEnd = Math.min(end, win + EXTENT_WINDOW);
     const exts: Extent[] = await src.extents(win, winEnd - win);
@@ -131,7 +138,7 @@ async function* tasks(
           const step = host ? SCAN_BUFFER : chunk;
           for (let pos = e.offset; pos < eEnd; ) {
             const next = Math.min(eEnd, alignDown(pos, step) + step);
-            const plan = host && (await host(pos, next - pos));
+            const plan = host && (await host.plan(pos, next - pos));
             if (plan) {
               yield* batches.add(plan);
             } else {
@@ -247,7 +254,18 @@ export async function copyDisk(src: Disk, dst: Disk, opts: CopyOptions = {}): Pr
   const host = dstZeroed && !onData ? hostPlanner(src, dst) : undefined;
   // Scans of zeros only may span more than a scan buffer holds (see SCAN_BUFFER).
   let scansFindData = true;
-  const iter = tasks(src, start, end, chunk, host, () => (scansFindData ? SCAN_BUFFER : SCAN_ZERO_BATCH));
+  // Copies into space allocated for them start small and double while they meet no zeros:
+  // what a run of zeros allocates before a copy says so is what the copies in flight hold.
+  let allocBatch = SCAN_BUFFER;
+  const iter = tasks(
+    src,
+    start,
+    end,
+    chunk,
+    host,
+    () => (scansFindData ? SCAN_BUFFER : SCAN_ZERO_BATCH),
+    () => allocBatch,
+  );
   let failed: unknown;
   // In-order delivery to onData: each task waits for the previous one's turn.
   let turn: Promise<void> = Promise.resolve();
@@ -284,6 +302,13 @@ export async function copyDisk(src: Disk, dst: Disk, opts: CopyOptions = {}): Pr
           result.bytesRead += t.length;
           result.bytesWritten += r.written;
           result.bytesSkipped += r.skipped;
+          // Zeros in space allocated for them: given back, and the next ranges are scanned first.
+          if (host && r.zeroRuns.length > 0 && (await giveBack(dst, t.spans, r.zeroRuns)) > 0) {
+            host.allocateFirst = false;
+            allocBatch = SCAN_BUFFER;
+          } else if (t.spans.some((sp) => sp.disk !== undefined)) {
+            allocBatch = Math.min(HOST_BATCH, 2 * allocBatch);
+          }
           done += t.length;
           onProgress?.({ phase, done, total: length });
         } else if (t.kind === 'scan') {
@@ -302,14 +327,13 @@ export async function copyDisk(src: Disk, dst: Disk, opts: CopyOptions = {}): Pr
             }
             const placed = await placeRuns(dst, scanBuf, got.runs, chunk);
             spans = restOf(spans, got.consumed);
-            // The next batch may allocate while this one's last bytes go out (its own buffer).
-            if (spans.length === 0) void prev.then(release);
             await placed.direct;
             written += placed.written;
             done += got.consumed;
             onProgress?.({ phase, done, total: length });
           }
           scansFindData = written > 0;
+          if (host && written === t.length) host.allocateFirst = true;
           result.bytesWritten += written;
           result.bytesSkipped += t.length - written;
         } else if (t.kind === 'read') {

@@ -9,6 +9,14 @@
  *         the source's store reads a batch of spans and scans it for zeros in
  *         one call (Storage.readSpans), and the engine writes the runs that are
  *         not zero through the destination disk.
+ *
+ * An allocating destination is also copied into store to store ("allocate
+ * first"): the range is allocated before it is read (hostSpans 'allocate'),
+ * like qemu-img's one buffer per request but without the trip through
+ * JavaScript memory. The copier leaves zero blocks unwritten and says where;
+ * the engine gives that space back (writeZeroes with mayUnmap), so a run of
+ * zeros costs no more than the batches in flight when it began, and it scans
+ * again (allocating only what is not zero) until a scan finds nothing but data.
  */
 import { alignDown } from '../core/bytes.js';
 import type { Disk, HostSpan } from '../core/disk.js';
@@ -18,6 +26,7 @@ import {
   type SpanCopier,
   type SpanReader,
   type Storage,
+  type StoreRange,
   writeSpansTo,
 } from '../core/storage.js';
 
@@ -38,20 +47,33 @@ export const HOST_BATCH = 32 * MiB;
 export const SCAN_BUFFER = 2 * MiB;
 export const SCAN_ZERO_BATCH = 32 * MiB;
 
+/** A span to copy; `disk`: the disk offset of destination space allocated for it (allocate first). */
+export interface PlannedSpan extends CopySpan {
+  disk?: number;
+}
+
 /** Spans for one copier or one reader; `to` is a destination store offset (copy) or a disk offset (scan). */
 export type HostBatch =
-  | { kind: 'copy'; copier: SpanCopier; spans: CopySpan[]; length: number }
+  | { kind: 'copy'; copier: SpanCopier; spans: PlannedSpan[]; length: number }
   | { kind: 'scan'; reader: SpanReader; spans: CopySpan[]; length: number };
 
 /** What a data range needs: spans per copier, or spans per reader. */
 export type HostPlan =
-  | { kind: 'copy'; spans: Map<SpanCopier, CopySpan[]> }
+  | { kind: 'copy'; spans: Map<SpanCopier, PlannedSpan[]> }
   | { kind: 'scan'; spans: Map<SpanReader, CopySpan[]> };
 
-/** The host I/O for the data range [offset, offset+length), or null when the source cannot say where it is. */
-export type HostPlanner = (offset: number, length: number) => Promise<HostPlan | null>;
+export interface HostPlanner {
+  /** The host I/O for the data range [offset, offset+length), or null when the source cannot say where it is. */
+  plan(offset: number, length: number): Promise<HostPlan | null>;
+  /**
+   * Whether ranges the destination would allocate are allocated now and
+   * copied store to store (the engine turns it off when copies meet zeros,
+   * on when a scan meets only data).
+   */
+  allocateFirst: boolean;
+}
 
-function listOf<K>(m: Map<K, CopySpan[]>, k: K): CopySpan[] {
+function listOf<K, S extends CopySpan>(m: Map<K, S[]>, k: K): S[] {
   const l = m.get(k) ?? [];
   m.set(k, l);
   return l;
@@ -66,8 +88,15 @@ export function hostPlanner(src: Disk, dst: Disk): HostPlanner {
     return byDst.get(to);
   };
 
-  const copyPlan = (offset: number, length: number, from: HostSpan[], to: HostSpan[]): HostPlan | null => {
-    const spans = new Map<SpanCopier, CopySpan[]>();
+  /** Spans from `from` to `to` (`allocated`: space allocated for this copy, to give back where it stays zero). */
+  const copyPlan = (
+    offset: number,
+    length: number,
+    from: HostSpan[],
+    to: HostSpan[],
+    allocated: boolean,
+  ): HostPlan | null => {
+    const spans = new Map<SpanCopier, PlannedSpan[]>();
     // Both lists tile the range in order: walk them together.
     let i = 0;
     let j = 0;
@@ -77,7 +106,9 @@ export function hostPlanner(src: Disk, dst: Disk): HostPlanner {
       const n = Math.min(a.offset + a.length, b.offset + b.length) - pos;
       const copier = copierOf(a.storage, b.storage);
       if (!copier) return null;
-      listOf(spans, copier).push({ from: a.at + (pos - a.offset), to: b.at + (pos - b.offset), length: n });
+      const span: PlannedSpan = { from: a.at + (pos - a.offset), to: b.at + (pos - b.offset), length: n };
+      if (allocated) span.disk = pos;
+      listOf(spans, copier).push(span);
       pos += n;
       if (pos === a.offset + a.length) i++;
       if (pos === b.offset + b.length) j++;
@@ -94,12 +125,60 @@ export function hostPlanner(src: Disk, dst: Disk): HostPlanner {
     return { kind: 'scan', spans };
   };
 
-  return async (offset, length) => {
-    const from = await src.hostSpans(offset, length, 'read');
-    if (!from) return null;
-    const to = await dst.hostSpans(offset, length, 'write');
-    return (to && copyPlan(offset, length, from, to)) || scanPlan(from);
+  const planner: HostPlanner = {
+    allocateFirst: true,
+    async plan(offset, length) {
+      const from = await src.hostSpans(offset, length, 'read');
+      if (!from) return null;
+      const to = await dst.hostSpans(offset, length, 'write');
+      const copy = to && copyPlan(offset, length, from, to, false);
+      if (copy) return copy;
+      if (!to && planner.allocateFirst) {
+        const got = await dst.hostSpans(offset, length, 'allocate');
+        if (got) {
+          const plan = copyPlan(offset, length, from, got, true);
+          if (plan) return plan;
+          // No store-to-store copy between these stores: give the space back and scan from now on.
+          planner.allocateFirst = false;
+          await dst.writeZeroes(offset, length, { mayUnmap: true });
+        }
+      }
+      return scanPlan(from);
+    },
   };
+  return planner;
+}
+
+/**
+ * Gives back the destination space allocated for a copy (PlannedSpan.disk)
+ * that the copier left unwritten because it was all zeros (`zeroRuns`,
+ * destination store ranges): the disk makes those ranges zeros again and may
+ * free them. Resolves the bytes given back.
+ */
+export async function giveBack(
+  dst: Disk,
+  spans: readonly PlannedSpan[],
+  zeroRuns: readonly StoreRange[],
+): Promise<number> {
+  const ranges: Array<[number, number]> = [];
+  for (const z of zeroRuns) {
+    for (const sp of spans) {
+      if (sp.disk === undefined) continue;
+      const a = Math.max(z.offset, sp.to);
+      const b = Math.min(z.offset + z.length, sp.to + sp.length);
+      if (a >= b) continue;
+      const at = sp.disk + (a - sp.to);
+      const last = ranges[ranges.length - 1];
+      if (last && last[0] + last[1] === at) last[1] += b - a;
+      else ranges.push([at, b - a]);
+    }
+  }
+  let given = 0;
+  for (const [at, n] of ranges) {
+    await dst.writeZeroes(at, n, { mayUnmap: true });
+    given += n;
+  }
+  return given;
 }
 
 /**
@@ -154,13 +233,17 @@ export function restOf(spans: readonly CopySpan[], consumed: number): CopySpan[]
 }
 
 /**
- * Gathers planned spans into batches: copies until HOST_BATCH bytes, scans
- * while they fit `scanLimit` (the planner is asked for at most SCAN_BUFFER at a time).
+ * Gathers planned spans into batches: copies until HOST_BATCH bytes (copies
+ * into space allocated for them: `allocLimit`), scans while they fit
+ * `scanLimit` (the planner is asked for at most SCAN_BUFFER at a time).
  */
 export class HostBatcher {
   private readonly pending = new Map<SpanCopier | SpanReader, HostBatch>();
 
-  constructor(private readonly scanLimit: () => number) {}
+  constructor(
+    private readonly scanLimit: () => number,
+    private readonly allocLimit: () => number,
+  ) {}
 
   /** Adds a plan; returns the batches that are ready. */
   add(plan: HostPlan): HostBatch[] {
@@ -176,7 +259,8 @@ export class HostBatcher {
         const b = this.pending.get(copier) ?? { kind: 'copy', copier, spans: [], length: 0 };
         this.pending.set(copier, b);
         take(b, spans);
-        if (b.length >= HOST_BATCH) {
+        const allocated = spans.some((sp) => sp.disk !== undefined);
+        if (b.length >= (allocated ? this.allocLimit() : HOST_BATCH)) {
           this.pending.delete(copier);
           ready.push(b);
         }

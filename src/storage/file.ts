@@ -45,7 +45,15 @@
  */
 import * as fs from 'node:fs';
 import { PlatterError } from '../core/errors.js';
-import type { CopySpan, DataRun, OpenMode, SpanCopier, Storage, StorageExtent } from '../core/storage.js';
+import type {
+  CopySpan,
+  DataRun,
+  OpenMode,
+  SpanCopier,
+  Storage,
+  StorageExtent,
+  StoreRange,
+} from '../core/storage.js';
 import { hostError } from './errors.js';
 import { native as defaultNative, type Native, READ_LOCK, UNLOCK, WRITE_LOCK } from './native.js';
 
@@ -476,11 +484,13 @@ function makeFileStorage(path: string, mode: OpenMode, nat: Native, o: Opened): 
         checkWritable();
         if (!from.readable()) throw new PlatterError('ECLOSED', `${from.path}: storage is closed`);
         const end = spansEnd(spans);
-        const [written, skipped] = await nat
+        const flat = await nat
           .copySpans(from.fd, fd, triplesOf(spans), zeroBlock)
           .catch((e) => Promise.reject(copyError(e, from.path, path)));
         grew(end);
-        return { written, skipped };
+        const zeroRuns: StoreRange[] = [];
+        for (let i = 2; i < flat.length; i += 2) zeroRuns.push({ offset: flat[i], length: flat[i + 1] });
+        return { written: flat[0], skipped: flat[1], zeroRuns };
       };
     };
     storage.writeSpans = async (buf, spans) => {

@@ -70,10 +70,11 @@ export interface Native {
   /**
    * Copies [srcOffset, dstOffset, length] triples from one descriptor to another
    * off the main thread, leaving blocks of `zeroBlock` bytes that are all zero
-   * unwritten; resolves [written, skipped]. Errors carry `offset` and `side`
+   * unwritten; resolves [written, skipped, then the unwritten destination
+   * ranges as pairs dstOffset, length]. Errors carry `offset` and `side`
    * ('source' | 'destination'); a short source has code 'EOF'.
    */
-  copySpans(srcFd: number, dstFd: number, spans: Float64Array, zeroBlock: number): Promise<[number, number]>;
+  copySpans(srcFd: number, dstFd: number, spans: Float64Array, zeroBlock: number): Promise<number[]>;
   /**
    * The same reads and zero scan into `buf` (the spans packed in order, all
    * zero 256 KiB pieces taking no room), up to where `buf` is full; resolves

@@ -16,6 +16,7 @@ import {
   type SpanCopier,
   type SpanReader,
   type Storage,
+  type StoreRange,
 } from '../../src/core/storage.js';
 import { copyDisk } from '../../src/ops/copy.js';
 import { HOST_BATCH, SCAN_BUFFER, SCAN_ZERO_BATCH } from '../../src/ops/host-copy.js';
@@ -152,6 +153,7 @@ function destination(size: number, from: Storage, offsetOnHost = 0, allocates = 
     copies.push(spans.map((s) => ({ ...s })));
     let written = 0;
     let skipped = 0;
+    const zeroRuns: StoreRange[] = [];
     for (const s of spans) {
       const buf = new Uint8Array(s.length);
       await from.read(buf, s.from);
@@ -161,11 +163,16 @@ function destination(size: number, from: Storage, offsetOnHost = 0, allocates = 
         if (block.some((b) => b !== 0)) {
           await store.write(block, s.to + p);
           written += q - p;
-        } else skipped += q - p;
+        } else {
+          skipped += q - p;
+          const last = zeroRuns.at(-1);
+          if (last && last.offset + last.length === s.to + p) last.length += q - p;
+          else zeroRuns.push({ offset: s.to + p, length: q - p });
+        }
         p = q;
       }
     }
-    return { written, skipped };
+    return { written, skipped, zeroRuns };
   };
   const withCopier: Storage = Object.assign(store, {
     copierFrom: (src: Storage) => (src === from ? copier : undefined),
@@ -197,6 +204,150 @@ function destination(size: number, from: Storage, offsetOnHost = 0, allocates = 
     return out;
   };
   return { disk, bytes, copies, writes };
+}
+
+interface Allocating {
+  disk: Disk;
+  bytes(): Promise<Uint8Array>;
+  /** Units mapped now. */
+  mapped(): number[];
+  /** Bytes of space handed out over the whole copy (allocations, not counting reuse twice). */
+  allocated: number;
+  /** Ranges given back through writeZeroes. */
+  givenBack: Array<[number, number]>;
+}
+
+/**
+ * An image-like destination of 64 KiB units: hostSpans 'allocate' maps whole
+ * unmapped units to store space at once (like a qcow2 cluster), write() maps
+ * what it writes, writeZeroes({mayUnmap}) unmaps whole units and frees their
+ * space. Free space keeps its old bytes (as a freed qcow2 metadata cluster
+ * does): `stale` units of garbage are free from the start, and space is reused
+ * before the store grows, so a zero block the engine neither wrote nor gave
+ * back reads as garbage.
+ */
+function allocatingDestination(size: number, from: Storage, stale: number): Allocating {
+  const unit = 64 * K;
+  // The garbage in the free space.
+  const store = memoryStorage(
+    'dst-store',
+    randomBytes(stale * unit).map((b) => b | 1),
+  );
+  const free: number[] = [];
+  for (let i = 0; i < stale; i++) free.push(i * unit);
+  let top = stale * unit;
+  const map = new Map<number, number>();
+  const self: Allocating = {
+    disk: undefined as unknown as Disk,
+    bytes: async () => readAll(self.disk),
+    mapped: () => [...map.keys()].sort((a, b) => a - b),
+    allocated: 0,
+    givenBack: [],
+  };
+  const take = (u: number): number => {
+    let at = free.pop();
+    if (at === undefined) {
+      at = top;
+      top += unit;
+    }
+    map.set(u, at);
+    self.allocated += unit;
+    return at;
+  };
+  const copier: SpanCopier = async (spans, zeroBlock) => {
+    let written = 0;
+    let skipped = 0;
+    const zeroRuns: StoreRange[] = [];
+    for (const s of spans) {
+      const buf = new Uint8Array(s.length);
+      await from.read(buf, s.from);
+      for (let p = 0; p < s.length; ) {
+        const q = Math.min(s.length, (Math.floor((s.to + p) / zeroBlock) + 1) * zeroBlock - s.to);
+        if (buf.subarray(p, q).some((b) => b !== 0)) {
+          await store.write(buf.subarray(p, q), s.to + p);
+          written += q - p;
+        } else {
+          skipped += q - p;
+          const last = zeroRuns.at(-1);
+          if (last && last.offset + last.length === s.to + p) last.length += q - p;
+          else zeroRuns.push({ offset: s.to + p, length: q - p });
+        }
+        p = q;
+      }
+    }
+    return { written, skipped, zeroRuns };
+  };
+  const withCopier: Storage = Object.assign(store, {
+    copierFrom: (src: Storage) => (src === from ? copier : undefined),
+  });
+  const spansOf = (offset: number, length: number): HostSpan[] => {
+    const out: HostSpan[] = [];
+    for (let p = offset; p < offset + length; ) {
+      const u = Math.floor(p / unit);
+      const q = Math.min(offset + length, (u + 1) * unit);
+      out.push({ offset: p, length: q - p, storage: withCopier, at: map.get(u)! + (p - u * unit) });
+      p = q;
+    }
+    return out;
+  };
+  const units = (offset: number, length: number): number[] => {
+    const out: number[] = [];
+    for (let u = Math.floor(offset / unit); u * unit < offset + length; u++) out.push(u);
+    return out;
+  };
+  self.disk = toDisk(
+    {
+      size,
+      granularity: unit,
+      async read(buf, offset) {
+        buf.fill(0);
+        for (const sp of units(offset, buf.length).flatMap((u) => {
+          const a = Math.max(offset, u * unit);
+          const b = Math.min(offset + buf.length, (u + 1) * unit);
+          return map.has(u) ? spansOf(a, b - a) : [];
+        }))
+          await store.read(buf.subarray(sp.offset - offset, sp.offset - offset + sp.length), sp.at);
+      },
+      async write(buf, offset) {
+        for (const u of units(offset, buf.length)) {
+          if (map.has(u)) continue;
+          // A partial write into a new unit: the rest of it reads zeros.
+          await store.write(new Uint8Array(unit), take(u));
+        }
+        for (const sp of spansOf(offset, buf.length))
+          await store.write(buf.subarray(sp.offset - offset, sp.offset - offset + sp.length), sp.at);
+      },
+      async writeZeroes(offset, length) {
+        self.givenBack.push([offset, length]);
+        for (const u of units(offset, length)) {
+          const a = Math.max(offset, u * unit);
+          const b = Math.min(offset + length, (u + 1) * unit);
+          if (!map.has(u)) continue;
+          // Whole units (the disk's last one may be short) are unmapped.
+          if (a === u * unit && (b - a === unit || b === size)) {
+            free.push(map.get(u)!);
+            map.delete(u);
+          } else await store.write(new Uint8Array(b - a), map.get(u)! + (a - u * unit));
+        }
+      },
+      async hostSpans(offset, length, purpose) {
+        const us = units(offset, length);
+        if (purpose !== 'allocate') return us.every((u) => map.has(u)) ? spansOf(offset, length) : null;
+        if (offset % unit !== 0 || ((offset + length) % unit !== 0 && offset + length !== size)) return null;
+        if (us.some((u) => map.has(u))) return null;
+        for (const u of us) take(u);
+        return spansOf(offset, length);
+      },
+    },
+    { name: 'dst', readOnly: false },
+  );
+  return self;
+}
+
+async function readAll(d: Disk): Promise<Uint8Array> {
+  const out = new Uint8Array(d.size);
+  await d.read(out, 0);
+  return out;
 }
 
 /** Data extents cut where the engine plans them: at multiples of SCAN_BUFFER. */
@@ -320,6 +471,55 @@ describe('copyDisk: host copies', () => {
       ),
       { numRuns: 150 },
     );
+  });
+
+  it('random layouts into a destination that allocates on request: allocated first, copied, zeros given back', async () => {
+    await fc.assert(
+      fc.asyncProperty(
+        fc.array(piece, { minLength: 1, maxLength: 12 }),
+        fc.array(fc.tuple(fc.nat({ max: 4000 * K }), fc.integer({ min: 1, max: 700 * K })), { maxLength: 4 }),
+        async (pieces, zeroRuns) => {
+          const src = source(pieces, zeroRuns);
+          const dst = allocatingDestination(src.disk.size, src.storage, 40);
+          await copyDisk(src.disk, dst.disk, { dstZeroed: true });
+          assert.ok(Buffer.from(await dst.bytes()).equals(Buffer.from(src.bytes)), 'the copy is the source');
+          // What stays mapped is what holds data: no unit of zeros keeps its space.
+          for (const u of dst.mapped()) {
+            const unitBytes = src.bytes.subarray(u * 64 * K, (u + 1) * 64 * K);
+            assert.ok(
+              unitBytes.some((b) => b !== 0),
+              `unit ${u} is all zeros in the source but stays allocated`,
+            );
+          }
+          for (const [o, l] of dst.givenBack)
+            assert.ok(
+              src.bytes.subarray(o, o + l).every((b) => b === 0),
+              `gave back ${o}+${l}, which holds data`,
+            );
+        },
+      ),
+      { numRuns: 150 },
+    );
+  });
+
+  it('a long run of written zeros costs a few small allocations, not a whole batch each', async () => {
+    // 64 MiB of zeros that the source calls data, then 8 MiB of data.
+    const src = source(
+      [
+        { status: 'data', length: 64 * 1024 * K, opaque: false },
+        { status: 'data', length: 8 * 1024 * K, opaque: false },
+      ],
+      [[0, 64 * 1024 * K]],
+    );
+    const dst = allocatingDestination(src.disk.size, src.storage, 0);
+    await copyDisk(src.disk, dst.disk, { dstZeroed: true });
+    assert.ok(Buffer.from(await dst.bytes()).equals(Buffer.from(src.bytes)));
+    assert.equal(dst.mapped().length, 128, 'only the 8 MiB of data stays mapped');
+    // Copies into allocated space start at SCAN_BUFFER and double while they meet no zeros;
+    // the first ones in flight meet the zeros and the engine scans from there on.
+    const zerosAllocated = dst.allocated - 8 * 1024 * K;
+    assert.ok(zerosAllocated > 0, 'it did allocate first');
+    assert.ok(zerosAllocated <= 8 * SCAN_BUFFER, `${zerosAllocated} bytes of zeros were allocated`);
   });
 
   it('zeros scan in big batches through a small buffer; data after them fills it and the scan goes on', async () => {

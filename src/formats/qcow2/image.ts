@@ -725,6 +725,39 @@ export class Qcow2Image implements RefcountHost {
     }
   }
 
+  /**
+   * release() for many entries: standard clusters that sit side by side on the
+   * host drop their references in one refcount update (one write per block
+   * instead of one per cluster).
+   */
+  private async releaseAll(entries: readonly L2Entry[]): Promise<void> {
+    let start = -1;
+    let n = 0;
+    const drop = async (): Promise<void> => {
+      if (n > 0) {
+        await this.flushMeta();
+        await this.refcounts.add(start, n, -1);
+      }
+      n = 0;
+    };
+    for (const e of entries) {
+      if ((e.kind === 'data' || e.kind === 'zero') && e.offset !== 0) {
+        const ci = e.offset / this.cs;
+        if (n > 0 && ci === start + n) {
+          n++;
+          continue;
+        }
+        await drop();
+        start = ci;
+        n = 1;
+      } else {
+        await drop();
+        await this.release(e);
+      }
+    }
+    await drop();
+  }
+
   private refcountsDroppedTail(c: CompressedRef): boolean {
     const tail = this.compTail!.cluster * this.cs;
     return c.sectorStart < tail + this.cs && c.sectorEnd > tail;
@@ -850,7 +883,7 @@ export class Qcow2Image implements RefcountHost {
       await this.writeHost(content, host);
     }
     await this.mapNewClusters(l2off, table, c, n, host);
-    for (const e of entries) await this.release(e);
+    await this.releaseAll(entries);
   }
 
   /** Maps guest clusters [c, c+n) of one L2 table to new host clusters from `host` (entries held back). */
@@ -1054,7 +1087,9 @@ export class Qcow2Image implements RefcountHost {
 
   /**
    * Zeroes: v3 sets the zero flag on whole clusters (keeping an owned
-   * allocation unless mayUnmap); partial clusters and v2 write zero bytes.
+   * allocation unless mayUnmap); with mayUnmap and no backing file whole
+   * clusters become holes, which read zeros there (v2 too); partial clusters,
+   * and v2 otherwise, get zero bytes written.
    */
   async writeZeroes(offset: number, length: number, opts: { mayUnmap: boolean }): Promise<void> {
     this.checkWritable();
@@ -1062,9 +1097,10 @@ export class Qcow2Image implements RefcountHost {
     const end = offset + length;
     const a = Math.ceil(offset / cs) * cs;
     const b = end === this.h.size ? Math.ceil(end / cs) * cs : Math.floor(end / cs) * cs;
+    const holes = opts.mayUnmap && !this.h.backing;
     await this.mutex.run(async () => {
       await this.beginChange();
-      if (!this.v3 || a >= b) {
+      if ((!this.v3 && !holes) || a >= b) {
         for (let p = offset; p < end; p += 1 << 20) {
           const n = Math.min(1 << 20, end - p);
           await this.writeLocked(new Uint8Array(n), p);
@@ -1072,7 +1108,11 @@ export class Qcow2Image implements RefcountHost {
         return;
       }
       if (offset < a) await this.writeLocked(new Uint8Array(a - offset), offset);
-      await this.remapClusters(a / cs, Math.ceil(b / cs), opts.mayUnmap ? 'zero' : 'zero-keep');
+      await this.remapClusters(
+        a / cs,
+        Math.ceil(b / cs),
+        holes ? 'hole' : opts.mayUnmap ? 'zero' : 'zero-keep',
+      );
       const tail = Math.min(b, end);
       if (tail < end) await this.writeLocked(new Uint8Array(end - tail), tail);
     });
@@ -1120,7 +1160,7 @@ export class Qcow2Image implements RefcountHost {
         if (!keep) released.push(e);
       }
       await this.writeL2Entries(l2off, table, i0, i0 + (stop - c));
-      for (const e of released) await this.release(e);
+      await this.releaseAll(released);
       c = stop;
     }
   }

@@ -13,6 +13,7 @@
  * (qemu-img check requires the indexes 0 .. allocated-1 each used once).
  * Granularity is the block size, so the chain copies-on-write whole blocks.
  */
+
 import { blockPieces, coversBlock, eachBlockPiece } from '../../core/blocks.js';
 import { alignUp, isAllZero, viewOf } from '../../core/bytes.js';
 import type {
@@ -25,6 +26,7 @@ import type {
   HostSpanPurpose,
 } from '../../core/disk.js';
 import { corrupt, invalid, PlatterError, unsupported } from '../../core/errors.js';
+import { hostRuns } from '../../core/host-holes.js';
 import { Mutex } from '../../core/mutex.js';
 import type { Storage } from '../../core/storage.js';
 import {
@@ -263,7 +265,11 @@ export class VdiDisk implements DiskImpl {
       const n = Math.min(blockEnd, end) - pos;
       const whole = pos === b * this.bs && n === blockEnd - b * this.bs;
       if (this.isAllocated(b)) {
-        await this.storage.write(new Uint8Array(n), this.dataAt(b) + (pos - b * this.bs));
+        // Holes of the host file (a block the copy engine allocated and left unwritten) read zeros already.
+        const at = this.dataAt(b) + (pos - b * this.bs);
+        for (const r of await hostRuns(this.storage, at, n)) {
+          if (r.status === 'data') await this.storage.write(new Uint8Array(r.length), at + r.offset);
+        }
       } else if (this.bmap[b] === UNALLOCATED && this.h.type === TYPE_DYNAMIC) {
         // Nothing below a dynamic image: an unallocated block already reads zeros.
       } else if (this.bmap[b] === UNALLOCATED) {

@@ -605,9 +605,17 @@ export class VhdxImage {
           if (this.bat.state(i) !== ZERO) await this.setEntry(i, ZERO, 0);
         });
       } else if (s === FULLY_PRESENT || s === PARTIALLY_PRESENT || this.hasParent) {
+        // Holes of the host file in a present block (left unwritten since the block was placed) read zeros already.
+        const runs =
+          s === FULLY_PRESENT && this.logOps.length === 0
+            ? await hostRuns(this.storage, this.bat.offset(i) + within, n)
+            : [{ offset: 0, length: n, status: 'data' }];
         const zeros = new Uint8Array(Math.min(n, 4 * MiB));
-        for (let p = 0; p < n; p += zeros.length)
-          await this.write(zeros.subarray(0, Math.min(zeros.length, n - p)), pos + p);
+        for (const r of runs) {
+          if (r.status !== 'data') continue;
+          for (let p = 0; p < r.length; p += zeros.length)
+            await this.write(zeros.subarray(0, Math.min(zeros.length, r.length - p)), pos + r.offset + p);
+        }
       }
       // Otherwise (no parent, block not allocated): it already reads as zeros.
     }

@@ -13,6 +13,8 @@ import { tempDir } from '../../helpers/tmp.js';
 import { create, MiB, openRead, openWrite, pattern, qemuCheck, readAll } from './util.js';
 
 const dir = tempDir('platter-qcow2-write-');
+/** An entry of `qemu-img map --output=json`. */
+type MapEntry = { start: number; length: number; data: boolean; zero: boolean };
 let n = 0;
 
 /** Writes a mix (unaligned, straddling, zeroes, last byte) and returns the model. */
@@ -178,6 +180,38 @@ describe('qcow2 write: platter creates, qemu-img checks', () => {
       assert.equal(info['format-specific'].data['compression-type'], type);
       assert.ok(info['actual-size'] < MiB, 'compressed output is small');
       if (type === 'zlib') assert.equal(run('qcowinfo', [dst]).status, 0);
+    });
+  }
+
+  for (const compat of ['0.10', '1.1']) {
+    it(`platter convert (compat=${compat}) of data with written zeros: what qemu-img allocates, no more`, (t) => {
+      if (!needPeers(t, 'qemu-img')) return;
+      // All data to SEEK_DATA (no holes), with zeros written in it: long runs (after data and at
+      // the start, where copies into allocated space meet them), single clusters, a zero tail.
+      const src = join(dir, `zeros-in-data-${compat}.raw`);
+      const data = new Uint8Array(96 * MiB);
+      const put = (at: number, n: number, seed: number) => data.set(pattern(n, seed), at);
+      put(24 * MiB, 20 * MiB, 1);
+      for (let c = 0; c < 64; c += 3) data.fill(0, 30 * MiB + c * 65536, 30 * MiB + (c + 1) * 65536);
+      put(80 * MiB + 4096, 9 * MiB, 2);
+      writeFileSync(src, data);
+      const ours = join(dir, `zeros-in-data-${compat}.qcow2`);
+      const theirs = join(dir, `zeros-in-data-${compat}-qemu.qcow2`);
+      const r = platter(['convert', '-O', 'qcow2', '-o', `compat=${compat}`, src, ours]);
+      assert.equal(r.status, 0, r.stderr);
+      must('qemu-img', ['convert', '-O', 'qcow2', '-o', `compat=${compat}`, src, theirs]);
+      assert.equal(qemuCheck(ours).status, 0, 'qemu-img check is clean');
+      assert.equal(run('qemu-img', ['compare', '-F', 'raw', ours, src]).status, 0);
+      // Where data lies, as qemu-img sees it: the same clusters as in qemu-img's own output.
+      const dataRanges = (path: string): string =>
+        JSON.stringify(
+          (JSON.parse(must('qemu-img', ['map', '--output=json', path])) as MapEntry[])
+            .filter((e) => e.data)
+            .map((e) => [e.start, e.length]),
+        );
+      assert.equal(dataRanges(ours), dataRanges(theirs));
+      const check = (path: string) => JSON.parse(must('qemu-img', ['check', '--output=json', path]));
+      assert.equal(check(ours)['allocated-clusters'], check(theirs)['allocated-clusters']);
     });
   }
 
