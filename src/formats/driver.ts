@@ -47,6 +47,7 @@ export interface FormatDriver {
    */
   probe(storage: Storage): Promise<number>;
   open(storage: Storage, ctx: OpenContext): Promise<OpenedImage>;
+  /** Lays out a new image; no flush at the end (createImage flushes when its caller asks). */
   create?(ctx: CreateContext): Promise<void>;
   /** Which operations the format supports, as data (no NotCapable exceptions). */
   readonly capabilities: {

@@ -24,20 +24,21 @@ export type Runner = <A extends unknown[]>(
   opts?: { errorExit?: number },
 ) => (...args: A) => Promise<void>;
 
-export const commands: RegisterCommand[] = [
-  registerInfo,
-  registerCreate,
-  registerConvert,
-  registerCompare,
-  registerMap,
-  registerHash,
-  registerCheck,
-  registerSnapshot,
-  registerCommit,
-  registerRebase,
-  registerResize,
-  registerRescue,
-  registerServe,
-  registerAcquire,
-  registerVerify,
+/** Each file's commands by name, and how to add them to the program. */
+export const commands: Array<{ names: readonly string[]; register: RegisterCommand }> = [
+  { names: ['info'], register: registerInfo },
+  { names: ['create'], register: registerCreate },
+  { names: ['convert'], register: registerConvert },
+  { names: ['compare'], register: registerCompare },
+  { names: ['map'], register: registerMap },
+  { names: ['hash'], register: registerHash },
+  { names: ['check'], register: registerCheck },
+  { names: ['snapshot'], register: registerSnapshot },
+  { names: ['commit'], register: registerCommit },
+  { names: ['rebase'], register: registerRebase },
+  { names: ['resize'], register: registerResize },
+  { names: ['rescue', 'mapview'], register: registerRescue },
+  { names: ['serve'], register: registerServe },
+  { names: ['acquire'], register: registerAcquire },
+  { names: ['verify'], register: registerVerify },
 ];

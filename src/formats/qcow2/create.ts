@@ -161,7 +161,6 @@ export async function create(ctx: CreateContext): Promise<void> {
   if (o.preallocation !== 'off') await preallocate(img, o.preallocation);
   if (img.fileSize % cs !== 0 || (await s.size()) < img.fileSize)
     await s.truncate(Math.ceil(img.fileSize / cs) * cs);
-  await s.flush();
 }
 
 function setRefcount(block: Uint8Array, i: number, bits: number, v: number): void {

@@ -216,7 +216,6 @@ export async function createVhdx(ctx: CreateContext): Promise<void> {
   for (const at of REGION_OFFSETS) await s.write(table, at);
   await s.write(serializeMetadata(md), metaOffset);
   await s.write(bat.bytes, batOffset);
-  await s.flush();
 }
 
 /** For tests and info: the GUID text form used in parent_linkage. */
