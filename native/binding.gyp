@@ -2,7 +2,7 @@
   "targets": [
     {
       "target_name": "platter",
-      "sources": ["platter.c", "copy.c", "send.c"],
+      "sources": ["platter.c", "copy.c", "send.c", "sectors.c"],
       "cflags": ["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter"],
       "defines": ["_GNU_SOURCE", "_FILE_OFFSET_BITS=64", "NAPI_VERSION=8"]
     }

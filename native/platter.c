@@ -11,6 +11,9 @@
  *                                   null when the file system cannot tell (EINVAL)
  *   fallocate(fd, mode, offset, length) -> Promise<void>   (runs off the main thread)
  *   preadInto(fd, buf, offset)      pread on this thread: bytes read, or -errno
+ *   readSectors(srcFd, dstFd, buf, params) -> [reached, good, readErrno, writeErrno, bad...]
+ *                                   rescue's sector-by-sector reads and writes on
+ *                                   this thread (sectors.c)
  *   ofdLock(fd, type, start, length)     type 0 unlock, 1 read, 2 write;
  *                                   true when taken, false when another open file
  *                                   description holds a conflicting lock
@@ -457,6 +460,7 @@ static napi_value init(napi_env env, napi_value exports) {
   set_fn(env, exports, "dataRanges", data_ranges);
   set_fn(env, exports, "fallocate", do_fallocate);
   set_fn(env, exports, "preadInto", pread_into);
+  set_fn(env, exports, "readSectors", read_sectors);
   set_fn(env, exports, "ofdLock", ofd_lock);
   set_fn(env, exports, "ofdTest", ofd_test);
   set_fn(env, exports, "blockDeviceSize", block_device_size);

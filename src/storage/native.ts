@@ -7,6 +7,8 @@
  *   ------------------|---------------------------------|------------------------------
  *   dataRanges        | lseek SEEK_DATA/SEEK_HOLE       | null: "cannot tell", all data
  *   preadInto         | pread(2), -errno on failure     | null (callers use fs.readSync)
+ *   readSectors       | rescue's sector reads and writes| null (the engine reads one by one)
+ *                     | in one call (native/sectors.c)  |
  *   fallocate         | fallocate(2), off the main loop | rejects EOPNOTSUPP
  *   ofdLock / ofdTest | fcntl F_OFD_SETLK / F_OFD_GETLK | no locks: always granted
  *   blockDeviceSize   | ioctl BLKGETSIZE64              | /sys/dev/block/M:m/size, else stat
@@ -57,6 +59,13 @@ export interface Native {
    * answer here, not an exception); null in the fallback, which has none.
    */
   preadInto: ((fd: number, buf: Uint8Array, offset: number) => number) | null;
+  /**
+   * Sectors of [from, to) read one pread each, in order, the good ones written
+   * to dstFd at once (native/sectors.c has the contract); params are [from, to,
+   * sectorSize, dstDelta, flags, maxNs]. Resolves [reached, goodBytes,
+   * readErrno, writeErrno, ...bad positions]; null in the fallback.
+   */
+  readSectors: ((srcFd: number, dstFd: number, buf: Uint8Array, params: Float64Array) => number[]) | null;
   /** fallocate(2) with FALLOC_FL_* `mode`; errors carry `code` like Node's fs errors. */
   fallocate(fd: number, mode: number, offset: number, length: number): Promise<void>;
   /** Take (READ_LOCK/WRITE_LOCK) or drop (UNLOCK) an OFD lock; false when another holder conflicts. */
@@ -152,6 +161,7 @@ export const fallback: Native = {
   },
   dataRanges: () => null,
   preadInto: null,
+  readSectors: null,
   fallocate: async () => Promise.reject(notSupported('fallocate')),
   ofdLock: () => true,
   ofdTest: () => null,

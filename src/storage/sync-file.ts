@@ -15,6 +15,7 @@ import * as fs from 'node:fs';
 import { getSystemErrorName } from 'node:util';
 import { BackgroundSync } from '../core/background-sync.js';
 import { PlatterError } from '../core/errors.js';
+import type { RescueSyncIo } from '../ops/rescue/engine.js';
 import { hostError } from './errors.js';
 import { alignedSpan } from './file.js';
 import { native } from './native.js';
@@ -35,6 +36,8 @@ export interface SyncFileIo {
   buffer(size: number): Uint8Array;
   /** Makes everything written durable. */
   flush(): Promise<void>;
+  /** See RescueSyncIo.readSectors (absent without the native addon). */
+  readSectors?: RescueSyncIo['readSectors'];
   /** Closes the second descriptors (after a sync in flight, for the destination). */
   close(): void;
 }
@@ -166,9 +169,41 @@ export function syncFileIo(source: string, dest: string, o: FileIoOptions): Sync
     );
   const writeback = new BackgroundSync(datasync, o.writebackBytes ?? WRITEBACK_BYTES);
 
+  let sectorBuf: Uint8Array | undefined;
+  const nativeSectors = native.readSectors;
+  const readSectors: RescueSyncIo['readSectors'] = (from, to, sectorSize, opts) => {
+    // O_DIRECT reads whole units of the source's own sector size.
+    if (!nativeSectors || (direct && sectorSize % a !== 0)) return undefined;
+    writeback.throwFailure();
+    if (!sectorBuf || sectorBuf.length < sectorSize) sectorBuf = alloc(sectorSize);
+    const flags = (opts.forward ? 1 : 0) | (opts.stopOnError ? 2 : 0) | (opts.sparse ? 4 : 0);
+    const params = new Float64Array([from, to, sectorSize, opts.dstDelta, flags, opts.maxMs * 1e6]);
+    const r = nativeSectors(srcFd, dstFd, sectorBuf, params);
+    const [reached, good, readErrno, writeErrno] = r;
+    const bad = r.slice(4);
+    writeback.wrote(good);
+    // What size() needs to know of the last failure (see there): EIO, another errno, or the end of the file.
+    if (bad.length > 0)
+      lastErrno = readErrno === -1 ? undefined : readErrno > 0 ? getSystemErrorName(-readErrno) : 'EIO';
+    return {
+      reached,
+      good,
+      bad,
+      writeError:
+        writeErrno > 0
+          ? hostError(
+              { code: getSystemErrorName(-writeErrno) },
+              dest,
+              `write at offset ${(opts.forward ? reached - sectorSize : reached) + opts.dstDelta}`,
+            )
+          : undefined,
+    };
+  };
+
   let closed = false;
   return {
     read: direct ? directRead : bufferedRead,
+    readSectors,
     write(buf, offset) {
       // A failed background sync is thrown by the next write (or flush).
       writeback.throwFailure();

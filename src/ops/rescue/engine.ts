@@ -44,6 +44,35 @@ export interface RescueSyncIo {
   buffer(size: number): Uint8Array;
   /** Makes everything written durable (instead of `dst.flush()`). */
   flush(): Promise<void>;
+  /**
+   * Reads the whole sectors of [from, to) one at a time, forward or backward,
+   * each good one written at once (at its position + dstDelta, unless `sparse`
+   * and all zero); stops after the first bad sector with `stopOnError`, after
+   * a failure that is not a media error (the end of the file, another errno:
+   * `size` then looks at the source), at a failed write (`writeError`, that
+   * sector counted as read), or once `maxMs` have passed. The same reads as one
+   * `read` per sector, in one call. Undefined when it cannot (the engine then
+   * reads sector by sector).
+   */
+  readSectors?(from: number, to: number, sectorSize: number, opts: SectorRunOptions): SectorRun | undefined;
+}
+
+export interface SectorRunOptions {
+  forward: boolean;
+  stopOnError: boolean;
+  sparse: boolean;
+  dstDelta: number;
+  maxMs: number;
+}
+
+export interface SectorRun {
+  /** Where reading stopped: every sector between the start (from, or to backward) and here was read once. */
+  reached: number;
+  /** Bytes read without error. */
+  good: number;
+  /** Positions of the sectors that failed, in reading order. */
+  bad: number[];
+  writeError?: Error;
 }
 
 export interface RescueOptions extends OpOptions {
@@ -312,6 +341,14 @@ export async function rescue(
   };
 
   // --- copying ---------------------------------------------------------------
+  /** The skip size after a run's good reads (each halves it, down to the initial size), before its failure. */
+  const afterGoodReads = (skip: number, run: SectorRun): number => {
+    let k = run.good / cluster;
+    let s = skip;
+    while (k-- > 0 && s > o.skipInitial) s = Math.max(o.skipInitial, Math.floor(s / 2));
+    return s;
+  };
+
   const copyPass = async (pass: number, forward: boolean, skipping: boolean): Promise<void> => {
     enter('copying', pass);
     let skip = o.skipInitial;
@@ -322,6 +359,21 @@ export async function rescue(
       if (forward) {
         let pos = Math.max(blk.pos, resumeAt);
         while (pos < bEnd) {
+          // Whole clusters in one call where the synchronous path offers it (the same reads).
+          const run =
+            pos % cluster === 0
+              ? await readRun(pos, alignDown(bEnd, cluster), cluster, true, skipping, '*')
+              : undefined;
+          if (run) {
+            skip = afterGoodReads(skip, run);
+            pos = run.reached;
+            if (skipping && run.bad.length > 0) {
+              pos = alignUp(pos + skip, ss);
+              resumeAt = pos;
+              skip = Math.min(skip * 2, o.skipMax);
+            }
+            continue;
+          }
           await tick();
           const end = Math.min(bEnd, Math.floor(pos / cluster) * cluster + cluster);
           const r = await attempt(pos, end - pos);
@@ -339,6 +391,20 @@ export async function rescue(
       } else {
         let pos = Math.min(bEnd, resumeAt);
         while (pos > blk.pos) {
+          const run =
+            pos % cluster === 0
+              ? await readRun(Math.ceil(blk.pos / cluster) * cluster, pos, cluster, false, skipping, '*')
+              : undefined;
+          if (run) {
+            skip = afterGoodReads(skip, run);
+            pos = run.reached;
+            if (skipping && run.bad.length > 0) {
+              pos = Math.max(0, alignDown(pos - skip, ss));
+              resumeAt = pos;
+              skip = Math.min(skip * 2, o.skipMax);
+            }
+            continue;
+          }
           await tick();
           const start = Math.max(blk.pos, Math.ceil(pos / cluster) * cluster - cluster);
           const r = await attempt(start, pos - start);
@@ -367,6 +433,91 @@ export async function rescue(
     return r.ok;
   };
 
+  /**
+   * A run of reads of `unit` bytes each over [a, z) (multiples of it) in the
+   * direction, made by the synchronous path in one call (io.readSectors): the
+   * map (good reads `+`, failed ones `bad`) and the counters as `attempt` and
+   * its callers would leave them, read by read. Undefined when the path offers
+   * no runs (the caller reads one piece itself): -y flushes after every write
+   * and -a times every read.
+   */
+  const readRun = async (
+    a: number,
+    z: number,
+    unit: number,
+    forward: boolean,
+    stopOnError: boolean,
+    bad: BlockStatus,
+  ): Promise<SectorRun | undefined> => {
+    if (!io?.readSectors || o.synchronous || o.minReadRate !== undefined || z <= a) return undefined;
+    await tick();
+    const dstDelta = o.outputPos - o.inputPos;
+    const r = io.readSectors(a, z, unit, {
+      forward,
+      stopOnError,
+      sparse: o.sparse,
+      dstDelta,
+      maxMs: YIELD_MS,
+    });
+    if (!r) return undefined;
+    // A failed write: that read is not on the destination, nor in the map.
+    const reached = r.writeError ? r.reached + (forward ? -unit : unit) : r.reached;
+    const [lo, hi] = forward ? [a, reached] : [reached, z];
+    if (hi > lo) map.set(lo, hi - lo, '+');
+    for (const b of r.bad) map.set(b, unit, bad);
+    map.currentPos = forward ? Math.max(a, reached - unit) : reached;
+    readErrors += r.bad.length;
+    readBytes += r.good;
+    if (r.good > 0) lastGood = now();
+    if (r.writeError) throw r.writeError;
+    if (r.bad.length > 0) await checkSource(r.bad[r.bad.length - 1]);
+    return r;
+  };
+
+  /** readRun of the whole sectors from `pos` to the aligned end of [from, to) in the direction. */
+  const runOfSectors = async (
+    pos: number,
+    from: number,
+    to: number,
+    forward: boolean,
+    stopOnError: boolean,
+  ): Promise<{ pos: number; stopped: boolean } | undefined> => {
+    if (pos % ss !== 0) return undefined;
+    const r = forward
+      ? await readRun(pos, alignDown(to, ss), ss, true, stopOnError, '-')
+      : await readRun(Math.ceil(from / ss) * ss, pos, ss, false, stopOnError, '-');
+    return r && { pos: r.reached, stopped: r.bad.length > 0 && stopOnError };
+  };
+
+  /**
+   * Every sector piece of [from, to) in the direction, until one fails when
+   * `stopOnError`: in runs where the synchronous path offers them, else one by
+   * one. Returns where reading stopped (past the failed piece).
+   */
+  const sectorsInOrder = async (
+    from: number,
+    to: number,
+    forward: boolean,
+    stopOnError: boolean,
+  ): Promise<number> => {
+    let pos = forward ? from : to;
+    while (forward ? pos < to : pos > from) {
+      const run = await runOfSectors(pos, from, to, forward, stopOnError);
+      if (run) {
+        pos = run.pos;
+        if (run.stopped) break;
+        continue;
+      }
+      const [a, b] = forward
+        ? [pos, Math.min(alignDown(pos, ss) + ss, to)]
+        : [Math.max(from, alignDown(pos - 1, ss)), pos];
+      const ok = await sector(a, b);
+      pos = forward ? b : a;
+      if (!ok && stopOnError) break;
+    }
+    return pos;
+  };
+
   const trim = async (): Promise<void> => {
     enter('trimming', 1);
     for (const blk of work('*', !o.reverse)) {
@@ -376,21 +527,9 @@ export async function rescue(
       let hi = end;
       const edges = o.reverse ? ['back', 'front'] : ['front', 'back'];
       for (const edge of edges) {
-        if (edge === 'front') {
-          while (lo < hi) {
-            const next = Math.min(alignDown(lo, ss) + ss, hi);
-            const ok = await sector(lo, next);
-            lo = next;
-            if (!ok) break;
-          }
-        } else {
-          while (hi > lo) {
-            const s = Math.max(lo, alignDown(hi - 1, ss));
-            const ok = await sector(s, hi);
-            hi = s;
-            if (!ok) break;
-          }
-        }
+        if (lo >= hi) break;
+        if (edge === 'front') lo = await sectorsInOrder(lo, hi, true, true);
+        else hi = await sectorsInOrder(lo, hi, false, true);
       }
       if (hi > lo) map.set(lo, hi - lo, '/');
     }
@@ -400,10 +539,15 @@ export async function rescue(
    * Every sector of [from, to), in the given direction (sectors aligned to the
    * source). Each sector is read once whatever happens to the others, so up to
    * SECTORS_IN_FLIGHT reads overlap: the same reads as one by one, less waiting.
-   * Synchronous reads cannot overlap: with `io` they are made one by one, in order.
+   * Synchronous reads cannot overlap: with `io` they are made in order, in runs
+   * where it offers them (sectorsInOrder).
    */
   const SECTORS_IN_FLIGHT = 8;
   const eachSector = async (from: number, to: number, forward: boolean): Promise<void> => {
+    if (io) {
+      await sectorsInOrder(from, to, forward, false);
+      return;
+    }
     const pieces: Array<[number, number]> = [];
     for (let p = from; p < to; ) {
       const next = Math.min(alignDown(p, ss) + ss, to);
@@ -418,7 +562,7 @@ export async function rescue(
         await sector(a, b);
       }
     };
-    await Promise.all(Array.from({ length: Math.min(io ? 1 : SECTORS_IN_FLIGHT, pieces.length) }, worker));
+    await Promise.all(Array.from({ length: Math.min(SECTORS_IN_FLIGHT, pieces.length) }, worker));
   };
 
   const scrape = async (): Promise<void> => {

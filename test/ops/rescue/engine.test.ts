@@ -250,7 +250,7 @@ describe('rescue engine', () => {
  * faultyStorage: it must make the same reads in the same order and end with the
  * same map and bytes as the promise path.
  */
-function syncPair(data: Uint8Array, bad: Array<[number, number]>, dstSize = data.length) {
+function syncPair(data: Uint8Array, bad: Array<[number, number]>, dstSize = data.length, runs = false) {
   const log: string[] = [];
   const src = faultyStorage(data, bad);
   const read = src.read.bind(src);
@@ -262,9 +262,10 @@ function syncPair(data: Uint8Array, bad: Array<[number, number]>, dstSize = data
   const ioLog: string[] = [];
   const ioDst = new Uint8Array(dstSize);
   let flushes = 0;
-  const io: RescueSyncIo & { reads: number; badReads: number; flushes(): number } = {
+  const io: RescueSyncIo & { reads: number; badReads: number; runs: number; flushes(): number } = {
     reads: 0,
     badReads: 0,
+    runs: 0,
     read(b, o) {
       io.reads++;
       ioLog.push(`${o}+${b.length}`);
@@ -284,6 +285,37 @@ function syncPair(data: Uint8Array, bad: Array<[number, number]>, dstSize = data
     flush: async () => void flushes++,
     flushes: () => flushes,
   };
+  if (runs) {
+    // The native contract in JavaScript, through io.read and io.write: reads in order, good
+    // ones written at once, a stop after a bad one when asked, and after every 7 reads (a
+    // time budget) so the engine must go on from where a run stopped.
+    io.readSectors = (from, to, unit, opts) => {
+      io.runs++;
+      const bad: number[] = [];
+      let good = 0;
+      let pos = opts.forward ? from : to;
+      for (let n = 1; opts.forward ? pos < to : pos > from; n++) {
+        const at = opts.forward ? pos : pos - unit;
+        pos = opts.forward ? at + unit : at;
+        const b = new Uint8Array(unit);
+        let ok = true;
+        try {
+          io.read(b, at);
+        } catch {
+          ok = false;
+        }
+        if (ok) {
+          good += unit;
+          if (!(opts.sparse && b.every((x) => x === 0))) io.write(b, at + opts.dstDelta);
+        } else {
+          bad.push(at);
+          if (opts.stopOnError) break;
+        }
+        if (n % 7 === 0) break;
+      }
+      return { reached: pos, good, bad };
+    };
+  }
   // The promise path must not be used when io is given.
   const unused = faultyStorage(new Uint8Array(data.length), [[0, data.length]], 'unused');
   return { src, dst, log, io, ioLog, ioDst, unused };
@@ -325,16 +357,20 @@ describe('rescue engine: the synchronous path', () => {
     ],
     ['-i/-o and a partial last sector', 10000, [[5000, 10]], { inputPos: 1000, outputPos: 5000 }],
   ];
-  for (const [name, size, bad, over] of layouts) {
+  for (const [name, size, bad, over] of layouts.flatMap((l) => [
+    l,
+    [`${l[0]}, in runs`, ...l.slice(1)] as typeof l,
+  ])) {
     it(`${name}: the same reads, map and bytes as the promise path`, async () => {
       const data = randomBytes(size);
-      const p = syncPair(data, bad, size + 10000);
+      const p = syncPair(data, bad, size + 10000, name.endsWith('in runs'));
       const start = over.inputPos ?? 0;
       const m1 = RescueMap.fresh(start, size - start);
       const m2 = RescueMap.fresh(start, size - start);
       const r1 = await rescue(p.src, p.dst, m1, base(over));
       const r2 = await rescue(p.unused, p.dst, m2, base({ ...over, io: p.io }));
       assert.equal(p.unused.reads, 0, 'the promise path was not used');
+      if (name.endsWith('in runs')) assert.ok(p.io.runs > 0, 'reads were made in runs');
       // The same reads; in the same order up to scraping (the promise path overlaps
       // up to 8 sector reads there, the synchronous one reads them in order, like ddrescue).
       assert.deepEqual([...p.ioLog].sort(), [...p.log].sort(), 'the same reads');

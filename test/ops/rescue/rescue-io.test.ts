@@ -115,6 +115,75 @@ describe('rescue synchronous file I/O', () => {
     assert.deepEqual([...readFileSync(dst).subarray(4, 9)], [0, 1, 2, 3, 0]);
   });
 
+  for (const direct of [false, true]) {
+    it(`readSectors (${direct ? 'direct' : 'buffered'}): runs forward and backward, written at the delta, zeros left out with sparse, the end of the file a bad sector`, (t) => {
+      if (direct && !directOk(t)) return;
+      const f = join(dir, `sectors-${direct}.img`);
+      const bytes = new Uint8Array(randomBytes(16 * 512));
+      bytes.fill(0, 3 * 512, 5 * 512); // two zero sectors
+      writeFileSync(f, bytes);
+      const out = join(dir, `sectors-${direct}.out`);
+      writeFileSync(out, new Uint8Array(32 * 512).fill(0xee));
+      const io = syncFileIo(f, out, { direct, sectorSize: 512, isBlockDevice: false });
+      try {
+        const run = (from: number, to: number, forward: boolean, sparse = false) =>
+          io.readSectors?.(from, to, 512, {
+            forward,
+            stopOnError: true,
+            sparse,
+            dstDelta: 4096,
+            maxMs: 1000,
+          });
+        if (!native.readSectors) {
+          assert.equal(io.readSectors, undefined);
+          return;
+        }
+        assert.deepEqual(run(0, 8 * 512, true, true), {
+          reached: 8 * 512,
+          good: 8 * 512,
+          bad: [],
+          writeError: undefined,
+        });
+        assert.deepEqual(run(8 * 512, 16 * 512, false), {
+          reached: 8 * 512,
+          good: 8 * 512,
+          bad: [],
+          writeError: undefined,
+        });
+        const got = readFileSync(out);
+        assert.ok(got.subarray(4096, 4096 + 3 * 512).equals(bytes.subarray(0, 3 * 512)));
+        assert.ok(
+          got.subarray(4096 + 3 * 512, 4096 + 5 * 512).every((b) => b === 0xee),
+          'sparse: zeros not written',
+        );
+        assert.ok(got.subarray(4096 + 5 * 512, 4096 + 16 * 512).equals(bytes.subarray(5 * 512)));
+        assert.ok(
+          got.subarray(0, 4096).every((b) => b === 0xee),
+          'nothing before the delta',
+        );
+        // Past the end: a short read is a failure that stops the run; size() then looks again.
+        const past = run(14 * 512, 20 * 512, true);
+        assert.deepEqual(past && { reached: past.reached, good: past.good, bad: past.bad }, {
+          reached: 17 * 512,
+          good: 2 * 512,
+          bad: [16 * 512],
+        });
+        assert.equal(io.size?.(), 16 * 512);
+        // A time budget of zero still makes one read.
+        const one = io.readSectors?.(0, 4 * 512, 512, {
+          forward: true,
+          stopOnError: false,
+          sparse: false,
+          dstDelta: 0,
+          maxMs: 0,
+        });
+        assert.equal(one?.reached, 512);
+      } finally {
+        io.close();
+      }
+    });
+  }
+
   it('a source that shrinks reads short, and size() then tells the new size', () => {
     const f = join(dir, 'shrinking.img');
     writeFileSync(f, data);
