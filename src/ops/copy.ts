@@ -327,6 +327,8 @@ export async function copyDisk(src: Disk, dst: Disk, opts: CopyOptions = {}): Pr
             }
             const placed = await placeRuns(dst, scanBuf, got.runs, chunk);
             spans = restOf(spans, got.consumed);
+            // The next batch may allocate while this one's last bytes go out (its own buffer).
+            if (spans.length === 0) void prev.then(release);
             await placed.direct;
             written += placed.written;
             done += got.consumed;
