@@ -22,14 +22,14 @@
  *     (`dstZeroed`), nobody watches the bytes (no `onData`) and the source keeps
  *     its data verbatim in host stores (Disk.hostSpans), data is copied store to
  *     store when the destination keeps it verbatim too, or allocates it on
- *     request (hostSpans 'allocate', allocated first: zeros found there are
- *     given back); unordered batches of up to HOST_BATCH, those into allocated
- *     space starting at SCAN_BUFFER and doubling while they meet no zeros.
- *     After a copy met zeros, the host reads and scans data for zeros into a
- *     SCAN_BUFFER per worker, and what is not zero is placed in offset order
- *     (hostSpans 'allocate' and one Storage.writeSpans per batch, or write()),
- *     until a scan meets only data: one call to the host per batch instead of
- *     a read and a write per chunk.
+ *     request once a scan met only data (hostSpans 'allocate', allocated
+ *     first: zeros found there are given back); unordered batches of up to
+ *     HOST_BATCH, those into allocated space starting at SCAN_BUFFER and
+ *     doubling while they meet no zeros. Otherwise (at first, and after a copy
+ *     met zeros) the host reads and scans data for zeros into a SCAN_BUFFER per
+ *     worker, and what is not zero is placed in offset order (hostSpans
+ *     'allocate' and one Storage.writeSpans per batch, or write()): one call to
+ *     the host per batch instead of a read and a write per chunk.
  *   - The signal stops it between chunks with ECANCELED; chunks in flight finish
  *     first, so no write is torn. What the destination holds then is the
  *     caller's business (the CLI writes to DST.partial and renames at the end).

@@ -11,12 +11,12 @@
  *         not zero through the destination disk.
  *
  * An allocating destination is also copied into store to store ("allocate
- * first"): the range is allocated before it is read (hostSpans 'allocate'),
- * like qemu-img's one buffer per request but without the trip through
- * JavaScript memory. The copier leaves zero blocks unwritten and says where;
- * the engine gives that space back (writeZeroes with mayUnmap), so a run of
- * zeros costs no more than the batches in flight when it began, and it scans
- * again (allocating only what is not zero) until a scan finds nothing but data.
+ * first") once a scan has met nothing but data: the range is allocated before
+ * it is read (hostSpans 'allocate'), then copied like raw to raw, without the
+ * trip through a buffer. The copier leaves zero blocks unwritten and says
+ * where; the engine gives that space back (writeZeroes with mayUnmap), so a
+ * run of zeros costs no more than the batches in flight when it began, and it
+ * scans again (allocating only what is not zero) until a scan meets only data.
  */
 import { alignDown } from '../core/bytes.js';
 import type { Disk, HostSpan } from '../core/disk.js';
@@ -67,8 +67,8 @@ export interface HostPlanner {
   plan(offset: number, length: number): Promise<HostPlan | null>;
   /**
    * Whether ranges the destination would allocate are allocated now and
-   * copied store to store (the engine turns it off when copies meet zeros,
-   * on when a scan meets only data).
+   * copied store to store (the engine turns it on when a scan meets only
+   * data, off when copies meet zeros).
    */
   allocateFirst: boolean;
 }
@@ -126,7 +126,8 @@ export function hostPlanner(src: Disk, dst: Disk): HostPlanner {
   };
 
   const planner: HostPlanner = {
-    allocateFirst: true,
+    // Off until a scan meets only data: zeros at the start are never allocated.
+    allocateFirst: false,
     async plan(offset, length) {
       const from = await src.hostSpans(offset, length, 'read');
       if (!from) return null;

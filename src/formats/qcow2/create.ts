@@ -154,13 +154,13 @@ export async function create(ctx: CreateContext): Promise<void> {
   if (l1Size > 0) {
     const l1Clusters = Math.ceil((l1Size * 8) / cs);
     const off = await img.allocClusters(l1Clusters);
-    await img.writeHost(new Uint8Array(l1Clusters * cs), off);
+    // The table's own bytes: the file may end inside its last cluster (as qemu-img leaves it).
+    await img.writeHost(new Uint8Array(l1Size * 8), off);
     h.l1Offset = off;
   }
   await img.writeHeader();
   if (o.preallocation !== 'off') await preallocate(img, o.preallocation);
-  if (img.fileSize % cs !== 0 || (await s.size()) < img.fileSize)
-    await s.truncate(Math.ceil(img.fileSize / cs) * cs);
+  if ((await s.size()) < img.fileSize) await s.truncate(img.fileSize);
 }
 
 function setRefcount(block: Uint8Array, i: number, bits: number, v: number): void {
