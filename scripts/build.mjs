@@ -1,10 +1,8 @@
 // Transpiles src/ to dist/ file by file (no bundling, no type check: `npm run typecheck` does that).
 
 import { spawnSync } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
-import { mkdtempSync, readdirSync, rmSync, statSync, truncateSync, writeFileSync } from 'node:fs';
+import { readdirSync, rmSync, statSync } from 'node:fs';
 import { createRequire } from 'node:module';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { build } from 'esbuild';
 
@@ -95,28 +93,10 @@ await build({
 });
 
 // V8's code cache for the bundle (bin/platter loads it; see there): made by running
-// `platter --version` and then, in the same process, the common commands on a small
-// image in every format, so it holds what start-up and those commands compile
-// (`convert -O qcow2` of the 2 GiB sparse bench file: 0.244 → 0.231 s, median of 15;
-// `--version` unchanged). A cache from another Node.js or V8 is rejected by V8 and
-// the bundle is compiled as usual.
-const scratch = mkdtempSync(join(tmpdir(), 'platter-cache-'));
-try {
-  const raw = join(scratch, 'disk.raw');
-  writeFileSync(raw, randomBytes(1 << 20));
-  truncateSync(raw, 4 << 20);
-  const runs = [];
-  for (const format of ['qcow2', 'vhd', 'vdi', 'vmdk', 'vhdx']) {
-    const image = join(scratch, `disk.${format}`);
-    runs.push(['convert', '-O', format, raw, image], ['convert', '-O', 'raw', image, `${image}.raw`]);
-    runs.push(['info', image], ['compare', raw, image], ['map', image]);
-  }
-  runs.push(['hash', raw]);
-  const made = spawnSync(process.execPath, [join(root, 'bin/platter'), '--version'], {
-    env: { ...process.env, PLATTER_WRITE_CODE_CACHE: '1', PLATTER_CODE_CACHE_RUNS: JSON.stringify(runs) },
-    stdio: ['ignore', 'ignore', 'inherit'],
-  });
-  if (made.status !== 0) console.warn('build: the code cache was not made (start-up is a little slower)');
-} finally {
-  rmSync(scratch, { recursive: true, force: true });
-}
+// `platter --version` once, so it holds what start-up compiles. A cache from another
+// Node.js or V8 is rejected by V8 and the bundle is compiled as usual.
+const made = spawnSync(process.execPath, [join(root, 'bin/platter'), '--version'], {
+  env: { ...process.env, PLATTER_WRITE_CODE_CACHE: '1' },
+  stdio: ['ignore', 'ignore', 'inherit'],
+});
+if (made.status !== 0) console.warn('build: the code cache was not made (start-up is a little slower)');
