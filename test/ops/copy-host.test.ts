@@ -144,13 +144,14 @@ interface Destination {
   writes: Array<[number, number]>;
 }
 
-/** A raw-like destination in memory whose store copies from `from` (JS, the native copier's contract). */
-function destination(size: number, from: Storage, offsetOnHost = 0, allocates = false): Destination {
-  const store = memoryStorage('dst-store');
-  const copies: CopySpan[][] = [];
-  const writes: Array<[number, number]> = [];
+/**
+ * `store` with a copier from `from` in JavaScript, the native copier's contract:
+ * blocks of zeroBlock (absolute on the destination) that are all zero are not
+ * written, and their runs are reported (adjacent ones merged).
+ */
+function withJsCopier(store: Storage, from: Storage, onCopy?: (spans: readonly CopySpan[]) => void): Storage {
   const copier: SpanCopier = async (spans, zeroBlock) => {
-    copies.push(spans.map((s) => ({ ...s })));
+    onCopy?.(spans);
     let written = 0;
     let skipped = 0;
     const zeroRuns: StoreRange[] = [];
@@ -159,9 +160,8 @@ function destination(size: number, from: Storage, offsetOnHost = 0, allocates = 
       await from.read(buf, s.from);
       for (let p = 0; p < s.length; ) {
         const q = Math.min(s.length, (Math.floor((s.to + p) / zeroBlock) + 1) * zeroBlock - s.to);
-        const block = buf.subarray(p, q);
-        if (block.some((b) => b !== 0)) {
-          await store.write(block, s.to + p);
+        if (buf.subarray(p, q).some((b) => b !== 0)) {
+          await store.write(buf.subarray(p, q), s.to + p);
           written += q - p;
         } else {
           skipped += q - p;
@@ -174,9 +174,15 @@ function destination(size: number, from: Storage, offsetOnHost = 0, allocates = 
     }
     return { written, skipped, zeroRuns };
   };
-  const withCopier: Storage = Object.assign(store, {
-    copierFrom: (src: Storage) => (src === from ? copier : undefined),
-  });
+  return Object.assign(store, { copierFrom: (src: Storage) => (src === from ? copier : undefined) });
+}
+
+/** A raw-like destination in memory whose store copies from `from` (JS, the native copier's contract). */
+function destination(size: number, from: Storage, offsetOnHost = 0, allocates = false): Destination {
+  const store = memoryStorage('dst-store');
+  const copies: CopySpan[][] = [];
+  const writes: Array<[number, number]> = [];
+  const withCopier = withJsCopier(store, from, (spans) => copies.push(spans.map((s) => ({ ...s }))));
   const disk = toDisk(
     {
       size,
@@ -258,32 +264,7 @@ function allocatingDestination(size: number, from: Storage, stale: number): Allo
     self.allocations.push({ unit: u, afterGiveBack: self.givenBack.length > 0 });
     return at;
   };
-  const copier: SpanCopier = async (spans, zeroBlock) => {
-    let written = 0;
-    let skipped = 0;
-    const zeroRuns: StoreRange[] = [];
-    for (const s of spans) {
-      const buf = new Uint8Array(s.length);
-      await from.read(buf, s.from);
-      for (let p = 0; p < s.length; ) {
-        const q = Math.min(s.length, (Math.floor((s.to + p) / zeroBlock) + 1) * zeroBlock - s.to);
-        if (buf.subarray(p, q).some((b) => b !== 0)) {
-          await store.write(buf.subarray(p, q), s.to + p);
-          written += q - p;
-        } else {
-          skipped += q - p;
-          const last = zeroRuns.at(-1);
-          if (last && last.offset + last.length === s.to + p) last.length += q - p;
-          else zeroRuns.push({ offset: s.to + p, length: q - p });
-        }
-        p = q;
-      }
-    }
-    return { written, skipped, zeroRuns };
-  };
-  const withCopier: Storage = Object.assign(store, {
-    copierFrom: (src: Storage) => (src === from ? copier : undefined),
-  });
+  const withCopier = withJsCopier(store, from);
   const spansOf = (offset: number, length: number): HostSpan[] => {
     const out: HostSpan[] = [];
     for (let p = offset; p < offset + length; ) {
