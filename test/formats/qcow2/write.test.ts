@@ -14,7 +14,7 @@ import { create, MiB, openRead, openWrite, pattern, qemuCheck, readAll } from '.
 
 const dir = tempDir('platter-qcow2-write-');
 /** An entry of `qemu-img map --output=json`. */
-type MapEntry = { start: number; length: number; data: boolean; zero: boolean };
+type MapEntry = { start: number; length: number; data: boolean; zero: boolean; present: boolean };
 let n = 0;
 
 /** Writes a mix (unaligned, straddling, zeroes, last byte) and returns the model. */
@@ -133,6 +133,44 @@ describe('qcow2 write: platter creates, qemu-img checks', () => {
     const map = JSON.parse(must('qemu-img', ['map', '--output=json', top]));
     assert.ok(map.some((m: { start: number; depth: number }) => m.start === 65536 && m.depth === 0));
   });
+
+  for (const compat of ['0.10', '1.1']) {
+    it(`writeZeroes with mayUnmap (compat=${compat}): holes without a backing file, zeros over one`, async (t) => {
+      if (!needPeers(t, 'qemu-img', 'qemu-io')) return;
+      const alone = join(dir, `zalone-${compat}.qcow2`);
+      await create(alone, 2 * MiB, { compat });
+      let d = await openWrite(alone);
+      await d.write(new Uint8Array(2 * MiB).fill(5), 0);
+      await d.writeZeroes(65536 + 512, 4 * 65536, { mayUnmap: true });
+      await d.close();
+      const model = new Uint8Array(2 * MiB).fill(5);
+      model.fill(0, 65536 + 512, 5 * 65536 + 512);
+      peersAgree(alone, model);
+      // The three whole clusters inside went back to unallocated (freed); the edges hold zero bytes.
+      const check = JSON.parse(must('qemu-img', ['check', '--output=json', alone]));
+      assert.equal(check['allocated-clusters'], 32 - 3);
+      const holes = (JSON.parse(must('qemu-img', ['map', '--output=json', alone])) as MapEntry[]).filter(
+        (e) => !e.present,
+      );
+      assert.deepEqual(
+        holes.map((e) => [e.start, e.length]),
+        [[2 * 65536, 3 * 65536]],
+      );
+
+      // Over a backing file a hole would show its data: the clusters read zeros instead.
+      const base = join(dir, `zbase-${compat}.qcow2`);
+      must('qemu-img', ['create', '-q', '-f', 'qcow2', '-o', `compat=${compat}`, base, String(2 * MiB)]);
+      must('qemu-io', ['-c', 'write -P 0x44 0 2M', base]);
+      const top = join(dir, `ztop-${compat}.qcow2`);
+      await create(top, undefined, { compat }, { name: `zbase-${compat}.qcow2`, format: 'qcow2' });
+      d = await openWrite(top);
+      await d.writeZeroes(65536, 3 * 65536, { mayUnmap: true });
+      await d.close();
+      const over = new Uint8Array(2 * MiB).fill(0x44);
+      over.fill(0, 65536, 4 * 65536);
+      peersAgree(top, over);
+    });
+  }
 
   it('discard unmaps whole clusters (the backing shows through again), keeps partial ones', async (t) => {
     if (!needPeers(t, 'qemu-img', 'qemu-io')) return;

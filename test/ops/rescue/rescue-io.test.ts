@@ -184,6 +184,27 @@ describe('rescue synchronous file I/O', () => {
     });
   }
 
+  it('native readSectors refuses parameters that are not whole sectors in order', (t) => {
+    const rs = native.readSectors;
+    if (!rs) {
+      t.skip('no native addon');
+      return;
+    }
+    const fd = openSync(src, 'r');
+    try {
+      const buf = new Uint8Array(512);
+      const call = (p: number[]) => rs(fd, fd, buf, new Float64Array(p));
+      assert.throws(() => call([100, 1024, 512, 0, 1, 1e6]), /whole sectors/);
+      assert.throws(() => call([1024, 512, 512, 0, 1, 1e6]), RangeError);
+      assert.throws(() => call([0, 1024, 1024, 0, 1, 1e6]), RangeError, 'a sector larger than the buffer');
+      assert.throws(() => call([0, 1024, 0, 0, 1, 1e6]), RangeError);
+      assert.throws(() => call([0, 1024, 512, 0, 1]), TypeError);
+      assert.throws(() => call([-512, 1024, 512, 0, 1, 1e6]), RangeError);
+    } finally {
+      closeSync(fd);
+    }
+  });
+
   it('a source that shrinks reads short, and size() then tells the new size', () => {
     const f = join(dir, 'shrinking.img');
     writeFileSync(f, data);
