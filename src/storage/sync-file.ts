@@ -194,7 +194,7 @@ export function syncFileIo(source: string, dest: string, o: FileIoOptions): Sync
           ? hostError(
               { code: getSystemErrorName(-writeErrno) },
               dest,
-              `write at offset ${(opts.forward ? reached - sectorSize : reached) + opts.dstDelta}`,
+              `write ${opts.forward ? 'from' : 'up to'} offset ${reached + opts.dstDelta}`,
             )
           : undefined,
     };

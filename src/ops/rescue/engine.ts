@@ -46,13 +46,14 @@ export interface RescueSyncIo {
   flush(): Promise<void>;
   /**
    * Reads the whole sectors of [from, to) one at a time, forward or backward,
-   * each good one written at once (at its position + dstDelta, unless `sparse`
-   * and all zero); stops after the first bad sector with `stopOnError`, after
-   * a failure that is not a media error (the end of the file, another errno:
-   * `size` then looks at the source), at a failed write (`writeError`, that
-   * sector counted as read), or once `maxMs` have passed. The same reads as one
-   * `read` per sector, in one call. Undefined when it cannot (the engine then
-   * reads sector by sector).
+   * and writes the good ones (at their position + dstDelta, unless `sparse` and
+   * all zero) before it returns; stops after the first bad sector with
+   * `stopOnError`, after a failure that is not a media error (the end of the
+   * file, another errno: `size` then looks at the source), at a failed write
+   * (`writeError`: the reads it was for count as not made, `reached` is where
+   * they begin), or once `maxMs` have passed. The same reads as one `read` per
+   * sector, in one call. Undefined when it cannot (the engine then reads
+   * sector by sector).
    */
   readSectors?(from: number, to: number, sectorSize: number, opts: SectorRunOptions): SectorRun | undefined;
 }
@@ -460,8 +461,8 @@ export async function rescue(
       maxMs: YIELD_MS,
     });
     if (!r) return undefined;
-    // A failed write: that read is not on the destination, nor in the map.
-    const reached = r.writeError ? r.reached + (forward ? -unit : unit) : r.reached;
+    // After a failed write, `reached` is where the reads that are not on the destination begin.
+    const reached = r.reached;
     const [lo, hi] = forward ? [a, reached] : [reached, z];
     if (hi > lo) map.set(lo, hi - lo, '+');
     for (const b of r.bad) map.set(b, unit, bad);

@@ -10,6 +10,7 @@ import { randomBytes } from 'node:crypto';
 import {
   closeSync,
   constants,
+  existsSync,
   fdatasync as fsFdatasync,
   openSync,
   readFileSync,
@@ -178,6 +179,31 @@ describe('rescue synchronous file I/O', () => {
           maxMs: 0,
         });
         assert.equal(one?.reached, 512);
+      } finally {
+        io.close();
+      }
+    });
+  }
+
+  for (const forward of [true, false]) {
+    it(`readSectors ${forward ? 'forward' : 'backward'}: a failed write ends the run, its reads count as not made`, (t) => {
+      if (!native.readSectors || !existsSync('/dev/full')) {
+        t.skip('no native addon or no /dev/full');
+        return;
+      }
+      // /dev/full takes nothing: the first batch of good sectors fails with ENOSPC.
+      const io = syncFileIo(src, '/dev/full', { direct: false, sectorSize: 512, isBlockDevice: false });
+      try {
+        const r = io.readSectors?.(8 * 512, 24 * 512, 512, {
+          forward,
+          stopOnError: false,
+          sparse: false,
+          dstDelta: 0,
+          maxMs: 1000,
+        });
+        assert.ok(r?.writeError instanceof PlatterError);
+        assert.match(r.writeError.message, /no space left/);
+        assert.deepEqual([r.reached, r.good, r.bad], [forward ? 8 * 512 : 24 * 512, 0, []]);
       } finally {
         io.close();
       }
