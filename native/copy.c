@@ -69,24 +69,6 @@ typedef struct {
   napi_async_work work;
 } copy_job;
 
-/* True when [p, p+n) is all zero bytes (n a multiple of 64, p 8-aligned). */
-static int all_zero(const unsigned char *p, size_t n) {
-  const uint64_t *q = (const uint64_t *)p;
-  for (size_t i = 0; i < n / 8; i += 8) {
-    if (q[i] | q[i + 1] | q[i + 2] | q[i + 3] | q[i + 4] | q[i + 5] | q[i + 6] | q[i + 7]) return 0;
-  }
-  return 1;
-}
-
-static int block_is_zero(const unsigned char *p, size_t n) {
-  /* Most data blocks are rejected by their first or last byte. */
-  if (p[0] || p[n - 1]) return 0;
-  if ((n & 63) == 0 && ((uintptr_t)p & 7) == 0) return all_zero(p, n);
-  for (size_t i = 0; i < n; i++)
-    if (p[i]) return 0;
-  return 1;
-}
-
 static int read_full(copy_job *j, unsigned char *buf, size_t n, int64_t at) {
   size_t done = 0;
   while (done < n) {
@@ -104,17 +86,13 @@ static int read_full(copy_job *j, unsigned char *buf, size_t n, int64_t at) {
 }
 
 static int write_full(copy_job *j, const unsigned char *buf, size_t n, int64_t at) {
-  size_t done = 0;
-  while (done < n) {
-    ssize_t r = pwrite(j->dst, buf + done, n - done, (off_t)(at + (int64_t)done));
-    if (r < 0 && errno == EINTR) continue;
-    if (r <= 0) {
-      j->err = r < 0 ? errno : ENOSPC;
-      j->failed_dst = 1;
-      j->failed_at = at + (int64_t)done;
-      return 0;
-    }
-    done += (size_t)r;
+  size_t done;
+  int err = pwrite_all(j->dst, buf, n, at, &done);
+  if (err) {
+    j->err = err;
+    j->failed_dst = 1;
+    j->failed_at = at + (int64_t)done;
+    return 0;
   }
   j->written += (int64_t)n;
   return 1;
@@ -170,7 +148,7 @@ static int write_runs(copy_job *j, const unsigned char *buf, size_t n, int64_t a
     int64_t abs = at + (int64_t)i;
     size_t next = (size_t)((abs / zb + 1) * zb - at);
     if (next > n) next = n;
-    int z = block_is_zero(buf + i, next - i);
+    int z = is_zero(buf + i, next - i);
     if (z != run_zero) {
       if (run_zero == 0 && !put_run(j, buf + run, i - run, at + (int64_t)run, buf_off + run)) return 0;
       if (run_zero == 1 && !skip_run(j, at + (int64_t)run, i - run)) return 0;
@@ -345,11 +323,7 @@ static napi_value queue_job(napi_env env, copy_job *j, const char *what) {
 napi_value copy_spans(napi_env env, napi_callback_info info) {
   napi_value argv[4];
   int32_t src, dst;
-  if (!get_args(env, info, 4, argv) || !get_int(env, argv[0], &src) || !get_int(env, argv[1], &dst)) return NULL;
-  if (src < 0 || dst < 0) {
-    napi_throw_range_error(env, NULL, "platter native: bad file descriptor");
-    return NULL;
-  }
+  if (!get_args(env, info, 4, argv) || !get_fd(env, argv[0], &src) || !get_fd(env, argv[1], &dst)) return NULL;
   int32_t zero_block;
   if (!get_int(env, argv[3], &zero_block)) return NULL;
   copy_job *j = new_job(env, argv[2], zero_block);
@@ -365,11 +339,7 @@ static napi_value buffer_job(napi_env env, napi_callback_info info, enum job_kin
   napi_value argv[4];
   int32_t fd;
   size_t argc = kind == READ_SPANS ? 4 : 3;
-  if (!get_args(env, info, argc, argv) || !get_int(env, argv[0], &fd)) return NULL;
-  if (fd < 0) {
-    napi_throw_range_error(env, NULL, "platter native: bad file descriptor");
-    return NULL;
-  }
+  if (!get_args(env, info, argc, argv) || !get_fd(env, argv[0], &fd)) return NULL;
   size_t length;
   void *data;
   if (!get_bytes(env, argv[1], &data, &length)) return NULL;

@@ -49,6 +49,7 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <node_api.h>
@@ -128,6 +129,15 @@ int get_int(napi_env env, napi_value v, int32_t *out) {
   return 1;
 }
 
+int get_fd(napi_env env, napi_value v, int32_t *out) {
+  if (!get_int(env, v, out)) return 0;
+  if (*out < 0) {
+    napi_throw_range_error(env, NULL, "platter native: bad file descriptor");
+    return 0;
+  }
+  return 1;
+}
+
 /* Offsets arrive as JS numbers (doubles, exact to 2^53). */
 static int get_off(napi_env env, napi_value v, int64_t *out) {
   double d;
@@ -185,6 +195,46 @@ napi_value queue_async(napi_env env, const char *name, napi_async_execute_callba
   *work = NULL;
   napi_throw_error(env, NULL, "platter native: N-API call failed");
   return NULL;
+}
+
+/* Eight words at a time (n a multiple of 64, p 8-aligned). */
+static int all_zero_words(const unsigned char *p, size_t n) {
+  const uint64_t *q = (const uint64_t *)p;
+  for (size_t i = 0; i < n / 8; i += 8) {
+    if (q[i] | q[i + 1] | q[i + 2] | q[i + 3] | q[i + 4] | q[i + 5] | q[i + 6] | q[i + 7]) return 0;
+  }
+  return 1;
+}
+
+int is_zero(const unsigned char *p, size_t n) {
+  /* Most data blocks are rejected by their first or last byte. */
+  if (p[0] || p[n - 1]) return 0;
+  if ((n & 63) == 0 && ((uintptr_t)p & 7) == 0) return all_zero_words(p, n);
+  for (size_t i = 0; i < n; i++)
+    if (p[i]) return 0;
+  return 1;
+}
+
+int pwrite_all(int fd, const unsigned char *p, size_t n, int64_t at, size_t *done) {
+  size_t d = 0;
+  int err = 0;
+  while (d < n) {
+    ssize_t w = pwrite(fd, p + d, n - d, (off_t)(at + (int64_t)d));
+    if (w < 0 && errno == EINTR) continue;
+    if (w <= 0) {
+      err = w < 0 ? errno : ENOSPC;
+      break;
+    }
+    d += (size_t)w;
+  }
+  if (done) *done = d;
+  return err;
+}
+
+int64_t monotonic_ns(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
 /* ---- SEEK_DATA / SEEK_HOLE ---------------------------------------------- */

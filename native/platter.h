@@ -8,6 +8,8 @@ napi_value make_errno_error(napi_env env, int err, const char *syscall);
 napi_value throw_errno(napi_env env, int err, const char *syscall);
 int get_args(napi_env env, napi_callback_info info, size_t want, napi_value *argv);
 int get_int(napi_env env, napi_value v, int32_t *out);
+/* A file descriptor argument: a non-negative integer (throws a RangeError for a negative one). */
+int get_fd(napi_env env, napi_value v, int32_t *out);
 napi_value num(napi_env env, double d);
 /* A Uint8Array's memory (throws a TypeError and returns 0 for anything else). */
 int get_bytes(napi_env env, napi_value v, void **data, size_t *length);
@@ -21,6 +23,17 @@ const double *get_triples(napi_env env, napi_value v, const char *what, uint32_t
 napi_value queue_async(napi_env env, const char *name, napi_async_execute_callback execute,
                        napi_async_complete_callback complete, void *data, napi_deferred *deferred,
                        napi_async_work *work);
+
+/* True when [p, p+n) is all zero bytes (n > 0). */
+int is_zero(const unsigned char *p, size_t n);
+/*
+ * pwrite(2) of all n bytes at `at`, retried on EINTR and short writes: 0, or
+ * errno (ENOSPC for a write of nothing), with *done (when not NULL) the bytes
+ * written before the failure.
+ */
+int pwrite_all(int fd, const unsigned char *p, size_t n, int64_t at, size_t *done);
+/* CLOCK_MONOTONIC in nanoseconds. */
+int64_t monotonic_ns(void);
 
 /* copy.c */
 napi_value copy_spans(napi_env env, napi_callback_info info);

@@ -29,7 +29,6 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "platter.h"
@@ -40,34 +39,10 @@
 /* Bytes of consecutive good sectors written with one pwrite. */
 #define WRITE_BATCH (256 << 10)
 
-static int64_t now_ns(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
-
-static int all_zero(const unsigned char *p, size_t n) {
-  for (size_t i = 0; i < n; i++)
-    if (p[i]) return 0;
-  return 1;
-}
-
-/* pwrite of n bytes at `at`, whole: 0 or errno. */
-static int write_all(int fd, const unsigned char *p, size_t n, int64_t at) {
-  size_t done = 0;
-  while (done < n) {
-    ssize_t w = pwrite(fd, p + done, n - done, (off_t)(at + (int64_t)done));
-    if (w < 0 && errno == EINTR) continue;
-    if (w <= 0) return w < 0 ? errno : ENOSPC;
-    done += (size_t)w;
-  }
-  return 0;
-}
-
 napi_value read_sectors(napi_env env, napi_callback_info info) {
   napi_value argv[4];
   int32_t src, dst;
-  if (!get_args(env, info, 4, argv) || !get_int(env, argv[0], &src) || !get_int(env, argv[1], &dst)) return NULL;
+  if (!get_args(env, info, 4, argv) || !get_fd(env, argv[0], &src) || !get_fd(env, argv[1], &dst)) return NULL;
   void *data;
   size_t buf_len;
   if (!get_bytes(env, argv[2], &data, &buf_len)) return NULL;
@@ -88,8 +63,8 @@ napi_value read_sectors(napi_env env, napi_callback_info info) {
   }
   const int64_t from = (int64_t)p[0], to = (int64_t)p[1], ss = (int64_t)p[2], delta = (int64_t)p[3];
   const int flags = (int)p[4];
-  const int64_t deadline = now_ns() + (int64_t)p[5];
-  if (from % ss != 0 || to % ss != 0 || src < 0 || dst < 0) {
+  const int64_t deadline = monotonic_ns() + (int64_t)p[5];
+  if (from % ss != 0 || to % ss != 0) {
     napi_throw_range_error(env, NULL, "platter native: readSectors needs whole sectors");
     return NULL;
   }
@@ -113,7 +88,7 @@ napi_value read_sectors(napi_env env, napi_callback_info info) {
 #define FLUSH()                                                                                  \
   do {                                                                                           \
     if (pend_len > 0) {                                                                          \
-      write_errno = write_all(dst, wbuf + pend_off, pend_len, pend_at + delta);                  \
+      write_errno = pwrite_all(dst, wbuf + pend_off, pend_len, pend_at + delta, NULL);                  \
       if (write_errno) pos = forward ? pend_at : pend_at + (int64_t)pend_len;                    \
       pend_len = 0;                                                                              \
     }                                                                                            \
@@ -127,7 +102,7 @@ napi_value read_sectors(napi_env env, napi_callback_info info) {
     const int rerr = r < 0 ? errno : 0;
     pos = forward ? at + ss : at;
     if (r == ss) {
-      if ((flags & SPARSE) && all_zero(buf, (size_t)ss)) {
+      if ((flags & SPARSE) && is_zero(buf, (size_t)ss)) {
         FLUSH(); /* a gap in what is written */
         if (write_errno) break;
       } else {
@@ -167,7 +142,7 @@ napi_value read_sectors(napi_env env, napi_callback_info info) {
       else if (rerr != EIO) read_errno = rerr;
       if (read_errno || (flags & STOP_ON_ERROR)) break;
     }
-    if (now_ns() >= deadline) break;
+    if (monotonic_ns() >= deadline) break;
   }
   if (!write_errno) FLUSH();
 #undef FLUSH

@@ -30,7 +30,6 @@
 #include <string.h>
 #include <sys/sendfile.h>
 #include <sys/socket.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "platter.h"
@@ -50,9 +49,7 @@ typedef struct {
 } send_job;
 
 static int64_t now_ms(void) {
-  struct timespec t;
-  clock_gettime(CLOCK_MONOTONIC, &t);
-  return (int64_t)t.tv_sec * 1000 + t.tv_nsec / 1000000;
+  return monotonic_ns() / 1000000;
 }
 
 /* Waits for room in the socket; 0 when the time allowed is used up. */
@@ -187,9 +184,9 @@ static int take_segments(napi_env env, napi_value v, send_job *j, const size_t *
 napi_value send_spans(napi_env env, napi_callback_info info) {
   napi_value argv[4];
   int32_t sock, wait_ms;
-  if (!get_args(env, info, 4, argv) || !get_int(env, argv[0], &sock) || !get_int(env, argv[3], &wait_ms)) return NULL;
-  if (sock < 0 || wait_ms < 0) {
-    napi_throw_range_error(env, NULL, "platter native: bad socket or wait");
+  if (!get_args(env, info, 4, argv) || !get_fd(env, argv[0], &sock) || !get_int(env, argv[3], &wait_ms)) return NULL;
+  if (wait_ms < 0) {
+    napi_throw_range_error(env, NULL, "platter native: bad wait");
     return NULL;
   }
   send_job *j = calloc(1, sizeof *j);
@@ -208,16 +205,22 @@ napi_value send_spans(napi_env env, napi_callback_info info) {
   return promise;
 }
 
-static napi_value fd_call(napi_env env, napi_callback_info info, int what) {
+enum fd_op { DUP, CLOSE, SHUTDOWN };
+
+static napi_value fd_call(napi_env env, napi_callback_info info, enum fd_op op) {
   napi_value argv[1];
   int32_t fd;
   if (!get_args(env, info, 1, argv) || !get_int(env, argv[0], &fd)) return NULL;
-  int r = what == 0 ? fcntl(fd, F_DUPFD_CLOEXEC, 3) : what == 1 ? close(fd) : shutdown(fd, SHUT_RDWR);
-  if (r < 0 && !(what == 2 && errno == ENOTCONN)) return throw_errno(env, errno, what == 0 ? "dup" : what == 1 ? "close" : "shutdown");
-  return num(env, what == 0 ? r : 0);
+  int r = op == DUP ? fcntl(fd, F_DUPFD_CLOEXEC, 3) : op == CLOSE ? close(fd) : shutdown(fd, SHUT_RDWR);
+  /* Shutting down a connection the peer already ended is not an error. */
+  if (r < 0 && !(op == SHUTDOWN && errno == ENOTCONN))
+    return throw_errno(env, errno, op == DUP ? "dup" : op == CLOSE ? "close" : "shutdown");
+  return num(env, op == DUP ? r : 0);
 }
 
-napi_value dup_fd(napi_env env, napi_callback_info info) { return fd_call(env, info, 0); }
+napi_value dup_fd(napi_env env, napi_callback_info info) { return fd_call(env, info, DUP); }
+napi_value close_fd(napi_env env, napi_callback_info info) { return fd_call(env, info, CLOSE); }
+napi_value shutdown_fd(napi_env env, napi_callback_info info) { return fd_call(env, info, SHUTDOWN); }
 
 /*
  * widenSendBuffer(fd, bytes) -> number: for a unix stream socket, asks for a
@@ -244,5 +247,3 @@ napi_value widen_send_buffer(napi_env env, napi_callback_info info) {
   if (getsockopt(fd, SOL_SOCKET, SO_SNDBUF, &got, &glen) < 0) return throw_errno(env, errno, "getsockopt");
   return num(env, got);
 }
-napi_value close_fd(napi_env env, napi_callback_info info) { return fd_call(env, info, 1); }
-napi_value shutdown_fd(napi_env env, napi_callback_info info) { return fd_call(env, info, 2); }

@@ -27,3 +27,25 @@ export async function hostRuns(
   if (p < length) out.push({ offset: p, length: length - p, status: 'data' });
   return out;
 }
+
+const ZERO_CHUNK = 1 << 20;
+
+/**
+ * Makes [at, at+length) of `storage` read zeros where it holds data: its holes
+ * (a block placed and never written there) read zeros already and are left
+ * alone. `write(zeros, rel)` writes zeros `rel` bytes into the range (the
+ * caller's way in: the store itself, or a format's own write path).
+ */
+export async function zeroHostData(
+  storage: Storage,
+  at: number,
+  length: number,
+  write: (zeros: Uint8Array, rel: number) => Promise<void>,
+): Promise<void> {
+  const zeros = new Uint8Array(Math.min(length, ZERO_CHUNK));
+  for (const r of await hostRuns(storage, at, length)) {
+    if (r.status !== 'data') continue;
+    for (let p = 0; p < r.length; p += zeros.length)
+      await write(zeros.subarray(0, Math.min(zeros.length, r.length - p)), r.offset + p);
+  }
+}

@@ -115,6 +115,31 @@ export type SpanCopier = (
   zeroBlock: number,
 ) => Promise<{ written: number; skipped: number; zeroRuns: StoreRange[] }>;
 
+/**
+ * A run of sector reads from one host file into another, made in one call
+ * (rescue's synchronous path; see RescueSyncIo.readSectors): the direction,
+ * whether the first bad sector ends the run, whether all-zero sectors are left
+ * unwritten, where a sector goes (its position + dstDelta), and the time the
+ * run may take.
+ */
+export interface SectorRunOptions {
+  forward: boolean;
+  stopOnError: boolean;
+  sparse: boolean;
+  dstDelta: number;
+  maxMs: number;
+}
+
+export interface SectorRun {
+  /** Where reading stopped: every sector between the start (from, or to backward) and here was read once. */
+  reached: number;
+  /** Bytes read without error. */
+  good: number;
+  /** Positions of the sectors that failed, in reading order. */
+  bad: number[];
+  writeError?: Error;
+}
+
 export interface StorageExtent {
   offset: number;
   length: number;

@@ -15,7 +15,7 @@ import * as fs from 'node:fs';
 import { getSystemErrorName } from 'node:util';
 import { BackgroundSync } from '../core/background-sync.js';
 import { PlatterError } from '../core/errors.js';
-import type { RescueSyncIo } from '../ops/rescue/engine.js';
+import type { SectorRun, SectorRunOptions } from '../core/storage.js';
 import { hostError } from './errors.js';
 import { alignedSpan } from './file.js';
 import { native } from './native.js';
@@ -37,7 +37,7 @@ export interface SyncFileIo {
   /** Makes everything written durable. */
   flush(): Promise<void>;
   /** See RescueSyncIo.readSectors (absent without the native addon). */
-  readSectors?: RescueSyncIo['readSectors'];
+  readSectors?(from: number, to: number, sectorSize: number, opts: SectorRunOptions): SectorRun | undefined;
   /** Closes the second descriptors (after a sync in flight, for the destination). */
   close(): void;
 }
@@ -171,14 +171,20 @@ export function syncFileIo(source: string, dest: string, o: FileIoOptions): Sync
 
   let sectorBuf: Uint8Array | undefined;
   const nativeSectors = native.readSectors;
-  const readSectors: RescueSyncIo['readSectors'] = (from, to, sectorSize, opts) => {
+  const readSectors = (
+    sectors: NonNullable<typeof nativeSectors>,
+    from: number,
+    to: number,
+    sectorSize: number,
+    opts: SectorRunOptions,
+  ): SectorRun | undefined => {
     // O_DIRECT reads whole units of the source's own sector size.
-    if (!nativeSectors || (direct && sectorSize % a !== 0)) return undefined;
+    if (direct && sectorSize % a !== 0) return undefined;
     writeback.throwFailure();
     if (!sectorBuf || sectorBuf.length < sectorSize) sectorBuf = alloc(sectorSize);
     const flags = (opts.forward ? 1 : 0) | (opts.stopOnError ? 2 : 0) | (opts.sparse ? 4 : 0);
     const params = new Float64Array([from, to, sectorSize, opts.dstDelta, flags, opts.maxMs * 1e6]);
-    const r = nativeSectors(srcFd, dstFd, sectorBuf, params);
+    const r = sectors(srcFd, dstFd, sectorBuf, params);
     const [reached, good, readErrno, writeErrno] = r;
     const bad = r.slice(4);
     writeback.wrote(good);
@@ -203,7 +209,9 @@ export function syncFileIo(source: string, dest: string, o: FileIoOptions): Sync
   let closed = false;
   return {
     read: direct ? directRead : bufferedRead,
-    readSectors,
+    readSectors: nativeSectors
+      ? (from, to, sectorSize, opts) => readSectors(nativeSectors, from, to, sectorSize, opts)
+      : undefined,
     write(buf, offset) {
       // A failed background sync is thrown by the next write (or flush).
       writeback.throwFailure();

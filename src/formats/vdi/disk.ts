@@ -13,7 +13,6 @@
  * (qemu-img check requires the indexes 0 .. allocated-1 each used once).
  * Granularity is the block size, so the chain copies-on-write whole blocks.
  */
-
 import { blockPieces, coversBlock, eachBlockPiece } from '../../core/blocks.js';
 import { alignUp, isAllZero, viewOf } from '../../core/bytes.js';
 import type {
@@ -26,7 +25,7 @@ import type {
   HostSpanPurpose,
 } from '../../core/disk.js';
 import { corrupt, invalid, PlatterError, unsupported } from '../../core/errors.js';
-import { hostRuns } from '../../core/host-holes.js';
+import { zeroHostData } from '../../core/host-holes.js';
 import { Mutex } from '../../core/mutex.js';
 import type { Storage } from '../../core/storage.js';
 import {
@@ -267,9 +266,7 @@ export class VdiDisk implements DiskImpl {
       if (this.isAllocated(b)) {
         // Holes of the host file (a block the copy engine allocated and left unwritten) read zeros already.
         const at = this.dataAt(b) + (pos - b * this.bs);
-        for (const r of await hostRuns(this.storage, at, n)) {
-          if (r.status === 'data') await this.storage.write(new Uint8Array(r.length), at + r.offset);
-        }
+        await zeroHostData(this.storage, at, n, (zeros, rel) => this.storage.write(zeros, at + rel));
       } else if (this.bmap[b] === UNALLOCATED && this.h.type === TYPE_DYNAMIC) {
         // Nothing below a dynamic image: an unallocated block already reads zeros.
       } else if (this.bmap[b] === UNALLOCATED) {

@@ -26,7 +26,7 @@ import type {
   HostSpanPurpose,
 } from '../../core/disk.js';
 import { assert, corrupt, invalid, PlatterError, unsupported } from '../../core/errors.js';
-import { hostRuns } from '../../core/host-holes.js';
+import { hostRuns, zeroHostData } from '../../core/host-holes.js';
 import { Mutex } from '../../core/mutex.js';
 import type { Storage } from '../../core/storage.js';
 import type { OpenContext } from '../driver.js';
@@ -605,16 +605,14 @@ export class VhdxImage {
           if (this.bat.state(i) !== ZERO) await this.setEntry(i, ZERO, 0);
         });
       } else if (s === FULLY_PRESENT || s === PARTIALLY_PRESENT || this.hasParent) {
+        const zeroAt = (zeros: Uint8Array, rel: number): Promise<void> => this.write(zeros, pos + rel);
         // Holes of the host file in a present block (left unwritten since the block was placed) read zeros already.
-        const runs =
-          s === FULLY_PRESENT && this.logOps.length === 0
-            ? await hostRuns(this.storage, this.bat.offset(i) + within, n)
-            : [{ offset: 0, length: n, status: 'data' }];
-        const zeros = new Uint8Array(Math.min(n, 4 * MiB));
-        for (const r of runs) {
-          if (r.status !== 'data') continue;
-          for (let p = 0; p < r.length; p += zeros.length)
-            await this.write(zeros.subarray(0, Math.min(zeros.length, r.length - p)), pos + r.offset + p);
+        if (s === FULLY_PRESENT && this.logOps.length === 0)
+          await zeroHostData(this.storage, this.bat.offset(i) + within, n, zeroAt);
+        else {
+          const zeros = new Uint8Array(Math.min(n, 4 * MiB));
+          for (let p = 0; p < n; p += zeros.length)
+            await zeroAt(zeros.subarray(0, Math.min(zeros.length, n - p)), p);
         }
       }
       // Otherwise (no parent, block not allocated): it already reads as zeros.

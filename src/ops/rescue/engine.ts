@@ -25,7 +25,7 @@
 import { isAllZero } from '../../core/bytes.js';
 import type { Disk } from '../../core/disk.js';
 import { PlatterError } from '../../core/errors.js';
-import type { Storage } from '../../core/storage.js';
+import type { SectorRun, SectorRunOptions, Storage } from '../../core/storage.js';
 import type { OpOptions } from '../progress.js';
 import type { Block, BlockStatus, CurrentStatus, RescueMap } from './mapfile.js';
 
@@ -56,24 +56,6 @@ export interface RescueSyncIo {
    * sector by sector).
    */
   readSectors?(from: number, to: number, sectorSize: number, opts: SectorRunOptions): SectorRun | undefined;
-}
-
-export interface SectorRunOptions {
-  forward: boolean;
-  stopOnError: boolean;
-  sparse: boolean;
-  dstDelta: number;
-  maxMs: number;
-}
-
-export interface SectorRun {
-  /** Where reading stopped: every sector between the start (from, or to backward) and here was read once. */
-  reached: number;
-  /** Bytes read without error. */
-  good: number;
-  /** Positions of the sectors that failed, in reading order. */
-  bad: number[];
-  writeError?: Error;
 }
 
 export interface RescueOptions extends OpOptions {
@@ -342,84 +324,48 @@ export async function rescue(
   };
 
   // --- copying ---------------------------------------------------------------
-  /** The skip size after a run's good reads (each halves it, down to the initial size), before its failure. */
-  const afterGoodReads = (skip: number, run: SectorRun): number => {
-    let k = run.good / cluster;
-    let s = skip;
-    while (k-- > 0 && s > o.skipInitial) s = Math.max(o.skipInitial, Math.floor(s / 2));
-    return s;
-  };
-
   const copyPass = async (pass: number, forward: boolean, skipping: boolean): Promise<void> => {
     enter('copying', pass);
     let skip = o.skipInitial;
     // In a skipping pass, `resumeAt` is where reading continues after a skip.
     let resumeAt = forward ? -1 : Number.POSITIVE_INFINITY;
+    const halveSkip = (): void => {
+      skip = Math.max(o.skipInitial, Math.floor(skip / 2));
+    };
+    /** After a failed (or slow) read that ended at `edge` in the pass direction: where reading resumes. */
+    const skipFrom = (edge: number, failed: boolean): number => {
+      resumeAt = forward ? alignUp(edge + skip, ss) : Math.max(0, alignDown(edge - skip, ss));
+      if (failed) skip = Math.min(skip * 2, o.skipMax);
+      return resumeAt;
+    };
     for (const blk of work('?', forward)) {
-      const bEnd = blk.pos + blk.size;
-      if (forward) {
-        let pos = Math.max(blk.pos, resumeAt);
-        while (pos < bEnd) {
-          // Whole clusters in one call where the synchronous path offers it (the same reads).
-          const run =
-            pos % cluster === 0
-              ? await readRun(pos, alignDown(bEnd, cluster), cluster, true, skipping, '*')
-              : undefined;
-          if (run) {
-            skip = afterGoodReads(skip, run);
-            pos = run.reached;
-            if (skipping && run.bad.length > 0) {
-              pos = alignUp(pos + skip, ss);
-              resumeAt = pos;
-              skip = Math.min(skip * 2, o.skipMax);
-            }
-            continue;
-          }
-          await tick();
-          const end = Math.min(bEnd, Math.floor(pos / cluster) * cluster + cluster);
-          const r = await attempt(pos, end - pos);
-          if (r.ok) {
-            map.set(pos, end - pos, '+');
-            skip = Math.max(o.skipInitial, Math.floor(skip / 2));
-          } else map.set(pos, end - pos, '*');
-          pos = end;
-          if (skipping && (!r.ok || r.slow)) {
-            pos = alignUp(end + skip, ss);
-            resumeAt = pos;
-            if (!r.ok) skip = Math.min(skip * 2, o.skipMax);
-          }
+      const lo = blk.pos;
+      const hi = blk.pos + blk.size;
+      let pos = forward ? Math.max(lo, resumeAt) : Math.min(hi, resumeAt);
+      while (forward ? pos < hi : pos > lo) {
+        // Whole clusters in one call where the synchronous path offers it (the same reads).
+        const run =
+          pos % cluster !== 0
+            ? undefined
+            : forward
+              ? await readRun(pos, alignDown(hi, cluster), cluster, true, skipping, '*')
+              : await readRun(alignUp(lo, cluster), pos, cluster, false, skipping, '*');
+        if (run) {
+          // Each good read halves the skip size, as one read at a time would.
+          for (let k = run.good / cluster; k > 0 && skip > o.skipInitial; k--) halveSkip();
+          pos = run.reached;
+          if (skipping && run.bad.length > 0) pos = skipFrom(pos, true);
+          continue;
         }
-      } else {
-        let pos = Math.min(bEnd, resumeAt);
-        while (pos > blk.pos) {
-          const run =
-            pos % cluster === 0
-              ? await readRun(Math.ceil(blk.pos / cluster) * cluster, pos, cluster, false, skipping, '*')
-              : undefined;
-          if (run) {
-            skip = afterGoodReads(skip, run);
-            pos = run.reached;
-            if (skipping && run.bad.length > 0) {
-              pos = Math.max(0, alignDown(pos - skip, ss));
-              resumeAt = pos;
-              skip = Math.min(skip * 2, o.skipMax);
-            }
-            continue;
-          }
-          await tick();
-          const start = Math.max(blk.pos, Math.ceil(pos / cluster) * cluster - cluster);
-          const r = await attempt(start, pos - start);
-          if (r.ok) {
-            map.set(start, pos - start, '+');
-            skip = Math.max(o.skipInitial, Math.floor(skip / 2));
-          } else map.set(start, pos - start, '*');
-          pos = start;
-          if (skipping && (!r.ok || r.slow)) {
-            pos = Math.max(0, alignDown(start - skip, ss));
-            resumeAt = pos;
-            if (!r.ok) skip = Math.min(skip * 2, o.skipMax);
-          }
-        }
+        await tick();
+        const [a, b] = forward
+          ? [pos, Math.min(hi, Math.floor(pos / cluster) * cluster + cluster)]
+          : [Math.max(lo, Math.ceil(pos / cluster) * cluster - cluster), pos];
+        const r = await attempt(a, b - a);
+        map.set(a, b - a, r.ok ? '+' : '*');
+        if (r.ok) halveSkip();
+        pos = forward ? b : a;
+        if (skipping && (!r.ok || r.slow)) pos = skipFrom(pos, !r.ok);
       }
     }
   };
