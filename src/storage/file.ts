@@ -45,6 +45,7 @@
  */
 import * as fs from 'node:fs';
 import { PlatterError } from '../core/errors.js';
+import { InFlight } from '../core/in-flight.js';
 import type {
   CopySpan,
   DataRun,
@@ -271,7 +272,10 @@ function clipExtents(extents: readonly StorageExtent[], from: number, to: number
 }
 
 /** The descriptor behind each open file Storage, for copierFrom (a source reached only through its Storage). */
-const hostFiles = new WeakMap<Storage, { fd: number; path: string; readable: () => boolean }>();
+const hostFiles = new WeakMap<
+  Storage,
+  { fd: number; path: string; readable: () => boolean; inFlight: InFlight }
+>();
 
 /**
  * The descriptor behind a file Storage while it is open and reads through the
@@ -309,6 +313,7 @@ function makeFileStorage(path: string, mode: OpenMode, nat: Native, o: Opened): 
   const trackSize = isBlockDevice || (mode.write && mode.lock !== 'none');
   let knownSize = o.size;
   let closed = false;
+  const inFlight = new InFlight();
   const bounce: Uint8Array[] = [];
   const { FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE } = nat.constants;
 
@@ -452,13 +457,14 @@ function makeFileStorage(path: string, mode: OpenMode, nat: Native, o: Opened): 
     async close() {
       if (closed) return;
       closed = true;
+      await inFlight.drained();
       if (directFd >= 0) await fsClose(directFd).catch(() => undefined);
       await fsClose(fd).catch((e) => Promise.reject(hostError(e, path, 'close')));
     },
   };
 
   // Buffered reads only: an O_DIRECT source keeps its own aligned path.
-  hostFiles.set(storage, { fd, path, readable: () => !closed && directFd < 0 });
+  hostFiles.set(storage, { fd, path, readable: () => !closed && directFd < 0, inFlight });
 
   if (directFd < 0) {
     storage.readSync = (buf, offset) => {
@@ -484,9 +490,14 @@ function makeFileStorage(path: string, mode: OpenMode, nat: Native, o: Opened): 
         checkWritable();
         if (!from.readable()) throw new PlatterError('ECLOSED', `${from.path}: storage is closed`);
         const end = spansEnd(spans);
-        const flat = await nat
-          .copySpans(from.fd, fd, triplesOf(spans), zeroBlock)
-          .catch((e) => Promise.reject(copyError(e, from.path, path)));
+        // Both descriptors stay open until the copy ends: each store's close waits for it.
+        const flat = await inFlight.run(() =>
+          from.inFlight.run(() =>
+            nat
+              .copySpans(from.fd, fd, triplesOf(spans), zeroBlock)
+              .catch((e) => Promise.reject(copyError(e, from.path, path))),
+          ),
+        );
         grew(end);
         const zeroRuns: StoreRange[] = [];
         for (let i = 2; i < flat.length; i += 2) zeroRuns.push({ offset: flat[i], length: flat[i + 1] });
@@ -609,5 +620,27 @@ function makeFileStorage(path: string, mode: OpenMode, nat: Native, o: Opened): 
     };
   }
 
+  // Every call that reaches the descriptor counts as in flight until it ends (close waits).
+  const ops = storage as unknown as Record<string, unknown>;
+  for (const name of TRACKED) {
+    const op = ops[name];
+    if (typeof op === 'function') ops[name] = (...args: unknown[]) => inFlight.run(() => op(...args));
+  }
   return storage;
 }
+
+/** The Storage calls that reach the descriptor asynchronously (copierFrom's copier counts itself). */
+const TRACKED = [
+  'size',
+  'read',
+  'write',
+  'truncate',
+  'flush',
+  'allocatedSize',
+  'extents',
+  'discard',
+  'zeroRange',
+  'allocate',
+  'readSpans',
+  'writeSpans',
+] as const satisfies ReadonlyArray<keyof FileStorage>;

@@ -262,6 +262,34 @@ describe('file storage: I/O and capabilities', () => {
     }
   });
 
+  it('close waits for the calls in flight: a read of several O_DIRECT chunks and a copy finish first', async (t) => {
+    if (!needNative(t)) return;
+    const p = join(dir, 'inflight.img');
+    const data = randomBytes(8 * MiB);
+    writeFileSync(p, data);
+    // Eight 1 MiB preads one after another: all but the first start after close() was called.
+    const s = await openFile(p, { write: false, direct: true });
+    const got = Buffer.alloc(data.length);
+    const reading = s.read(got, 0);
+    await s.close();
+    await reading;
+    assert.ok(got.equals(data), 'the read started before close got every byte');
+    await assert.rejects(s.read(Buffer.alloc(1), 0), isCode('ECLOSED'), 'and later calls are refused');
+
+    // A store-to-store copy holds both descriptors open until it ends.
+    const src = await openFile(p, { write: false });
+    const q = join(dir, 'inflight-copy.img');
+    writeFileSync(q, '');
+    const dst = await openFile(q, { write: true });
+    const copier = dst.copierFrom?.(src);
+    assert.ok(copier, 'file to file copier');
+    const copying = copier([{ from: 0, to: 0, length: data.length }], 4096);
+    await Promise.all([src.close(), dst.close()]);
+    const r = await copying;
+    assert.equal(r.written, data.length);
+    assert.ok(readFileSync(q).equals(data), 'the copy is whole');
+  });
+
   it('without the native addon: no holes, no discard, plain I/O still works', async () => {
     const p = sparse('fallback.img', 2 * MiB, [[1 * MiB, 4096]]);
     const s = await openFile(p, { write: true, direct: true }, { native: fallback });

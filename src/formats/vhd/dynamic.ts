@@ -171,16 +171,13 @@ export class DynamicVhd implements DiskImpl {
    * otherwise wait on each block's 512-byte read in turn).
    */
   private async prefetchBitmaps(first: number, last: number): Promise<void> {
-    let group: Promise<Uint8Array>[] = [];
-    for (let b = first; b <= last; b++) {
-      if (this.blockOffset(b) < 0 || this.bitmaps.has(b)) continue;
-      group.push(this.bitmap(b));
-      if (group.length === PREFETCH) {
-        await Promise.all(group);
-        group = [];
-      }
+    // The blocks first: a corrupt BAT entry throws before any read starts, not
+    // while a group is in flight with nobody left to see it fail.
+    const blocks: number[] = [];
+    for (let b = first; b <= last; b++) if (this.blockOffset(b) >= 0 && !this.bitmaps.has(b)) blocks.push(b);
+    for (let i = 0; i < blocks.length; i += PREFETCH) {
+      await Promise.all(blocks.slice(i, i + PREFETCH).map((b) => this.bitmap(b)));
     }
-    await Promise.all(group);
   }
 
   private isFull(bm: Uint8Array): boolean {
