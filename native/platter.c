@@ -524,6 +524,7 @@ static napi_value init(napi_env env, napi_value exports) {
   set_fn(env, exports, "closeFd", close_fd);
   set_fn(env, exports, "shutdownFd", shutdown_fd);
   set_fn(env, exports, "widenSendBuffer", widen_send_buffer);
+  set_fn(env, exports, "setV8Flags", set_v8_flags);
   napi_value c;
   napi_create_object(env, &c);
   napi_set_named_property(env, c, "FALLOC_FL_KEEP_SIZE", num(env, FALLOC_FL_KEEP_SIZE));

@@ -47,6 +47,9 @@ napi_value close_fd(napi_env env, napi_callback_info info);
 napi_value shutdown_fd(napi_env env, napi_callback_info info);
 napi_value widen_send_buffer(napi_env env, napi_callback_info info);
 
+/* v8flags.cc */
+napi_value set_v8_flags(napi_env env, napi_callback_info info);
+
 /* sectors.c */
 napi_value read_sectors(napi_env env, napi_callback_info info);
 

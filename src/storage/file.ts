@@ -56,6 +56,7 @@ import type {
   StoreRange,
 } from '../core/storage.js';
 import { hostError } from './errors.js';
+import { fsClose, fsFdatasync, fsFstat, fsFtruncate, fsOpen, pread, pwrite } from './fs-calls.js';
 import { native as defaultNative, type Native, READ_LOCK, UNLOCK, WRITE_LOCK } from './native.js';
 
 /** What a file Storage adds to the Storage contract. */
@@ -116,40 +117,6 @@ export function alignedSpan(
   const start = pos - (pos % a);
   const skip = pos - start;
   return { start, skip, len: Math.ceil((skip + want) / a) * a };
-}
-
-function pread(fd: number, buf: Uint8Array, position: number): Promise<number> {
-  return new Promise((resolve, reject) => {
-    fs.read(fd, buf, 0, buf.length, position, (err, n) => (err ? reject(err) : resolve(n)));
-  });
-}
-
-function pwrite(fd: number, buf: Uint8Array, position: number): Promise<number> {
-  return new Promise((resolve, reject) => {
-    fs.write(fd, buf, 0, buf.length, position, (err, n) => (err ? reject(err) : resolve(n)));
-  });
-}
-
-function fsOpen(path: string, flags: number): Promise<number> {
-  return new Promise((resolve, reject) =>
-    fs.open(path, flags, 0o644, (err, fd) => (err ? reject(err) : resolve(fd))),
-  );
-}
-
-function fsClose(fd: number): Promise<void> {
-  return new Promise((resolve, reject) => fs.close(fd, (err) => (err ? reject(err) : resolve())));
-}
-
-function fsFstat(fd: number): Promise<fs.Stats> {
-  return new Promise((resolve, reject) => fs.fstat(fd, (err, st) => (err ? reject(err) : resolve(st))));
-}
-
-function fsFtruncate(fd: number, size: number): Promise<void> {
-  return new Promise((resolve, reject) => fs.ftruncate(fd, size, (err) => (err ? reject(err) : resolve())));
-}
-
-function fsFdatasync(fd: number): Promise<void> {
-  return new Promise((resolve, reject) => fs.fdatasync(fd, (err) => (err ? reject(err) : resolve())));
 }
 
 const errCode = (e: unknown): string | undefined => (e as NodeJS.ErrnoException)?.code;

@@ -1,11 +1,12 @@
 /** The node:fs-backed Host: how formats and operations reach files and URIs. */
-import { constants, promises as fsp } from 'node:fs';
+import { constants, type Stats } from 'node:fs';
 import { dirname, isAbsolute, resolve } from 'node:path';
 import { PlatterError } from '../core/errors.js';
 import type { Host, OpenMode, Storage } from '../core/storage.js';
 import { nbdUriOpeners } from '../nbd/client.js';
 import { hostError } from './errors.js';
 import { openFile } from './file.js';
+import { fsLstat, fsRemove, fsRename, fsStat } from './fs-calls.js';
 import { isFirstSegment, openSplit } from './split.js';
 
 /** URI schemes handled by other Storage kinds (nbd/ registers itself here). */
@@ -26,9 +27,9 @@ export const nodeHost: Host = {
   async create(path, options) {
     // An NBD export already exists: "creating" it means opening it for writing.
     if (/^nbds?(\+unix)?:\/\//i.test(path)) return nodeHost.open(path, { write: true, lock: options.lock });
-    let st: Awaited<ReturnType<typeof fsp.stat>> | undefined;
+    let st: Stats | undefined;
     try {
-      st = await fsp.stat(path);
+      st = await fsStat(path);
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw hostError(e, path);
     }
@@ -45,7 +46,7 @@ export const nodeHost: Host = {
   },
   async exists(path) {
     try {
-      await fsp.lstat(path);
+      await fsLstat(path);
       return true;
     } catch {
       return false;
@@ -53,7 +54,7 @@ export const nodeHost: Host = {
   },
   async remove(path) {
     try {
-      await fsp.rm(path, { force: true });
+      await fsRemove(path);
     } catch (e) {
       throw hostError(e, path, 'remove');
     }
@@ -65,9 +66,9 @@ export const nodeHost: Host = {
   async rename(from, to) {
     // Replacing an image: never a device node, and never one another process
     // holds (its lock is taken, as a writer's, for the moment of the rename).
-    let st: Awaited<ReturnType<typeof fsp.stat>> | undefined;
+    let st: Stats | undefined;
     try {
-      st = await fsp.stat(to);
+      st = await fsStat(to);
     } catch {
       st = undefined;
     }
@@ -81,7 +82,7 @@ export const nodeHost: Host = {
       ? await openFile(to, { write: true }, { flags: constants.O_RDONLY })
       : undefined;
     try {
-      await fsp.rename(from, to);
+      await fsRename(from, to);
     } catch (e) {
       throw hostError(e, from, `rename to ${to}`);
     } finally {

@@ -21,13 +21,14 @@
  *
  * Storage.files lists every segment path, in order (it grows with rollover).
  */
-import { constants, promises as fsp } from 'node:fs';
+import { constants } from 'node:fs';
 import { basename, dirname } from 'node:path';
 import { PlatterError } from '../core/errors.js';
 import { Mutex } from '../core/mutex.js';
 import type { Host, OpenMode, Storage, StorageExtent } from '../core/storage.js';
 import { hostError } from './errors.js';
 import { openFile } from './file.js';
+import { fsReaddir, fsRemove } from './fs-calls.js';
 
 export interface SplitName {
   /** Everything before the number, including the dot: `/x/disk.` */
@@ -286,7 +287,7 @@ async function listSegments(first: SplitName): Promise<number[]> {
   const stem = basename(first.prefix + 'x').slice(0, -1);
   let names: string[];
   try {
-    names = await fsp.readdir(dir);
+    names = await fsReaddir(dir);
   } catch (e) {
     throw hostError(e, dir);
   }
@@ -347,7 +348,7 @@ export async function openSplit(firstPath: string, mode: OpenMode): Promise<Stor
     const last = want.length;
     return await splitStorage(firstPath, segs, {
       segmentSize: mode.write ? segmentSize : undefined,
-      removeSegment: mode.write ? (p) => fsp.rm(p, { force: true }) : undefined,
+      removeSegment: mode.write ? fsRemove : undefined,
       createSegment: mode.write
         ? async (n) => {
             const p = segmentPath(first, first.index + n);

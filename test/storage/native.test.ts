@@ -189,6 +189,19 @@ describe('native addon', () => {
     closeSync(d);
     assert.equal(fallback.preadInto, null);
   });
+
+  it('setV8Flags sets V8 flags at run time (bin/platter), and takes only a short string', (t) => {
+    if (!requireNative(t)) return;
+    const addon = join(import.meta.dirname, '../../native/build/Release/platter.node');
+    const script = `const a = require(${JSON.stringify(addon)});
+      for (const bad of [5, 'x'.repeat(300)]) { try { a.setV8Flags(bad); console.log('accepted'); } catch (e) { console.log(e.name); } }
+      a.setV8Flags('--trace-gc');
+      const keep = []; for (let i = 0; i < 3e5; i++) keep.push({ i });`;
+    const out = execFileSync(process.execPath, ['-e', script], { encoding: 'utf8' });
+    const lines = out.split('\n');
+    assert.deepEqual(lines.slice(0, 2), ['TypeError', 'RangeError']);
+    assert.match(lines.slice(2).join('\n'), /Scavenge|Mark-Compact/, '--trace-gc took effect');
+  });
 });
 
 describe('native fallback', () => {
