@@ -9,6 +9,7 @@ import type { Host, Storage } from '../core/storage.js';
 import { zeroDisk } from '../core/zeros.js';
 import type { FormatDriver, OpenContext } from './driver.js';
 import { byName, drivers } from './index.js';
+import { probeView } from './probe-view.js';
 import { knownSignature } from './signatures.js';
 
 export interface OpenImageOptions {
@@ -26,7 +27,8 @@ export interface OpenImageOptions {
 }
 
 /** Chooses the driver for a store; refuses to call a file raw when it carries another format's signature. */
-export async function probe(storage: Storage): Promise<FormatDriver> {
+export async function probe(store: Storage): Promise<FormatDriver> {
+  const storage = await probeView(store);
   let best: FormatDriver | undefined;
   let bestScore = 0;
   for (const d of drivers) {
