@@ -73,6 +73,10 @@ export function stack(top: Disk, below: Disk): Disk {
     // Writes land in top; with a backing disk below, only whole granules (allocate) leave nothing to show through.
     if (purpose === 'write') return belowIsZero ? top.hostSpans(offset, length, purpose) : null;
     if (purpose === 'allocate') return top.hostSpans(offset, length, purpose);
+    // Bytes top keeps verbatim are top's, whatever lies below: one question to
+    // top (a raw file answers without looking) before the walk over its extents.
+    const own = await top.hostSpans(offset, length, purpose);
+    if (own) return own;
     const out: HostSpan[] = [];
     for (const e of await top.extents(offset, length)) {
       const end = e.offset + e.length;

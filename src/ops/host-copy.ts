@@ -131,10 +131,9 @@ export function hostPlanner(src: Disk, dst: Disk): HostPlanner {
     async plan(offset, length) {
       const from = await src.hostSpans(offset, length, 'read');
       if (!from) return null;
-      const to = await dst.hostSpans(offset, length, 'write');
-      const copy = to && copyPlan(offset, length, from, to, false);
-      if (copy) return copy;
-      if (!to && planner.allocateFirst) {
+      // Allocate first: a range the destination allocates is one it does not hold yet (asked first,
+      // as a new image holds nothing); else where it keeps the range verbatim already.
+      if (planner.allocateFirst) {
         const got = await dst.hostSpans(offset, length, 'allocate');
         if (got) {
           const plan = copyPlan(offset, length, from, got, true);
@@ -142,9 +141,11 @@ export function hostPlanner(src: Disk, dst: Disk): HostPlanner {
           // No store-to-store copy between these stores: give the space back and scan from now on.
           planner.allocateFirst = false;
           await dst.writeZeroes(offset, length, { mayUnmap: true });
+          return scanPlan(from);
         }
       }
-      return scanPlan(from);
+      const to = await dst.hostSpans(offset, length, 'write');
+      return (to && copyPlan(offset, length, from, to, false)) || scanPlan(from);
     },
   };
   return planner;

@@ -53,6 +53,7 @@ import {
   readHiLo,
   standardEntry,
   writeHiLo,
+  writeStandardRun,
 } from './tables.js';
 
 /** Where a batch of compressed clusters goes (image.ts layout()). */
@@ -895,10 +896,7 @@ export class Qcow2Image implements RefcountHost {
     host: number,
   ): Promise<void> {
     const i0 = c % this.l2Entries;
-    for (let k = 0; k < n; k++) {
-      const [hi, lo] = standardEntry(host + k * this.cs, true);
-      writeHiLo(table, i0 + k, hi, lo);
-    }
+    writeStandardRun(table, i0, n, host, this.cs);
     await this.writeL2Entries(l2off, table, i0, i0 + n, true);
   }
 
@@ -924,7 +922,8 @@ export class Qcow2Image implements RefcountHost {
         const l2off = this.l2Offset(l1i);
         if (l2off !== 0) {
           const table = await this.loadL2(l2off);
-          for (let k = c; k < stop; k++) if (!isZeroEntry(table, (k % this.l2Entries) * 8)) return null;
+          const i = c % this.l2Entries;
+          if (!isAllZero(table.subarray(i * 8, (i + stop - c) * 8))) return null;
         }
         c = stop;
       }

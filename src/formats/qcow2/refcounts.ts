@@ -13,6 +13,7 @@
  * reference before the refcount), so a kill at any point leaves at worst
  * leaked clusters.
  */
+import { isAllZero } from '../../core/bytes.js';
 import { corrupt, unsupported } from '../../core/errors.js';
 import type { Storage } from '../../core/storage.js';
 import { MAX_REFTABLE_BYTES } from './header.js';
@@ -78,9 +79,10 @@ export class Refcounts {
   /** Offset of refcount block `ti`, 0 if none; checked against the file. */
   blockOffset(ti: number): number {
     if (ti >= this.tableEntries) return 0;
-    const v = new DataView(this.table.buffer, this.table.byteOffset + ti * 8, 8);
-    const hi = v.getUint32(0);
-    const lo = v.getUint32(4);
+    const t = this.table;
+    const at = ti * 8;
+    const hi = ((t[at] << 24) | (t[at + 1] << 16) | (t[at + 2] << 8) | t[at + 3]) >>> 0;
+    const lo = ((t[at + 4] << 24) | (t[at + 5] << 16) | (t[at + 6] << 8) | t[at + 7]) >>> 0;
     if (hi === 0 && lo === 0) return 0;
     if (hi >= 2 ** 21)
       throw corrupt(
@@ -247,6 +249,13 @@ export class Refcounts {
 
   /** Finds `n` contiguous free clusters (refcount 0) outside `reserved`, from the hint. */
   async findFree(n: number, reserved: Range[] = []): Promise<number> {
+    // Most often (appending data) the run at the hint is free: its entries' bytes are zeros.
+    const first = this.hint % this.perBlock;
+    if (reserved.length === 0 && this.bits >= 8 && first + n <= this.perBlock) {
+      const b = await this.block(Math.floor(this.hint / this.perBlock));
+      const bytes = this.bits / 8;
+      if (!b || isAllZero(b.subarray(first * bytes, (first + n) * bytes))) return this.hint;
+    }
     let start = this.hint;
     let run = 0;
     let firstFreeSeen = -1;

@@ -62,6 +62,29 @@ export function standardEntry(offset: number, copied: boolean, zero = false): [n
   return [hi, lo];
 }
 
+/**
+ * Writes standard entries [i, i+n) of a table for n clusters side by side on
+ * the host from `offset` (copied flag set): a run of new data clusters. Bytes
+ * straight from the offset, without [hi, lo] pairs: in code V8 has not
+ * optimised, every u32 above 2^30 is a heap number to collect.
+ */
+export function writeStandardRun(table: Uint8Array, i: number, n: number, offset: number, cs: number): void {
+  for (let k = 0; k < n; k++) {
+    const off = offset + k * cs;
+    const hi = Math.floor(off / 2 ** 32); // below 2^24: bits 32-55
+    const lo = off - hi * 2 ** 32;
+    const at = (i + k) * 8;
+    table[at] = (COPIED_HI >>> 24) | (hi >>> 24);
+    table[at + 1] = (hi >>> 16) & 0xff;
+    table[at + 2] = (hi >>> 8) & 0xff;
+    table[at + 3] = hi & 0xff;
+    table[at + 4] = lo >>> 24;
+    table[at + 5] = (lo >>> 16) & 0xff;
+    table[at + 6] = (lo >>> 8) & 0xff;
+    table[at + 7] = lo & 0xff;
+  }
+}
+
 /** Decodes and checks an L2 entry (alignment; the caller checks the file end). */
 export function decodeL2(hi: number, lo: number, v3: boolean, cs: number, file: string): L2Entry {
   if (hi & COMPRESSED_HI) return { kind: 'compressed', offset: 0, copied: false, hi, lo };
