@@ -99,6 +99,11 @@ await build({
   target: 'node20',
   // import.meta.url has no CommonJS equivalent: the bundle's own file URL stands in.
   define: { 'import.meta.url': '__platterBundleUrl' },
+  // Whitespace and syntax only (names stay, so stack traces still name functions):
+  // 796 → 534 KB to read at every start, ~2 ms off a short convert and off
+  // --version (medians of 31, interleaved).
+  minifyWhitespace: true,
+  minifySyntax: true,
   banner: { js: 'const __platterBundleUrl = require("node:url").pathToFileURL(__filename).href;' },
   sourcemap: 'linked',
   logLevel: 'warning',
