@@ -82,8 +82,8 @@ export type SpanReader = (
   zeroBlock: number,
 ) => Promise<{ runs: DataRun[]; consumed: number }>;
 
-/** The unit in which a SpanReader fills its buffer. */
-export const SCAN_PIECE = 256 * 1024;
+/** The unit in which a SpanReader fills its buffer (native/copy.c's SCAN_PIECE). */
+export const SCAN_PIECE = 512 * 1024;
 
 /**
  * Writes pieces of `buf` to `storage` (`from` in the buffer, `to` in the

@@ -86,7 +86,7 @@ export interface Native {
   copySpans(srcFd: number, dstFd: number, spans: Float64Array, zeroBlock: number): Promise<number[]>;
   /**
    * The same reads and zero scan into `buf` (the spans packed in order, all
-   * zero 256 KiB pieces taking no room), up to where `buf` is full; resolves
+   * zero SCAN_PIECE pieces taking no room), up to where `buf` is full; resolves
    * [consumed, then the non-zero runs as triples dstOffset, length, bufOffset].
    */
   readSpans(srcFd: number, buf: Uint8Array, spans: Float64Array, zeroBlock: number): Promise<number[]>;
