@@ -111,6 +111,15 @@ export class Refcounts {
     v.setUint32(4, offset % 2 ** 32);
   }
 
+  /**
+   * Refcount block `ti` when it is cached (undefined: not cached, or not
+   * allocated), so the hot paths need no await when it is.
+   */
+  private cached(ti: number): Uint8Array | undefined {
+    const off = this.blockOffset(ti);
+    return off === 0 ? undefined : this.blocks.get(off);
+  }
+
   /** Loads refcount block `ti`; undefined when it is not allocated. */
   async block(ti: number): Promise<Uint8Array | undefined> {
     const off = this.blockOffset(ti);
@@ -166,7 +175,8 @@ export class Refcounts {
 
   /** Refcount of host cluster `ci`. */
   async get(ci: number): Promise<number> {
-    const b = await this.block(Math.floor(ci / this.perBlock));
+    const ti = Math.floor(ci / this.perBlock);
+    const b = this.cached(ti) ?? (await this.block(ti));
     return b ? this.entry(b, ci % this.perBlock) : 0;
   }
 
@@ -179,16 +189,26 @@ export class Refcounts {
     n: number,
     fn: (old: number, c: number) => number,
     reserved: Range[] = [],
+    /** fn adds exactly this (lets a run of zeros rise to 1 without a call per cluster). */
+    delta?: number,
   ): Promise<void> {
     const end = ci + n;
     for (let c = ci; c < end; ) {
       const ti = Math.floor(c / this.perBlock);
       const first = c % this.perBlock;
       const count = Math.min(end - c, this.perBlock - first);
-      let b = await this.block(ti);
+      let b = this.cached(ti) ?? (await this.block(ti));
       if (!b) {
         await this.ensureBlock(ti, [...reserved, [ci, end]]);
         b = (await this.block(ti))!;
+      }
+      const bytes = this.bits / 8;
+      if (delta === 1 && this.bits >= 8 && isAllZero(b.subarray(first * bytes, (first + count) * bytes))) {
+        // New clusters (the common case): 0 → 1, big-endian, the last byte of each entry.
+        for (let i = 0; i < count; i++) b[(first + i + 1) * bytes - 1] = 1;
+        await this.store(ti, b, first, count, false);
+        c += count;
+        continue;
       }
       // Compute and check every new value before touching the cached block.
       const values = new Array<number>(count);
@@ -209,16 +229,27 @@ export class Refcounts {
         this.setEntry(b, first + i, values[i]);
         if (values[i] === 0 && c + i < this.hint) this.hint = c + i;
       }
-      const from = Math.floor((first * this.bits) / 8);
-      const to = Math.ceil(((first + count) * this.bits) / 8);
-      const off = this.blockOffset(ti);
-      if (this.writeBack && !lower) {
-        const d = this.dirty.get(off);
-        this.dirty.set(off, d ? [b, Math.min(d[1], from), Math.max(d[2], to)] : [b, from, to]);
-      } else {
-        await this.h.storage.write(b.subarray(from, to), off + from);
-      }
+      await this.store(ti, b, first, count, lower);
       c += count;
+    }
+  }
+
+  /** Writes changed entries [first, first+count) of block `ti` through, or holds rises back (writeBack). */
+  private async store(
+    ti: number,
+    b: Uint8Array,
+    first: number,
+    count: number,
+    lower: boolean,
+  ): Promise<void> {
+    const from = Math.floor((first * this.bits) / 8);
+    const to = Math.ceil(((first + count) * this.bits) / 8);
+    const off = this.blockOffset(ti);
+    if (this.writeBack && !lower) {
+      const d = this.dirty.get(off);
+      this.dirty.set(off, d ? [b, Math.min(d[1], from), Math.max(d[2], to)] : [b, from, to]);
+    } else {
+      await this.h.storage.write(b.subarray(from, to), off + from);
     }
   }
 
@@ -237,7 +268,7 @@ export class Refcounts {
 
   /** Adds `delta` to every refcount in [ci, ci+n). */
   add(ci: number, n: number, delta: number, reserved: Range[] = []): Promise<void> {
-    return this.modify(ci, n, (old) => old + delta, reserved);
+    return this.modify(ci, n, (old) => old + delta, reserved, delta);
   }
 
   /** Adds `delta` to every cluster touched by host bytes [offset, offset+length). */
@@ -252,7 +283,8 @@ export class Refcounts {
     // Most often (appending data) the run at the hint is free: its entries' bytes are zeros.
     const first = this.hint % this.perBlock;
     if (reserved.length === 0 && this.bits >= 8 && first + n <= this.perBlock) {
-      const b = await this.block(Math.floor(this.hint / this.perBlock));
+      const ti = Math.floor(this.hint / this.perBlock);
+      const b = this.cached(ti) ?? (await this.block(ti));
       const bytes = this.bits / 8;
       if (!b || isAllZero(b.subarray(first * bytes, (first + n) * bytes))) return this.hint;
     }

@@ -64,24 +64,30 @@ export function standardEntry(offset: number, copied: boolean, zero = false): [n
 
 /**
  * Writes standard entries [i, i+n) of a table for n clusters side by side on
- * the host from `offset` (copied flag set): a run of new data clusters. Bytes
- * straight from the offset, without [hi, lo] pairs: in code V8 has not
- * optimised, every u32 above 2^30 is a heap number to collect.
+ * the host from `offset` (copied flag set): a run of new data clusters. The
+ * first entry from the offset, each next one by adding the cluster size to the
+ * previous entry's bytes: in code V8 has not optimised, every u32 above 2^30
+ * computed per entry would be a heap number to collect.
  */
 export function writeStandardRun(table: Uint8Array, i: number, n: number, offset: number, cs: number): void {
-  for (let k = 0; k < n; k++) {
-    const off = offset + k * cs;
-    const hi = Math.floor(off / 2 ** 32); // below 2^24: bits 32-55
-    const lo = off - hi * 2 ** 32;
+  if (n <= 0) return;
+  const [hi, lo] = standardEntry(offset, true);
+  writeHiLo(table, i, hi, lo);
+  // cs = 2^bits adds 2^(bits % 8) to byte 7 - floor(bits / 8) of the big-endian entry.
+  const bits = Math.log2(cs);
+  const byte = 7 - Math.floor(bits / 8);
+  const step = 1 << (bits % 8);
+  for (let k = 1; k < n; k++) {
     const at = (i + k) * 8;
-    table[at] = (COPIED_HI >>> 24) | (hi >>> 24);
-    table[at + 1] = (hi >>> 16) & 0xff;
-    table[at + 2] = (hi >>> 8) & 0xff;
-    table[at + 3] = hi & 0xff;
-    table[at + 4] = lo >>> 24;
-    table[at + 5] = (lo >>> 16) & 0xff;
-    table[at + 6] = (lo >>> 8) & 0xff;
-    table[at + 7] = lo & 0xff;
+    table.copyWithin(at, at - 8, at);
+    let j = at + byte;
+    let v = table[j] + step;
+    table[j] = v & 0xff;
+    while (v > 0xff) {
+      j--;
+      v = table[j] + 1;
+      table[j] = v & 0xff;
+    }
   }
 }
 

@@ -11,7 +11,13 @@ import { describe, it } from 'node:test';
 import { decodeCompressed, encodeCompressed } from '../../../src/formats/qcow2/compressed.js';
 import type { Qcow2Image, Segment } from '../../../src/formats/qcow2/image.js';
 import { openQcow2 } from '../../../src/formats/qcow2/index.js';
-import { decodeL2, readHiLo, standardEntry, writeHiLo } from '../../../src/formats/qcow2/tables.js';
+import {
+  decodeL2,
+  readHiLo,
+  standardEntry,
+  writeHiLo,
+  writeStandardRun,
+} from '../../../src/formats/qcow2/tables.js';
 import { memoryStorage } from '../../../src/storage/memory.js';
 import { tempDir } from '../../helpers/tmp.js';
 import { create, MiB } from './util.js';
@@ -138,6 +144,23 @@ describe('qcow2 map(): in-place decoding equals entry-by-entry decoding', () => 
       }
     });
   }
+
+  it('writeStandardRun writes what standardEntry gives, cluster by cluster (carries across bytes and 2^32)', () => {
+    for (const bits of [9, 12, 16, 21]) {
+      const cs = 2 ** bits;
+      for (const start of [cs, 2 ** 32 - 3 * cs, 2 ** 40 - cs, 2 ** 55 - 8 * cs, 0xfffff * cs]) {
+        const t = new Uint8Array(8 * 40);
+        writeStandardRun(t, 3, 30, start, cs);
+        for (let k = 0; k < 30; k++) {
+          assert.deepEqual(readHiLo(t, 3 + k), standardEntry(start + k * cs, true), `${cs} ${start} +${k}`);
+        }
+        assert.ok(
+          t.subarray(0, 24).every((b) => b === 0) && t.subarray(33 * 8).every((b) => b === 0),
+          'only [3, 33)',
+        );
+      }
+    }
+  });
 
   it('bad entries give the errors of entry-by-entry decoding', async () => {
     const img = await image({ cluster_size: '4096' }, 4 * MiB);
