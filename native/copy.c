@@ -147,6 +147,12 @@ static int skip_run(copy_job *j, int64_t at, size_t n) {
 }
 
 static int write_runs(copy_job *j, const unsigned char *buf, size_t n, int64_t at, size_t buf_off) {
+  /*
+   * A piece of zeros in one scan, not one per zero block (4 KiB for VHD, VDI
+   * and raw destinations: 128 calls per 512 KiB piece of a zero-filled disk).
+   * A piece of data is mostly rejected by its first or last byte.
+   */
+  if (is_zero(buf, n)) return skip_run(j, at, n);
   const int64_t zb = j->zero_block;
   size_t run = 0;
   int run_zero = -1;

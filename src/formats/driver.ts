@@ -16,7 +16,15 @@ export interface OpenContext {
   openSibling(name: string, opts?: { write?: boolean }): Promise<Storage>;
   /** Format-specific open options (-o K=V from the command line), e.g. `force=on`. */
   readonly options: Readonly<Record<string, string>>;
+  /**
+   * The open option cache=: `writeback` (the default) keeps a driver's own
+   * flushes (its metadata ordering points); `unsafe` skips them, as qemu-img
+   * convert does for a destination that is used only once it is complete.
+   */
+  readonly cache: CacheMode;
 }
+
+export type CacheMode = 'writeback' | 'unsafe';
 
 export interface OpenedImage {
   disk: DiskImpl;

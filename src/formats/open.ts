@@ -72,11 +72,16 @@ async function openLayer(
   const storage = await host.open(path, { write: !opts.readOnly, lock });
   try {
     const driver = opts.format ? byName(opts.format) : await probe(storage);
+    const { cache = 'writeback', ...options } = opts.options ?? {};
+    if (cache !== 'writeback' && cache !== 'unsafe') {
+      throw new PlatterError('EINVAL', `cache=${cache}: expected writeback or unsafe`);
+    }
     const ctx: OpenContext = {
       host,
       readOnly: opts.readOnly,
       forceShare: opts.forceShare ?? false,
-      options: opts.options ?? {},
+      options,
+      cache,
       openSibling: (name, o) => host.open(host.resolve(path, name), { write: !!o?.write, lock }),
     };
     const opened = await driver.open(storage, ctx);

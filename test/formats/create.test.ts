@@ -1,6 +1,7 @@
 /**
  * createImage(): the new image's file is flushed unless the caller says it
- * needs no durability yet (convert's DST.partial), and is whole either way.
+ * needs no durability yet (convert's DST.partial), and is whole either way;
+ * openImage()'s cache= option does the same for a driver's own flushes.
  */
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
@@ -55,4 +56,65 @@ describe('createImage flush', () => {
       assert.equal(counts[1], counts[0] - 1, `one flush fewer (${counts.join(' vs ')})`);
     });
   }
+});
+
+describe('openImage cache=', () => {
+  /** nodeHost, counting flush() calls on the storages it opens. */
+  function countingOpens(): { host: Host; flushes: () => number } {
+    let n = 0;
+    const host: Host = {
+      ...nodeHost,
+      async open(path, mode) {
+        const s = await nodeHost.open(path, mode);
+        const flush = s.flush.bind(s);
+        s.flush = async () => {
+          n++;
+          await flush();
+        };
+        return s;
+      },
+    };
+    return { host, flushes: () => n };
+  }
+
+  it("unsafe leaves out a driver's own flushes (VHDX's log ordering); writeback keeps them", async () => {
+    const counts: Record<string, number> = {};
+    for (const cache of ['writeback', 'unsafe']) {
+      const path = join(dir, `cache-${cache}.vhdx`);
+      await createImage(nodeHost, path, { format: 'vhdx', size: 8 << 20, flush: false });
+      const { host, flushes } = countingOpens();
+      const disk = await openImage(host, path, { format: 'vhdx', readOnly: false, options: { cache } });
+      await disk.write(new Uint8Array(4096).fill(7), 1 << 20);
+      await disk.close();
+      counts[cache] = flushes();
+      const back = await openImage(nodeHost, path, { format: 'vhdx', readOnly: true });
+      const buf = new Uint8Array(4096);
+      await back.read(buf, 1 << 20);
+      await back.close();
+      assert.ok(
+        buf.every((b) => b === 7),
+        `${cache}: the write is there`,
+      );
+    }
+    assert.ok(counts.writeback >= 1, `writeback flushed (${counts.writeback})`);
+    assert.equal(counts.unsafe, 0);
+  });
+
+  it('is taken by every format (not a driver option), and only writeback or unsafe', async () => {
+    for (const format of ['raw', 'qcow2', 'vhd', 'vdi', 'vmdk']) {
+      const path = join(dir, `cache-any.${format}`);
+      await createImage(nodeHost, path, { format, size: 1 << 20 });
+      const disk = await openImage(nodeHost, path, { format, readOnly: false, options: { cache: 'unsafe' } });
+      await disk.close();
+    }
+    await assert.rejects(
+      openImage(nodeHost, join(dir, 'cache-any.raw'), {
+        format: 'raw',
+        readOnly: true,
+        options: { cache: 'none' },
+      }),
+      (e: Error & { code?: string }) =>
+        e.code === 'EINVAL' && /cache=none: expected writeback or unsafe/.test(e.message),
+    );
+  });
 });

@@ -91,10 +91,14 @@ async function convert(ctx: CliContext, srcPath: string, dstPath: string, o: Con
       throw e;
     });
   const progress = progressFor(ctx, o);
-  const openOpts: Record<string, string> = o.compress ? { compress: 'on' } : {};
   let dst: Disk | undefined;
   let created: string[] = [];
   const direct = inPlace(dstPath);
+  const openOpts: Record<string, string> = o.compress ? { compress: 'on' } : {};
+  // A new destination is used only once it is complete (renamed into place, or removed):
+  // a format's own flushes (VHDX's log ordering) buy nothing there, as with qemu-img's
+  // cache=unsafe for convert. A device or an export written in place keeps them.
+  if (!direct) openOpts.cache = 'unsafe';
   let target = direct ? dstPath : `${dstPath}.partial`;
   try {
     await createImage(ctx.host, target, {

@@ -129,14 +129,6 @@ export function commentWithParent(comment: string, name: string | undefined): st
   return [line, rest].filter((x) => x !== '').join('\n');
 }
 
-export function newUuid(): Uint8Array {
-  const u = new Uint8Array(16);
-  globalThis.crypto.getRandomValues(u);
-  u[7] = (u[7] & 0x0f) | 0x40; // version 4 in a little-endian GUID
-  u[8] = (u[8] & 0x3f) | 0x80;
-  return u;
-}
-
 /** A little-endian GUID (RTUUID) as text. */
 export function uuidText(u: Uint8Array): string {
   const h = (a: number, b: number, rev: boolean): string => {

@@ -10,6 +10,7 @@
  */
 import { alignUp, viewOf } from '../../core/bytes.js';
 import { corrupt, invalid, PlatterError, unsupported } from '../../core/errors.js';
+import { newUuid } from '../../core/random.js';
 import type { Storage } from '../../core/storage.js';
 import type { CreateContext, FormatDriver, OpenContext, OpenedImage } from '../driver.js';
 import { MAX_VDI_SIZE, mapBytes, type ParentIdentity, VdiDisk } from './disk.js';
@@ -18,7 +19,6 @@ import {
   DEFAULT_BLOCK_SIZE,
   HEADER_BYTES,
   isNullUuid,
-  newUuid,
   parentFromComment,
   parseHeader,
   SIGNATURE,
@@ -274,8 +274,8 @@ async function create(ctx: CreateContext): Promise<void> {
     blockExtra: 0,
     blocksInImage: blocks,
     blocksAllocated: isStatic ? blocks : 0,
-    uuidImage: newUuid(),
-    uuidModify: newUuid(),
+    uuidImage: newUuid('guid'),
+    uuidModify: newUuid('guid'),
     uuidLink,
     uuidParentModify,
     geometry,

@@ -227,14 +227,6 @@ export function vhdTime(): number {
   return Math.max(0, Math.floor(Date.now() / 1000) - EPOCH_2000) >>> 0;
 }
 
-export function newUuid(): Uint8Array {
-  const u = new Uint8Array(16);
-  globalThis.crypto.getRandomValues(u);
-  u[6] = (u[6] & 0x0f) | 0x40;
-  u[8] = (u[8] & 0x3f) | 0x80;
-  return u;
-}
-
 /** A big-endian GUID as text. */
 export function uuidText(u: Uint8Array): string {
   const h = Buffer.from(u).toString('hex');

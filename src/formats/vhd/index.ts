@@ -20,6 +20,7 @@
  */
 import { alignUp, parseSize, viewOf } from '../../core/bytes.js';
 import { corrupt, invalid, PlatterError, unsupported } from '../../core/errors.js';
+import { newUuid } from '../../core/random.js';
 import type { Host, Storage } from '../../core/storage.js';
 import type { CreateContext, FormatDriver, OpenContext, OpenedImage } from '../driver.js';
 import { checkNewSize, DynamicVhd, type ParentLink, UNUSED } from './dynamic.js';
@@ -37,7 +38,6 @@ import {
   hasCookie,
   NO_OFFSET,
   newFooter,
-  newUuid,
   parseFooter,
   roundUpToChs,
   serializeFooter,
@@ -346,7 +346,7 @@ async function create(ctx: CreateContext): Promise<void> {
   if (azure) size = alignUp(size, 2 ** 20);
   else if (!forceSize) size = roundUpToChs(size);
   checkNewSize(file, size);
-  const uuid = newUuid();
+  const uuid = newUuid('rfc');
 
   if (sub === 'fixed') {
     const footer = serializeFooter(newFooter(size, DISK_FIXED, NO_OFFSET, uuid));

@@ -2,7 +2,7 @@
  * GUIDs as VHDX stores them: Data1 (u32), Data2 (u16), Data3 (u16) little-endian,
  * then Data4 as 8 plain bytes. Text form: 8-4-4-4-12 hex digits.
  */
-import { randomBytes } from 'node:crypto';
+import { newUuid } from '../../core/random.js';
 
 export type Guid = Uint8Array;
 
@@ -23,11 +23,7 @@ export function guidText(g: Uint8Array): string {
 
 /** A random (version 4) GUID. */
 export function newGuid(): Guid {
-  const b = new Uint8Array(randomBytes(16));
-  // Data3's high nibble is the version; Data4[0]'s top bits the variant.
-  b[7] = (b[7] & 0x0f) | 0x40;
-  b[8] = (b[8] & 0x3f) | 0x80;
-  return b;
+  return newUuid('guid');
 }
 
 export function guidEqual(a: Uint8Array, b: Uint8Array): boolean {

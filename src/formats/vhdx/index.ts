@@ -6,8 +6,9 @@
  *
  * Files: layout.ts (identifier, headers, region table), metadata.ts, bat.ts,
  * log.ts, image.ts (the open image), create.ts; crc32c.ts, guid.ts.
- * Open options: cache=unsafe skips flushes (a destination renamed into place when
- * complete, as qemu-img convert does); dense=on writes zeros into new blocks.
+ * Open options: dense=on writes zeros into new blocks; the generic cache=unsafe
+ * (formats/open.ts) skips the log's flushes (a destination renamed into place
+ * when complete, as qemu-img convert does).
  * parent_linkage is compared with the parent's DataWriteGuid by check (a
  * mismatch does not stop an open: platter's own commit changes the parent).
  * Not done: volume_path locators are not followed; user metadata is ignored.
@@ -61,7 +62,7 @@ async function open(storage: Storage, ctx: OpenContext): Promise<OpenedImage> {
   const img = await VhdxImage.open(storage, {
     readOnly: ctx.readOnly,
     dense,
-    unsafe: ctx.options.cache === 'unsafe',
+    unsafe: ctx.cache === 'unsafe',
     ctx,
   });
   const parentName = img.hasParent ? await findParent(img, ctx) : undefined;

@@ -8,6 +8,7 @@ import { stack } from '../../../src/core/chain.js';
 import { type Disk, toDisk } from '../../../src/core/disk.js';
 import { PlatterError } from '../../../src/core/errors.js';
 import { zeroDisk } from '../../../src/core/zeros.js';
+import type { OpenContext } from '../../../src/formats/driver.js';
 import { createImage, openImage } from '../../../src/formats/open.js';
 import { raw } from '../../../src/formats/raw/index.js';
 import { openFile } from '../../../src/storage/file.js';
@@ -74,11 +75,12 @@ testDisk('raw on a file without the native addon (fallback)', async (size) => {
   return { disk: await make(false), reopen: () => make(true), cleanup: async () => rmSync(p) };
 });
 
-function ctxFor(readOnly: boolean) {
+function ctxFor(readOnly: boolean): OpenContext {
   return {
     host: nodeHost,
     readOnly,
     forceShare: false,
+    cache: 'writeback',
     options: {},
     openSibling: () => Promise.reject(new Error('no siblings')),
   };
