@@ -6,27 +6,28 @@
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
-import type { Host } from '../../src/core/storage.js';
+import type { Host, Storage } from '../../src/core/storage.js';
 import { createImage, openImage } from '../../src/formats/open.js';
 import { nodeHost } from '../../src/storage/host.js';
 import { tempDir } from '../helpers/tmp.js';
 
 const dir = tempDir();
 
-/** nodeHost, counting flush() calls on the storages it creates. */
+/** nodeHost, counting flush() calls on the storages it creates or opens. */
 function countingHost(): { host: Host; flushes: () => number } {
   let n = 0;
+  const counted = (s: Storage): Storage => {
+    const flush = s.flush.bind(s);
+    s.flush = async () => {
+      n++;
+      await flush();
+    };
+    return s;
+  };
   const host: Host = {
     ...nodeHost,
-    async create(path, options) {
-      const s = await nodeHost.create(path, options);
-      const flush = s.flush.bind(s);
-      s.flush = async () => {
-        n++;
-        await flush();
-      };
-      return s;
-    },
+    create: async (path, options) => counted(await nodeHost.create(path, options)),
+    open: async (path, mode) => counted(await nodeHost.open(path, mode)),
   };
   return { host, flushes: () => n };
 }
@@ -59,30 +60,12 @@ describe('createImage flush', () => {
 });
 
 describe('openImage cache=', () => {
-  /** nodeHost, counting flush() calls on the storages it opens. */
-  function countingOpens(): { host: Host; flushes: () => number } {
-    let n = 0;
-    const host: Host = {
-      ...nodeHost,
-      async open(path, mode) {
-        const s = await nodeHost.open(path, mode);
-        const flush = s.flush.bind(s);
-        s.flush = async () => {
-          n++;
-          await flush();
-        };
-        return s;
-      },
-    };
-    return { host, flushes: () => n };
-  }
-
   it("unsafe leaves out a driver's own flushes (VHDX's log ordering); writeback keeps them", async () => {
     const counts: Record<string, number> = {};
     for (const cache of ['writeback', 'unsafe']) {
       const path = join(dir, `cache-${cache}.vhdx`);
       await createImage(nodeHost, path, { format: 'vhdx', size: 8 << 20, flush: false });
-      const { host, flushes } = countingOpens();
+      const { host, flushes } = countingHost();
       const disk = await openImage(host, path, { format: 'vhdx', readOnly: false, options: { cache } });
       await disk.write(new Uint8Array(4096).fill(7), 1 << 20);
       await disk.close();
