@@ -2,8 +2,10 @@
 import type { Command } from 'commander';
 import type { Disk } from '../core/disk.js';
 import { PlatterError } from '../core/errors.js';
+import { setRandomSource } from '../core/random.js';
 import { openImage } from '../formats/open.js';
 import { setIoBufferAllocator } from '../ops/buffers.js';
+import { readUrandom } from '../storage/fs-calls.js';
 import { native } from '../storage/native.js';
 import { parseKeyValues } from './args.js';
 import type { CliContext } from './context.js';
@@ -11,6 +13,8 @@ import { makeProgress, type ProgressRenderer, progressMode } from './progress.js
 
 // Page-aligned I/O buffers for the operations (ops/buffers.ts says why).
 if (native.alignedMemory) setIoBufferAllocator((size) => native.alignedBuffer(size, 4096));
+// Random ids from /dev/urandom (core/random.ts says why).
+setRandomSource(readUrandom);
 
 /** Adds `-p/--progress [json]` and `-q/--quiet`. */
 export function withProgress(cmd: Command): Command {

@@ -1,26 +1,21 @@
 /**
- * Random identifiers for new images (VHD, VDI and VHDX ids). The bytes come
- * from /dev/urandom where there is one: node:crypto and Web Crypto load
+ * Random identifiers for new images (VHD, VDI and VHDX ids). Web Crypto by
+ * default; the command line installs a reader of /dev/urandom instead
+ * (storage/fs-calls.ts, cli/common.ts), because Web Crypto and node:crypto load
  * OpenSSL's bindings on first use, 3-8 ms of a short create or convert.
  */
-import { closeSync, openSync, readSync } from 'node:fs';
+let fill: (buf: Uint8Array) => void = (buf) => {
+  globalThis.crypto.getRandomValues(buf);
+};
+
+/** Where random bytes come from (a function that fills its buffer). */
+export function setRandomSource(source: (buf: Uint8Array) => void): void {
+  fill = source;
+}
 
 export function randomBytes(n: number): Uint8Array {
   const out = new Uint8Array(n);
-  try {
-    const fd = openSync('/dev/urandom', 'r');
-    try {
-      for (let done = 0; done < n; ) {
-        const got = readSync(fd, out, done, n - done, null);
-        if (got <= 0) throw new Error('short read');
-        done += got;
-      }
-    } finally {
-      closeSync(fd);
-    }
-  } catch {
-    globalThis.crypto.getRandomValues(out);
-  }
+  if (n > 0) fill(out);
   return out;
 }
 

@@ -36,3 +36,24 @@ export const fsRemove = (path: string): Promise<void> =>
   call<void>((done) => fs.unlink(path, done)).catch((e: NodeJS.ErrnoException) =>
     e.code === 'ENOENT' ? undefined : Promise.reject(e),
   );
+
+/**
+ * Fills `buf` from /dev/urandom (core/random.ts's source for the command line);
+ * where there is none, from Web Crypto.
+ */
+export function readUrandom(buf: Uint8Array): void {
+  try {
+    const fd = fs.openSync('/dev/urandom', 'r');
+    try {
+      for (let done = 0; done < buf.length; ) {
+        const got = fs.readSync(fd, buf, done, buf.length - done, null);
+        if (got <= 0) throw new Error('short read');
+        done += got;
+      }
+    } finally {
+      fs.closeSync(fd);
+    }
+  } catch {
+    globalThis.crypto.getRandomValues(buf);
+  }
+}

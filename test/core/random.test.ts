@@ -1,15 +1,26 @@
-/** core/random: bytes from /dev/urandom, version 4 UUIDs in both byte orders. */
+/** core/random: random bytes from the installed source, version 4 UUIDs in both byte orders. */
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { newUuid, randomBytes } from '../../src/core/random.js';
+import { newUuid, randomBytes, setRandomSource } from '../../src/core/random.js';
+import { readUrandom } from '../../src/storage/fs-calls.js';
 
 describe('random ids', () => {
-  it('randomBytes gives the length asked for, different each time', () => {
-    const a = randomBytes(64);
-    const b = randomBytes(64);
-    assert.equal(a.length, 64);
-    assert.notDeepEqual(a, b);
-    assert.equal(randomBytes(0).length, 0);
+  it('randomBytes gives the length asked for, different each time, from Web Crypto or the installed source', () => {
+    for (const source of ['default', 'urandom'] as const) {
+      if (source === 'urandom') setRandomSource(readUrandom);
+      const a = randomBytes(64);
+      const b = randomBytes(64);
+      assert.equal(a.length, 64);
+      assert.notDeepEqual(a, b, source);
+      assert.equal(randomBytes(0).length, 0);
+    }
+    setRandomSource((buf) => buf.fill(0xab));
+    assert.deepEqual(
+      randomBytes(3),
+      new Uint8Array([0xab, 0xab, 0xab]),
+      'the installed source is the one used',
+    );
+    setRandomSource(readUrandom);
   });
 
   it('newUuid sets version 4 and the RFC 4122 variant where each byte order keeps them', () => {
