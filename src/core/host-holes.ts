@@ -4,7 +4,7 @@
  * so lets copies skip them instead of reading and scanning zeros.
  */
 import type { Status } from './disk.js';
-import type { Storage } from './storage.js';
+import { eachZeroPiece, type Storage } from './storage.js';
 
 /**
  * [at, at+length) of `storage` as runs of `data` and `zero` (its holes), with
@@ -28,8 +28,6 @@ export async function hostRuns(
   return out;
 }
 
-const ZERO_CHUNK = 1 << 20;
-
 /**
  * Makes [at, at+length) of `storage` read zeros where it holds data: its holes
  * (a block placed and never written there) read zeros already and are left
@@ -42,10 +40,7 @@ export async function zeroHostData(
   length: number,
   write: (zeros: Uint8Array, rel: number) => Promise<void>,
 ): Promise<void> {
-  const zeros = new Uint8Array(Math.min(length, ZERO_CHUNK));
   for (const r of await hostRuns(storage, at, length)) {
-    if (r.status !== 'data') continue;
-    for (let p = 0; p < r.length; p += zeros.length)
-      await write(zeros.subarray(0, Math.min(zeros.length, r.length - p)), r.offset + p);
+    if (r.status === 'data') await eachZeroPiece(r.length, (zeros, p) => write(zeros, r.offset + p));
   }
 }

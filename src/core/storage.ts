@@ -86,6 +86,32 @@ export type SpanReader = (
 export const SCAN_PIECE = 512 * 1024;
 
 /**
+ * Zeros for a range of `length` bytes, handed out in pieces of one buffer:
+ * `write(zeros, rel)` gets each piece and where it starts in the range. The
+ * one "write zeros here" loop (stores without a zeroing call, formats without
+ * a zero flag).
+ */
+export async function eachZeroPiece(
+  length: number,
+  write: (zeros: Uint8Array, rel: number) => Promise<unknown>,
+  piece = 1 << 20,
+): Promise<void> {
+  const zeros = new Uint8Array(Math.min(length, piece));
+  for (let rel = 0; rel < length; rel += zeros.length)
+    await write(zeros.subarray(0, Math.min(zeros.length, length - rel)), rel);
+}
+
+/** Writes `length` zero bytes to `storage` at `offset` (eachZeroPiece). */
+export function writeZerosTo(
+  storage: Storage,
+  offset: number,
+  length: number,
+  piece?: number,
+): Promise<void> {
+  return eachZeroPiece(length, (zeros, rel) => storage.write(zeros, offset + rel), piece);
+}
+
+/**
  * Writes pieces of `buf` to `storage` (`from` in the buffer, `to` in the
  * store): in one call where the store can (writeSpans), else one write each.
  */

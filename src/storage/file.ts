@@ -46,14 +46,15 @@
 import * as fs from 'node:fs';
 import { PlatterError } from '../core/errors.js';
 import { InFlight } from '../core/in-flight.js';
-import type {
-  CopySpan,
-  DataRun,
-  OpenMode,
-  SpanCopier,
-  Storage,
-  StorageExtent,
-  StoreRange,
+import {
+  type CopySpan,
+  type DataRun,
+  type OpenMode,
+  type SpanCopier,
+  type Storage,
+  type StorageExtent,
+  type StoreRange,
+  writeZerosTo,
 } from '../core/storage.js';
 import { hostError } from './errors.js';
 import { fsClose, fsFdatasync, fsFstat, fsFtruncate, fsOpen, pread, pwrite } from './fs-calls.js';
@@ -100,7 +101,6 @@ const MAX_IO = 1 << 30;
 /** Bounce buffer for O_DIRECT reads. */
 const DIRECT_CHUNK = 1 << 20;
 const DIRECT_ALIGN = 4096;
-const ZERO_CHUNK = 1 << 20;
 const RANGES_PER_CALL = 4096;
 /** How long a locked reader reuses its last extents answer (see storage.extents). */
 const MEMO_MS = 1000;
@@ -354,13 +354,6 @@ function makeFileStorage(path: string, mode: OpenMode, nat: Native, o: Opened): 
     }
   }
 
-  async function writeZeros(offset: number, length: number): Promise<void> {
-    const zeros = new Uint8Array(Math.min(length, ZERO_CHUNK));
-    for (let done = 0; done < length; done += zeros.length) {
-      await storage.write(zeros.subarray(0, Math.min(zeros.length, length - done)), offset + done);
-    }
-  }
-
   const storage: FileStorage = {
     name: path,
     readOnly: !mode.write,
@@ -555,7 +548,7 @@ function makeFileStorage(path: string, mode: OpenMode, nat: Native, o: Opened): 
       } catch (e) {
         // No hole punching here (or unaligned on a device): zeros keep the contract.
         if (!unsupportedErr(e) && errCode(e) !== 'EINVAL') throw hostError(e, path, 'discard');
-        await writeZeros(offset, Math.min(length, Math.max(0, knownSize - offset)));
+        await writeZerosTo(storage, offset, Math.min(length, Math.max(0, knownSize - offset)));
       }
     };
     storage.zeroRange = async (offset, length) => {
@@ -567,7 +560,7 @@ function makeFileStorage(path: string, mode: OpenMode, nat: Native, o: Opened): 
         grew(offset + length);
       } catch (e) {
         if (!unsupportedErr(e) && errCode(e) !== 'EINVAL') throw hostError(e, path, 'zero range');
-        await writeZeros(offset, length);
+        await writeZerosTo(storage, offset, length);
       }
     };
     storage.allocate = async (offset, length) => {

@@ -25,7 +25,7 @@ import { constants } from 'node:fs';
 import { basename, dirname } from 'node:path';
 import { PlatterError } from '../core/errors.js';
 import { Mutex } from '../core/mutex.js';
-import type { Host, OpenMode, Storage, StorageExtent } from '../core/storage.js';
+import { type Host, type OpenMode, type Storage, type StorageExtent, writeZerosTo } from '../core/storage.js';
 import { hostError } from './errors.js';
 import { openFile } from './file.js';
 import { fsReaddir, fsRemove } from './fs-calls.js';
@@ -64,8 +64,6 @@ export interface SplitOptions {
   /** Release resources beyond the segments (called once by close). */
   onClose?: () => Promise<void>;
 }
-
-const ZERO_CHUNK = 1 << 20;
 
 /** One Storage over `segments` (see the header). Takes ownership: close() closes them. */
 export async function splitStorage(
@@ -136,13 +134,6 @@ export async function splitStorage(
     });
   }
 
-  async function writeZeros(offset: number, length: number): Promise<void> {
-    const zeros = new Uint8Array(Math.min(length, ZERO_CHUNK));
-    for (let done = 0; done < length; done += zeros.length) {
-      await storage.write(zeros.subarray(0, Math.min(zeros.length, length - done)), offset + done);
-    }
-  }
-
   /** Runs a per-segment capability, or writes zeros where a segment lacks it. */
   async function perSegment(
     offset: number,
@@ -156,7 +147,7 @@ export async function splitStorage(
     await forPieces(offset, length, async (i, segOff, from, to) => {
       const f = pick(segs[i]);
       if (f) await f.call(segs[i], segOff, to - from);
-      else if (zerosIfMissing) await writeZeros(offset + from, to - from);
+      else if (zerosIfMissing) await writeZerosTo(storage, offset + from, to - from);
       if (i === segs.length - 1) sizes[i] = Math.max(sizes[i], segOff + (to - from));
     });
   }

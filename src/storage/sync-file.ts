@@ -170,14 +170,14 @@ export function syncFileIo(source: string, dest: string, o: FileIoOptions): Sync
   const writeback = new BackgroundSync(datasync, o.writebackBytes ?? WRITEBACK_BYTES);
 
   let sectorBuf: Uint8Array | undefined;
-  const nativeSectors = native.readSectors;
+  const sectors = native.readSectors;
   const readSectors = (
-    sectors: NonNullable<typeof nativeSectors>,
     from: number,
     to: number,
     sectorSize: number,
     opts: SectorRunOptions,
   ): SectorRun | undefined => {
+    if (!sectors) return undefined;
     // O_DIRECT reads whole units of the source's own sector size.
     if (direct && sectorSize % a !== 0) return undefined;
     writeback.throwFailure();
@@ -209,9 +209,7 @@ export function syncFileIo(source: string, dest: string, o: FileIoOptions): Sync
   let closed = false;
   return {
     read: direct ? directRead : bufferedRead,
-    readSectors: nativeSectors
-      ? (from, to, sectorSize, opts) => readSectors(nativeSectors, from, to, sectorSize, opts)
-      : undefined,
+    readSectors: sectors ? readSectors : undefined,
     write(buf, offset) {
       // A failed background sync is thrown by the next write (or flush).
       writeback.throwFailure();

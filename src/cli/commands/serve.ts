@@ -22,7 +22,7 @@ import type { Command } from 'commander';
 import { stack } from '../../core/chain.js';
 import { type Disk, type DiskImpl, toDisk } from '../../core/disk.js';
 import { invalid, PlatterError } from '../../core/errors.js';
-import type { Storage } from '../../core/storage.js';
+import { type Storage, writeZerosTo } from '../../core/storage.js';
 import { cow } from '../../layers/cow.js';
 import { readonly } from '../../layers/readonly.js';
 import { DEFAULT_PORT } from '../../nbd/protocol.js';
@@ -57,12 +57,6 @@ function passThrough(
   size: number,
 ): DiskImpl {
   const writable = !storage.readOnly;
-  const writeZeros = async (offset: number, length: number): Promise<void> => {
-    const zeros = new Uint8Array(Math.min(length, 1 << 20));
-    for (let done = 0; done < length; done += zeros.length) {
-      await storage.write(zeros.subarray(0, Math.min(zeros.length, length - done)), offset + done);
-    }
-  };
   return {
     size,
     storages: [storage],
@@ -79,7 +73,7 @@ function passThrough(
               if (!(e instanceof PlatterError && e.code === 'EUNSUPPORTED')) throw e;
             }
           }
-          return writeZeros(offset, length);
+          return writeZerosTo(storage, offset, length);
         }
       : undefined,
     discard: writable && storage.discard ? (offset, length) => storage.discard!(offset, length) : undefined,

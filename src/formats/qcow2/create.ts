@@ -13,6 +13,7 @@
  * further metadata comes from the ordinary allocator.
  */
 import { invalid, PlatterError, unsupported } from '../../core/errors.js';
+import { writeZerosTo } from '../../core/storage.js';
 import type { CreateContext } from '../driver.js';
 import {
   COMPAT_LAZY_REFCOUNTS,
@@ -191,9 +192,7 @@ async function preallocate(img: Qcow2Image, mode: Preallocation): Promise<void> 
     }
     const end = data + n * cs;
     if (mode === 'full') {
-      const zeros = new Uint8Array(Math.min(n * cs, 4 << 20));
-      for (let p = data; p < end; p += zeros.length)
-        await s.write(zeros.subarray(0, Math.min(zeros.length, end - p)), p);
+      await writeZerosTo(s, data, end - data, 4 << 20);
     } else if (mode === 'falloc' && s.allocate) {
       await s.allocate(data, n * cs);
     } else if (mode === 'falloc') {

@@ -16,21 +16,13 @@
  */
 import type { DiskImpl, Extent } from '../../core/disk.js';
 import { PlatterError } from '../../core/errors.js';
-import type { Storage } from '../../core/storage.js';
+import { type Storage, writeZerosTo } from '../../core/storage.js';
 import type { CreateContext, FormatDriver, OpenContext, OpenedImage } from '../driver.js';
 
-const ZERO_CHUNK = 1 << 20;
 const PREALLOCATION = ['off', 'falloc', 'full'] as const;
 
 /** A Storage that can zero a range in place (storage/file.ts, storage/split.ts). */
 type ZeroRangeStorage = Storage & { zeroRange?: (offset: number, length: number) => Promise<void> };
-
-async function writeZeros(storage: Storage, offset: number, length: number): Promise<void> {
-  const zeros = new Uint8Array(Math.min(length, ZERO_CHUNK));
-  for (let done = 0; done < length; done += zeros.length) {
-    await storage.write(zeros.subarray(0, Math.min(zeros.length, length - done)), offset + done);
-  }
-}
 
 function probe(): Promise<number> {
   return Promise.resolve(1);
@@ -51,7 +43,7 @@ async function open(storage: ZeroRangeStorage, ctx: OpenContext): Promise<Opened
       ? async (offset, length, { mayUnmap }) => {
           if (mayUnmap && storage.discard) return storage.discard(offset, length);
           if (storage.zeroRange) return storage.zeroRange(offset, length);
-          return writeZeros(storage, offset, length);
+          return writeZerosTo(storage, offset, length);
         }
       : undefined,
     discard: writable && storage.discard ? (offset, length) => storage.discard!(offset, length) : undefined,
@@ -111,10 +103,10 @@ async function create(ctx: CreateContext): Promise<void> {
     case 'falloc':
       // Reserve the space; without fallocate the bytes are written instead.
       if (storage.allocate) await storage.allocate(0, ctx.size);
-      else await writeZeros(storage, 0, ctx.size);
+      else await writeZerosTo(storage, 0, ctx.size);
       break;
     case 'full':
-      await writeZeros(storage, 0, ctx.size);
+      await writeZerosTo(storage, 0, ctx.size);
       break;
   }
 }

@@ -35,7 +35,7 @@ import type {
 import { assert, corrupt, invalid, PlatterError } from '../../core/errors.js';
 import { hostRuns } from '../../core/host-holes.js';
 import { Mutex } from '../../core/mutex.js';
-import { type Storage, writeSpansTo } from '../../core/storage.js';
+import { eachZeroPiece, type Storage, writeSpansTo } from '../../core/storage.js';
 import {
   chsSectors,
   DISK_DIFFERENCING,
@@ -418,18 +418,13 @@ export class DynamicVhd implements DiskImpl {
 
   writeZeroes? = async (offset: number, length: number): Promise<void> => {
     // Type 3: sectors not present already read as zeros (nothing below); type 4 must store zeros.
-    const zeros = new Uint8Array(Math.min(length, 1 << 20));
-    for (let pos = offset; pos < offset + length; ) {
-      const n = Math.min(zeros.length, offset + length - pos);
-      if (this.footer.diskType === DISK_DYNAMIC) {
-        for (const e of await this.extents(pos, n)) {
-          if (e.status === 'data') await this.write!(zeros.subarray(0, e.length), e.offset);
-        }
-      } else {
-        await this.write!(zeros.subarray(0, n), pos);
+    await eachZeroPiece(length, async (zeros, rel) => {
+      const pos = offset + rel;
+      if (this.footer.diskType !== DISK_DYNAMIC) return this.write!(zeros, pos);
+      for (const e of await this.extents(pos, zeros.length)) {
+        if (e.status === 'data') await this.write!(zeros.subarray(0, e.length), e.offset);
       }
-      pos += n;
-    }
+    });
   };
 
   async flush(): Promise<void> {

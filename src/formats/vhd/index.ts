@@ -21,7 +21,7 @@
 import { alignUp, parseSize, viewOf } from '../../core/bytes.js';
 import { corrupt, invalid, PlatterError, unsupported } from '../../core/errors.js';
 import { newUuid } from '../../core/random.js';
-import type { Host, Storage } from '../../core/storage.js';
+import { type Host, type Storage, writeZerosTo } from '../../core/storage.js';
 import type { CreateContext, FormatDriver, OpenContext, OpenedImage } from '../driver.js';
 import { checkNewSize, DynamicVhd, type ParentLink, UNUSED } from './dynamic.js';
 import { FixedVhd } from './fixed.js';
@@ -352,11 +352,7 @@ async function create(ctx: CreateContext): Promise<void> {
     const footer = serializeFooter(newFooter(size, DISK_FIXED, NO_OFFSET, uuid));
     await ctx.storage.truncate(size + FOOTER_SIZE);
     if (prealloc === 'falloc' && ctx.storage.allocate) await ctx.storage.allocate(0, size);
-    else if (thick) {
-      const zeros = new Uint8Array(Math.min(size, 1 << 20));
-      for (let p = 0; p < size; p += zeros.length)
-        await ctx.storage.write(zeros.subarray(0, Math.min(zeros.length, size - p)), p);
-    }
+    else if (thick) await writeZerosTo(ctx.storage, 0, size);
     await ctx.storage.write(footer, size);
     return;
   }

@@ -16,7 +16,7 @@
 import { posix } from 'node:path';
 import { parseSize } from '../../core/bytes.js';
 import { invalid, PlatterError, unsupported } from '../../core/errors.js';
-import type { Storage } from '../../core/storage.js';
+import { writeZerosTo } from '../../core/storage.js';
 import type { CreateContext } from '../driver.js';
 import {
   Bat,
@@ -87,13 +87,6 @@ export function parentLocator(dataWriteGuid: string, relative: string, absolute:
       ['absolute_win32_path', absolute],
     ]),
   };
-}
-
-async function writeZeros(s: Storage, offset: number, length: number): Promise<void> {
-  const zeros = new Uint8Array(Math.min(length, 4 * MiB));
-  for (let p = 0; p < length; p += zeros.length) {
-    await s.write(zeros.subarray(0, Math.min(zeros.length, length - p)), offset + p);
-  }
 }
 
 export async function createVhdx(ctx: CreateContext): Promise<void> {
@@ -191,7 +184,7 @@ export async function createVhdx(ctx: CreateContext): Promise<void> {
       : dataStart;
 
   const s = ctx.storage;
-  if (dense) await writeZeros(s, 0, end);
+  if (dense) await writeZerosTo(s, 0, end, 4 * MiB);
   else await s.truncate(end);
   await s.write(serializeFileIdentifier('platter'), 0);
   const fileWrite = newGuid();

@@ -28,7 +28,7 @@ import type {
 import { assert, corrupt, invalid, PlatterError, unsupported } from '../../core/errors.js';
 import { hostRuns, zeroHostData } from '../../core/host-holes.js';
 import { Mutex } from '../../core/mutex.js';
-import type { Storage } from '../../core/storage.js';
+import { eachZeroPiece, type Storage, writeZerosTo } from '../../core/storage.js';
 import type { OpenContext } from '../driver.js';
 import {
   Bat,
@@ -510,8 +510,7 @@ export class VhdxImage {
     const off = this.fileEnd;
     this.fileEnd = off + length;
     if (zeroFill) {
-      const zeros = new Uint8Array(Math.min(length, 4 * MiB));
-      for (let p = 0; p < length; p += zeros.length) await this.storage.write(zeros, off + p);
+      await writeZerosTo(this.storage, off, length, 4 * MiB);
     } else {
       await this.storage.truncate(this.fileEnd);
     }
@@ -609,11 +608,7 @@ export class VhdxImage {
         // Holes of the host file in a present block (left unwritten since the block was placed) read zeros already.
         if (s === FULLY_PRESENT && this.logOps.length === 0)
           await zeroHostData(this.storage, this.bat.offset(i) + within, n, zeroAt);
-        else {
-          const zeros = new Uint8Array(Math.min(n, 4 * MiB));
-          for (let p = 0; p < n; p += zeros.length)
-            await zeroAt(zeros.subarray(0, Math.min(zeros.length, n - p)), p);
-        }
+        else await eachZeroPiece(n, zeroAt, 4 * MiB);
       }
       // Otherwise (no parent, block not allocated): it already reads as zeros.
     }

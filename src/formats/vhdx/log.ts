@@ -21,7 +21,7 @@
 
 import { viewOf } from '../../core/bytes.js';
 import { corrupt, unsupported } from '../../core/errors.js';
-import type { Storage } from '../../core/storage.js';
+import { type Storage, writeZerosTo } from '../../core/storage.js';
 import { crcWithHole } from './crc32c.js';
 import { type Guid, guidEqual, isZeroGuid } from './guid.js';
 import { type Header, MiB } from './layout.js';
@@ -207,10 +207,7 @@ export async function applyLog(storage: Storage, log: ActiveLog): Promise<void> 
     const size = await storage.size();
     const end = op.offset + (op.zeroLength ?? 0);
     const inside = Math.min(end, size);
-    const zeros = new Uint8Array(Math.min(MiB, Math.max(0, inside - op.offset)));
-    for (let p = op.offset; p < inside; p += zeros.length) {
-      await storage.write(zeros.subarray(0, Math.min(zeros.length, inside - p)), p);
-    }
+    await writeZerosTo(storage, op.offset, Math.max(0, inside - op.offset));
     if (end > size) await storage.truncate(end);
   }
   if ((await storage.size()) < log.lastFileOffset) await storage.truncate(log.lastFileOffset);

@@ -13,7 +13,7 @@
  */
 import { alignUp, parseSize } from '../../core/bytes.js';
 import { invalid } from '../../core/errors.js';
-import type { Storage } from '../../core/storage.js';
+import { type Storage, writeZerosTo } from '../../core/storage.js';
 import type { CreateContext } from '../driver.js';
 import { Descriptor, type ExtentLine, NO_PARENT, parseCid } from './descriptor.js';
 import {
@@ -220,13 +220,7 @@ export async function createFlatFile(
 ): Promise<void> {
   await st.truncate(bytes);
   if (prealloc === 'falloc' && st.allocate) await st.allocate(0, bytes);
-  if (prealloc === 'full') await writeZeros(st, 0, bytes);
-}
-
-async function writeZeros(st: Storage, from: number, bytes: number): Promise<void> {
-  const zeros = new Uint8Array(Math.min(bytes, 4 << 20));
-  for (let d = 0; d < bytes; d += zeros.length)
-    await st.write(zeros.subarray(0, Math.min(zeros.length, bytes - d)), from + d);
+  if (prealloc === 'full') await writeZerosTo(st, 0, bytes, 4 << 20);
 }
 
 /** A sparse extent as qemu-img lays it out: header, descriptor space, RGD + GTs, GD + GTs, grains. */
@@ -262,7 +256,7 @@ export async function createSparseFile(
   const dataBytes = grains * h.grainSectors * SECTOR;
   await st.truncate(h.overHeadSectors * SECTOR + dataBytes);
   if (o.preallocation === 'falloc' && st.allocate) await st.allocate(h.overHeadSectors * SECTOR, dataBytes);
-  if (o.preallocation === 'full') await writeZeros(st, h.overHeadSectors * SECTOR, dataBytes);
+  if (o.preallocation === 'full') await writeZerosTo(st, h.overHeadSectors * SECTOR, dataBytes, 4 << 20);
 }
 
 /** An empty streamOptimized file: header (GD_AT_END), descriptor, empty GD, footer, end-of-stream marker. */

@@ -4,7 +4,7 @@
  */
 import type { Extent } from '../../core/disk.js';
 import { PlatterError } from '../../core/errors.js';
-import type { Storage } from '../../core/storage.js';
+import { type Storage, writeZerosTo } from '../../core/storage.js';
 import type { VmdkExtent } from './table.js';
 
 export class FlatExtent implements VmdkExtent {
@@ -25,10 +25,7 @@ export class FlatExtent implements VmdkExtent {
       this.write = (buf, offset) => storage.write(buf, start + offset);
       this.writeZeroes = async (offset, length, mayUnmap) => {
         if (mayUnmap && storage.discard) return storage.discard(start + offset, length);
-        const zeros = new Uint8Array(Math.min(length, 1 << 20));
-        for (let d = 0; d < length; d += zeros.length) {
-          await storage.write(zeros.subarray(0, Math.min(zeros.length, length - d)), start + offset + d);
-        }
+        await writeZerosTo(storage, start + offset, length);
       };
     }
   }

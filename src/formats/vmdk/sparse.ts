@@ -22,7 +22,7 @@ import { alignUp, isAllZero, viewOf } from '../../core/bytes.js';
 import type { Extent } from '../../core/disk.js';
 import { corrupt, PlatterError, unsupported } from '../../core/errors.js';
 import { Mutex } from '../../core/mutex.js';
-import type { Storage } from '../../core/storage.js';
+import { eachZeroPiece, type Storage } from '../../core/storage.js';
 import { deflate, inflate } from '../../core/zlib.js';
 import {
   COMPRESS_DEFLATE,
@@ -608,12 +608,11 @@ export class SparseExtent implements VmdkExtent {
   }
 
   private async zeroRange(offset: number, length: number): Promise<void> {
-    const zeros = new Uint8Array(Math.min(length, 1 << 20));
-    for (let d = 0; d < length; d += zeros.length) {
-      const n = Math.min(zeros.length, length - d);
-      if (this.compressed) await this.writeStream(zeros.subarray(0, n), offset + d);
-      else await this.lock.run(() => this.writeLocked(zeros.subarray(0, n), offset + d, this.zeroGrain));
-    }
+    await eachZeroPiece(length, (zeros, d) =>
+      this.compressed
+        ? this.writeStream(zeros, offset + d)
+        : this.lock.run(() => this.writeLocked(zeros, offset + d, this.zeroGrain)),
+    );
   }
 
   // ---- append writes (streamOptimized) ----

@@ -5,7 +5,7 @@
  */
 import { type Extent, pushExtent } from '../../core/disk.js';
 import { PlatterError } from '../../core/errors.js';
-import type { Storage } from '../../core/storage.js';
+import { eachZeroPiece, type Storage } from '../../core/storage.js';
 
 /** What every kind of extent (sparse, flat, zero) gives the table. */
 export interface VmdkExtent {
@@ -87,11 +87,9 @@ export class ExtentTable {
   writeZeroes(offset: number, length: number, mayUnmap: boolean): Promise<void> {
     return this.each(offset, length, async (p, rel, n) => {
       if (p.extent.writeZeroes) return p.extent.writeZeroes(rel, n, mayUnmap);
-      if (!p.extent.write) throw new PlatterError('EREADONLY', `${p.name}: this extent cannot be written`);
-      const zeros = new Uint8Array(Math.min(n, 1 << 20));
-      for (let d = 0; d < n; d += zeros.length) {
-        await p.extent.write(zeros.subarray(0, Math.min(zeros.length, n - d)), rel + d);
-      }
+      const extent = p.extent;
+      if (!extent.write) throw new PlatterError('EREADONLY', `${p.name}: this extent cannot be written`);
+      await eachZeroPiece(n, (zeros, d) => extent.write!(zeros, rel + d));
     });
   }
 
