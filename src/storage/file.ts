@@ -98,6 +98,13 @@ const READER = { perm: [PERM_READ], unshared: [PERM_WRITE, PERM_RESIZE] };
 
 /** Largest single pread/pwrite (Linux caps one call at 2 GiB - 4 KiB anyway). */
 const MAX_IO = 1 << 30;
+/**
+ * Writes of at least this many bytes go through the addon's writeSpans, which
+ * reserves a regular file's blocks before it writes them (native/copy.c's
+ * RESERVE_MIN): ext4 then maps them instead of reserving a delayed allocation
+ * per 4 KiB block under the inode's lock.
+ */
+const RESERVED_WRITE = 256 * 1024;
 /** Bounce buffer for O_DIRECT reads. */
 const DIRECT_CHUNK = 1 << 20;
 const DIRECT_ALIGN = 4096;
@@ -378,6 +385,13 @@ function makeFileStorage(path: string, mode: OpenMode, nat: Native, o: Opened): 
       checkWritable();
       if (buf.length === 0) return;
       checkDeviceEnd(offset, buf.length);
+      if (nat.available && !isBlockDevice && buf.length >= RESERVED_WRITE) {
+        await nat
+          .writeSpans(fd, buf, new Float64Array([0, offset, buf.length]))
+          .catch((e) => Promise.reject(copyError(e, path, path)));
+        grew(offset + buf.length);
+        return;
+      }
       let done = 0;
       while (done < buf.length) {
         const part = buf.subarray(done, done + Math.min(buf.length - done, MAX_IO));

@@ -4,7 +4,7 @@
  */
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { readFileSync, writeFileSync } from 'node:fs';
+import { readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import fc from 'fast-check';
@@ -70,6 +70,28 @@ describe('file storage copierFrom (native copySpans)', () => {
       [4 * MiB, 5 * MiB],
       [5 * MiB + 64 * KiB, 7 * MiB - 4 * KiB],
     ]);
+    await src.close();
+    await dst.close();
+  });
+
+  it('reserves blocks for the data it writes only: none for zero runs, none past the end', async (t) => {
+    if (!needNative(t)) return;
+    // Pieces of 1 MiB: data [0, 1.5 MiB), zeros [1.5, 3) MiB, data [3, 4) MiB. The second piece
+    // is half data: its 512 KiB write is reserved (>= 256 KiB), its zero half is not.
+    const bytes = new Uint8Array(randomBytes(4 * MiB));
+    bytes.fill(0, 1.5 * MiB, 3 * MiB);
+    const { src, dst, dstPath } = await pair(bytes, 0);
+    const r = await dst.copierFrom!(src)!([{ from: 0, to: 0, length: 4 * MiB }], 4096);
+    assert.equal(r.written, 2.5 * MiB);
+    // Allocated: the data, plus at most the file system's own blocks (an extent tree's index block).
+    const allocated = (): number => statSync(dstPath).blocks * 512;
+    assert.equal(statSync(dstPath).size, 4 * MiB);
+    assert.ok(allocated() >= 2.5 * MiB && allocated() < 2.5 * MiB + 64 * KiB, `allocated ${allocated()}`);
+    // A write through the store (writeSpans) into the middle and at the end keeps the size the writes make.
+    await dst.write(new Uint8Array(randomBytes(MiB)), 1.75 * MiB);
+    await dst.write(new Uint8Array(randomBytes(MiB)), 4 * MiB);
+    assert.equal(statSync(dstPath).size, 5 * MiB);
+    assert.ok(allocated() >= 4.5 * MiB && allocated() < 4.5 * MiB + 64 * KiB, `allocated ${allocated()}`);
     await src.close();
     await dst.close();
   });
