@@ -36,8 +36,6 @@
  * Resolves the bytes written.
  */
 #include <errno.h>
-#include <fcntl.h>
-#include <linux/falloc.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -55,16 +53,6 @@
 #define CHUNK (1 << 20)
 #define SCAN_PIECE (512 << 10)
 #define ALIGN 4096
-/*
- * Writes of at least this many bytes into a regular file have their blocks
- * reserved first (fallocate, KEEP_SIZE: the size still changes only by the
- * write). On ext4 the write then finds the blocks mapped instead of reserving
- * a delayed allocation for each 4 KiB block under the inode's lock, which
- * writers of one file take in turn: 512 1 MiB writes into a new file took 75
- * instead of 99 ms (a C loop, two threads, medians of 15), and 245 instead of
- * 263 ms with the fsync. Per 64 KiB write the extra call cost more than it saved.
- */
-#define RESERVE_MIN (256 << 10)
 
 enum job_kind { COPY_SPANS, READ_SPANS, WRITE_SPANS };
 
@@ -81,7 +69,7 @@ typedef struct {
   uint32_t zero_block;
   int64_t written, skipped;
   int64_t consumed; /* readSpans: span bytes scanned, in order */
-  int reserve; /* dst is a regular file that takes fallocate: reserve blocks before large writes */
+  int reserve; /* dst is a regular file that takes fallocate (reserve_blocks) */
   int err; /* errno, or -1 for end of file */
   int failed_dst;
   int64_t failed_at;
@@ -107,8 +95,7 @@ static int read_full(copy_job *j, unsigned char *buf, size_t n, int64_t at) {
 
 static int write_full(copy_job *j, const unsigned char *buf, size_t n, int64_t at) {
   size_t done;
-  /* Only a speed-up: where fallocate fails (a file system without it, no space), the write says what it can do. */
-  if (j->reserve && n >= RESERVE_MIN && fallocate(j->dst, FALLOC_FL_KEEP_SIZE, at, (off_t)n) != 0) j->reserve = 0;
+  if (j->reserve && !reserve_blocks(j->dst, at, n)) j->reserve = 0;
   int err = pwrite_all(j->dst, buf, n, at, &done);
   if (err) {
     j->err = err;

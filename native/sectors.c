@@ -29,6 +29,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "platter.h"
@@ -84,11 +85,14 @@ napi_value read_sectors(napi_env env, napi_callback_info info) {
   double *bad = NULL;
   int read_errno = 0, write_errno = 0;
   int64_t pos = forward ? from : to;
+  struct stat st;
+  int reserve = fstat(dst, &st) == 0 && S_ISREG(st.st_mode); /* a regular file: reserve_blocks */
   /* Writes the batch; on failure its sectors count as not read (pos back to where they begin). */
 #define FLUSH()                                                                                  \
   do {                                                                                           \
     if (pend_len > 0) {                                                                          \
-      write_errno = pwrite_all(dst, wbuf + pend_off, pend_len, pend_at + delta, NULL);                  \
+      if (reserve && !reserve_blocks(dst, pend_at + delta, pend_len)) reserve = 0;               \
+      write_errno = pwrite_all(dst, wbuf + pend_off, pend_len, pend_at + delta, NULL);           \
       if (write_errno) pos = forward ? pend_at : pend_at + (int64_t)pend_len;                    \
       pend_len = 0;                                                                              \
     }                                                                                            \
