@@ -7,6 +7,7 @@ import {
   mkdtempSync,
   openSync,
   readdirSync,
+  readFileSync,
   rmSync,
   statSync,
   truncateSync,
@@ -80,6 +81,8 @@ const lazyModules = {
       const getters = names.map(
         (n) => `${JSON.stringify(n)}: { enumerable: true, get: () => load()[${JSON.stringify(n)}] }`,
       );
+      // `default` is the stand-in itself (what esbuild's __toESM would make of it in node mode).
+      getters.push('default: { get: () => module.exports }');
       return {
         contents: `let m; const load = () => (m ??= require(${id}));\nObject.defineProperties(module.exports, {${getters.join(',\n')}});\n`,
         loader: 'js',
@@ -87,6 +90,21 @@ const lazyModules = {
     });
   },
 };
+/**
+ * esbuild wraps every import of a CommonJS module in __toESM, which copies each
+ * export into a new object, once per importing module, at start-up: node:crypto
+ * alone has some 80 exports and five importers. A stand-in needs no copy: it has
+ * its own `default`, and the bundle reads imports as properties at use. (The
+ * source map's columns after a removed wrapper on its line are off by its length.)
+ */
+function unwrapStandIns(file) {
+  // esbuild names a module's wrapper after the last segment of its path.
+  const names = LAZY.map((m) => `require_${m.split('/').pop().replace(/[^A-Za-z0-9]/g, '_')}`);
+  const wrapped = new RegExp(`__toESM\\((${names.join('|')})\\(\\)(?:,\\s*1)?\\)`, 'g');
+  const text = readFileSync(file, 'utf8');
+  writeFileSync(file, text.replace(wrapped, '$1()'));
+}
+
 // V8 checks a code cache against the source's length only: never keep an old one.
 rmSync(`${bundle}.cache`, { force: true });
 await build({
@@ -108,6 +126,7 @@ await build({
   sourcemap: 'linked',
   logLevel: 'warning',
 });
+unwrapStandIns(bundle);
 
 // V8's code cache for the bundle (bin/platter loads it; see there): made by a run
 // of `platter --version` that then converts a small raw file (holes, data and

@@ -43,7 +43,7 @@
  * process see each other like two processes do; closing the descriptor drops
  * them.
  */
-import * as fs from 'node:fs';
+import { constants, readSync } from 'node:fs';
 import { PlatterError } from '../core/errors.js';
 import { InFlight } from '../core/in-flight.js';
 import {
@@ -176,7 +176,7 @@ export async function openFile(
   opts: OpenFileOptions = {},
 ): Promise<FileStorage> {
   const nat = opts.native ?? defaultNative;
-  const { O_RDWR, O_RDONLY } = fs.constants;
+  const { O_RDWR, O_RDONLY } = constants;
   let fd: number;
   try {
     fd = await fsOpen(path, opts.flags ?? (mode.write ? O_RDWR : O_RDONLY));
@@ -203,7 +203,7 @@ export async function openFile(
     }
     if (mode.direct && nat.available && nat.alignedMemory) {
       try {
-        directFd = await fsOpen(path, O_RDONLY | fs.constants.O_DIRECT);
+        directFd = await fsOpen(path, O_RDONLY | constants.O_DIRECT);
       } catch (e) {
         if (errCode(e) !== 'EINVAL') throw e; // EINVAL: this file system has no O_DIRECT
       }
@@ -446,7 +446,7 @@ function makeFileStorage(path: string, mode: OpenMode, nat: Native, o: Opened): 
       for (let done = 0; done < buf.length; ) {
         let n: number;
         try {
-          n = fs.readSync(fd, buf, done, Math.min(buf.length - done, MAX_IO), offset + done);
+          n = readSync(fd, buf, done, Math.min(buf.length - done, MAX_IO), offset + done);
         } catch (e) {
           throw hostError(e, path, `read at offset ${offset + done}`);
         }

@@ -3,7 +3,24 @@
  * the readline and stream modules it loads) costs 1-2 ms of a command's
  * start, and a short convert is mostly start-up.
  */
-import * as fs from 'node:fs';
+import {
+  close,
+  closeSync,
+  fdatasync,
+  fstat,
+  ftruncate,
+  lstat,
+  open,
+  openSync,
+  read,
+  readdir,
+  readSync,
+  rename,
+  type Stats,
+  stat,
+  unlink,
+  write,
+} from 'node:fs';
 
 /** Resolves the callback's one result (or nothing), rejects its error. */
 function call<T>(start: (done: (err: NodeJS.ErrnoException | null, value?: T) => void) => void): Promise<T> {
@@ -11,29 +28,28 @@ function call<T>(start: (done: (err: NodeJS.ErrnoException | null, value?: T) =>
 }
 
 export function pread(fd: number, buf: Uint8Array, position: number): Promise<number> {
-  return call((done) => fs.read(fd, buf, 0, buf.length, position, done));
+  return call((done) => read(fd, buf, 0, buf.length, position, done));
 }
 
 export function pwrite(fd: number, buf: Uint8Array, position: number): Promise<number> {
-  return call((done) => fs.write(fd, buf, 0, buf.length, position, done));
+  return call((done) => write(fd, buf, 0, buf.length, position, done));
 }
 
 export const fsOpen = (path: string, flags: number): Promise<number> =>
-  call((done) => fs.open(path, flags, 0o644, done));
-export const fsClose = (fd: number): Promise<void> => call((done) => fs.close(fd, done));
-export const fsFstat = (fd: number): Promise<fs.Stats> => call((done) => fs.fstat(fd, done));
+  call((done) => open(path, flags, 0o644, done));
+export const fsClose = (fd: number): Promise<void> => call((done) => close(fd, done));
+export const fsFstat = (fd: number): Promise<Stats> => call((done) => fstat(fd, done));
 export const fsFtruncate = (fd: number, size: number): Promise<void> =>
-  call((done) => fs.ftruncate(fd, size, done));
-export const fsFdatasync = (fd: number): Promise<void> => call((done) => fs.fdatasync(fd, done));
-export const fsStat = (path: string): Promise<fs.Stats> => call((done) => fs.stat(path, done));
-export const fsLstat = (path: string): Promise<fs.Stats> => call((done) => fs.lstat(path, done));
-export const fsRename = (from: string, to: string): Promise<void> =>
-  call((done) => fs.rename(from, to, done));
-export const fsReaddir = (dir: string): Promise<string[]> => call((done) => fs.readdir(dir, done));
+  call((done) => ftruncate(fd, size, done));
+export const fsFdatasync = (fd: number): Promise<void> => call((done) => fdatasync(fd, done));
+export const fsStat = (path: string): Promise<Stats> => call((done) => stat(path, done));
+export const fsLstat = (path: string): Promise<Stats> => call((done) => lstat(path, done));
+export const fsRename = (from: string, to: string): Promise<void> => call((done) => rename(from, to, done));
+export const fsReaddir = (dir: string): Promise<string[]> => call((done) => readdir(dir, done));
 
 /** Removes a file; one that is not there is no error (rm -f). */
 export const fsRemove = (path: string): Promise<void> =>
-  call<void>((done) => fs.unlink(path, done)).catch((e: NodeJS.ErrnoException) =>
+  call<void>((done) => unlink(path, done)).catch((e: NodeJS.ErrnoException) =>
     e.code === 'ENOENT' ? undefined : Promise.reject(e),
   );
 
@@ -43,15 +59,15 @@ export const fsRemove = (path: string): Promise<void> =>
  */
 export function readUrandom(buf: Uint8Array): void {
   try {
-    const fd = fs.openSync('/dev/urandom', 'r');
+    const fd = openSync('/dev/urandom', 'r');
     try {
       for (let done = 0; done < buf.length; ) {
-        const got = fs.readSync(fd, buf, done, buf.length - done, null);
+        const got = readSync(fd, buf, done, buf.length - done, null);
         if (got <= 0) throw new Error('short read');
         done += got;
       }
     } finally {
-      fs.closeSync(fd);
+      closeSync(fd);
     }
   } catch {
     globalThis.crypto.getRandomValues(buf);

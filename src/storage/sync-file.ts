@@ -1,7 +1,7 @@
 /**
  * Synchronous I/O on a source file or device and a destination file, opened a
  * second time beside their Storages (which keep the locks and serve everything
- * else): read and written with fs.readSync/fs.writeSync, one system call each,
+ * else): read and written with readSync/writeSync, one system call each,
  * instead of one thread-pool hand-off per read and write. `platter rescue`
  * uses it (see ops/rescue/engine.ts, RescueSyncIo) to read like GNU ddrescue.
  *
@@ -11,7 +11,7 @@
  * does). Errors are the same PlatterErrors as the Storages'. The destination
  * is synced in the background as writes accumulate (BackgroundSync).
  */
-import * as fs from 'node:fs';
+import { closeSync, constants, fdatasync as fsFdatasync, fstatSync, openSync, readSync, writeSync } from 'node:fs';
 import { getSystemErrorName } from 'node:util';
 import { BackgroundSync } from '../core/background-sync.js';
 import { PlatterError } from '../core/errors.js';
@@ -51,8 +51,8 @@ export interface FileIoOptions {
   isBlockDevice: boolean;
   /** Bytes written after which a background fdatasync starts (default WRITEBACK_BYTES). */
   writebackBytes?: number;
-  /** fs.fdatasync (tests pass a failing or counting one). */
-  fdatasync?: typeof fs.fdatasync;
+  /** fdatasync (tests pass a failing or counting one). */
+  fdatasync?: typeof fsFdatasync;
 }
 
 /**
@@ -63,18 +63,18 @@ export interface FileIoOptions {
 const WRITEBACK_BYTES = 32 << 20;
 
 export function syncFileIo(source: string, dest: string, o: FileIoOptions): SyncFileIo {
-  const direct = o.direct && fs.constants.O_DIRECT !== undefined;
+  const direct = o.direct && constants.O_DIRECT !== undefined;
   let srcFd: number;
   let dstFd: number;
   try {
-    srcFd = fs.openSync(source, fs.constants.O_RDONLY | (direct ? fs.constants.O_DIRECT : 0));
+    srcFd = openSync(source, constants.O_RDONLY | (direct ? constants.O_DIRECT : 0));
   } catch (e) {
     throw hostError(e, source);
   }
   try {
-    dstFd = fs.openSync(dest, fs.constants.O_WRONLY);
+    dstFd = openSync(dest, constants.O_WRONLY);
   } catch (e) {
-    fs.closeSync(srcFd);
+    closeSync(srcFd);
     throw hostError(e, dest);
   }
   const a = Math.max(o.sectorSize, 512);
@@ -116,7 +116,7 @@ export function syncFileIo(source: string, dest: string, o: FileIoOptions): Sync
     }
     return quietly(() => {
       try {
-        return fs.readSync(fd, b, 0, b.length, pos);
+        return readSync(fd, b, 0, b.length, pos);
       } catch (e) {
         throw readFailed(e, pos);
       }
@@ -155,14 +155,14 @@ export function syncFileIo(source: string, dest: string, o: FileIoOptions): Sync
 
   const fstatSize = (): number => {
     try {
-      return fs.fstatSync(srcFd).size;
+      return fstatSync(srcFd).size;
     } catch (e) {
       throw hostError(e, source, 'stat');
     }
   };
   let knownSize = o.isBlockDevice ? 0 : fstatSize();
 
-  const fdatasync = o.fdatasync ?? fs.fdatasync;
+  const fdatasync = o.fdatasync ?? fsFdatasync;
   const datasync = (): Promise<void> =>
     new Promise<void>((resolve, reject) =>
       fdatasync(dstFd, (e) => (e ? reject(hostError(e, dest, 'fsync')) : resolve())),
@@ -216,7 +216,7 @@ export function syncFileIo(source: string, dest: string, o: FileIoOptions): Sync
       let done = 0;
       while (done < buf.length) {
         try {
-          done += fs.writeSync(dstFd, buf, done, buf.length - done, offset + done);
+          done += writeSync(dstFd, buf, done, buf.length - done, offset + done);
         } catch (e) {
           throw hostError(e, dest, `write at offset ${offset + done}`);
         }
@@ -246,17 +246,17 @@ export function syncFileIo(source: string, dest: string, o: FileIoOptions): Sync
     close() {
       if (closed) return;
       closed = true;
-      fs.closeSync(srcFd);
+      closeSync(srcFd);
       // Never close under a sync in flight (the descriptor could be reused meanwhile).
       if (writeback.busy) {
         void writeback.idle().then(() => {
           try {
-            fs.closeSync(dstFd);
+            closeSync(dstFd);
           } catch {
             // nothing was pending on it: the sync has settled
           }
         });
-      } else fs.closeSync(dstFd);
+      } else closeSync(dstFd);
     },
   };
 }
