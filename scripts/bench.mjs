@@ -3,8 +3,8 @@
 // Runs platter and its peers side by side, in one run, on the same files, and
 // prints MiB/s, the ratio platter ÷ peer and the peak RSS of each (GNU time's
 // %M). Each measurement is the best of BENCH_REPS runs (default 3), the tools
-// of a case interleaved and each run after `sync`: the machine may be shared,
-// and the best run is the least disturbed one.
+// of a case interleaved (in reverse order every other round) and each run after
+// `sync`: the machine may be shared, and the best run is the least disturbed one.
 //
 // Files (made once in BENCH_DATA, default ./bench-data, and reused):
 //   random.raw  2 GiB of random bytes
@@ -22,7 +22,10 @@
 //     target:  { 'qemu-img': 1.0 },       // optional: minimum ratio per peer
 //     output:  true,                      // optional: {out} is a file; report its allocated size
 //     needs:   ['qemu-img'],              // optional: commands that must exist (else skipped)
+//     inputs:  ['/path/base.qcow2'],       // optional: files read that are not in argv
 //   }
+//
+// Before each run the files it reads are read once into the page cache (untimed).
 //
 // In argv, {in} is the input file, {in2} a copy of it (another file with the
 // same content, made once with cp --sparse=always), {out} a fresh output path
@@ -159,11 +162,15 @@ function measure(argv, vars, output) {
  * alike, with `sync` before each run so that no run pays for another's dirty
  * pages. Returns the best time and the highest RSS of each tool (or its error).
  */
-function bestOfInterleaved(tools, vars, output) {
+function bestOfInterleaved(tools, vars, output, warm) {
   const out = tools.map(() => undefined);
   for (let i = 0; i < reps; i++) {
-    tools.forEach((argv, t) => {
-      if (out[t] instanceof Error) return;
+    // Odd rounds run the tools in reverse order: none is always the first after a pause.
+    const order = tools.map((_, t) => (i % 2 === 0 ? t : tools.length - 1 - t));
+    for (const t of order) {
+      const argv = tools[t];
+      if (out[t] instanceof Error) continue;
+      warmUp(warm(argv));
       spawnSync('sync');
       let m;
       try {
@@ -177,9 +184,20 @@ function bestOfInterleaved(tools, vars, output) {
         !b || m.sec < b.sec
           ? { ...m, rss: Math.max(m.rss, b?.rss ?? 0) }
           : { ...b, rss: Math.max(b.rss, m.rss) };
-    });
+    }
   }
   return out;
+}
+
+/**
+ * Reads the inputs of a run into the page cache, untimed, so that every run
+ * finds them there: a machine may evict file pages that have been idle a while
+ * (the VM of BENCHMARKS.md pages out what was not touched for a minute), and the
+ * first run after a pause would pay the disk for everyone. cp reads only the
+ * data of a sparse file.
+ */
+function warmUp(paths) {
+  for (const p of paths) spawnSync('cp', ['--sparse=always', p, '/dev/null']);
 }
 
 /** Optional `extra({ data, filters })` exports of case files: custom measurements run after the table; each returns the number of targets it missed. */
@@ -240,10 +258,17 @@ for (const c of chosen) {
     out: () => join(data, `out-${process.pid}.tmp`),
     data: () => data,
   };
+  // The files a run reads: its arguments that are files in the data directory (not
+  // its output), and those a case names in `inputs` (a backing chain's lower layers).
+  const warm = (argv) =>
+    [...new Set([...subst(argv, vars), ...(c.inputs ?? [])])].filter(
+      (a) => a.startsWith(data) && a !== vars.out() && existsSync(a) && statSync(a).isFile(),
+    );
   const results = bestOfInterleaved(
     [[...platterBin, ...c.platter], ...c.peers.map((p) => p.argv)],
     vars,
     c.output,
+    warm,
   );
   const ours = results[0];
   if (ours instanceof Error) {

@@ -76,6 +76,7 @@ export const cases = [
     name: 'convert 3-deep qcow2 chain→raw',
     file: 'sparse',
     platter: ['convert', '-O', 'raw', chainTop, '{out}'],
+    inputs: [join(data, 'chain-base.qcow2'), join(data, 'chain-mid.qcow2')],
     peers: [{ name: 'qemu-img', argv: ['qemu-img', 'convert', '-O', 'raw', chainTop, '{out}'] }],
     target: { 'qemu-img': 0.8 },
     output: true,
