@@ -20,9 +20,9 @@ import { constants as osConstants, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Command } from 'commander';
 import { stack } from '../../core/chain.js';
-import { type Disk, type DiskImpl, toDisk } from '../../core/disk.js';
+import { type Disk, toDisk } from '../../core/disk.js';
 import { invalid, PlatterError } from '../../core/errors.js';
-import { type Storage, writeZerosTo } from '../../core/storage.js';
+import type { Storage } from '../../core/storage.js';
 import { cow } from '../../layers/cow.js';
 import { readonly } from '../../layers/readonly.js';
 import { DEFAULT_PORT } from '../../nbd/protocol.js';
@@ -51,63 +51,18 @@ interface ServeOpts {
   run?: string;
 }
 
-/** Physical mode: every request goes straight to the host store. */
-function passThrough(
-  storage: Storage & { zeroRange?(offset: number, length: number): Promise<void> },
-  size: number,
-): DiskImpl {
-  const writable = !storage.readOnly;
-  return {
-    size,
-    storages: [storage],
-    read: (buf, offset) => storage.read(buf, offset),
-    write: writable ? (buf, offset) => storage.write(buf, offset) : undefined,
-    writeZeroes: writable
-      ? async (offset, length, { mayUnmap }) => {
-          // Punch a hole when allowed, else zero in place (fallocate), else write zeros.
-          if (mayUnmap && storage.discard) return storage.discard(offset, length);
-          if (storage.zeroRange) {
-            try {
-              return await storage.zeroRange(offset, length);
-            } catch (e) {
-              if (!(e instanceof PlatterError && e.code === 'EUNSUPPORTED')) throw e;
-            }
-          }
-          return writeZerosTo(storage, offset, length);
-        }
-      : undefined,
-    discard: writable && storage.discard ? (offset, length) => storage.discard!(offset, length) : undefined,
-    extents: storage.extents
-      ? async (offset, length) =>
-          (await storage.extents!(offset, length)).map((e) => ({
-            offset: e.offset,
-            length: e.length,
-            status: e.kind === 'hole' ? ('zero' as const) : ('data' as const),
-            depth: 0,
-          }))
-      : undefined,
-    flush: () => storage.flush(),
-    close: () => storage.close(),
-    info: async () => ({ format: 'raw', subformat: 'physical' }),
-  };
-}
-
 async function openServed(ctx: CliContext, image: string, o: ServeOpts): Promise<Disk> {
   const readOnly = !!o.readOnly;
+  // --snapshot takes the writes in an overlay: the image itself is only read.
+  const write = !readOnly && !o.snapshot;
   let disk: Disk;
   if (o.physical) {
     if (o.format && o.format !== 'raw')
       throw invalid('--physical serves the raw bytes; it cannot take -f ' + o.format);
-    const storage = await ctx.host.open(image, { write: !readOnly && !o.snapshot, lock: 'none' });
-    try {
-      disk = toDisk(passThrough(storage, await storage.size()), { name: image, readOnly: storage.readOnly });
-    } catch (e) {
-      await storage.close();
-      throw e;
-    }
+    // The raw driver, never probed (any bytes, a qcow2 file's too), without locks.
+    disk = await openArg(ctx, image, { format: 'raw', forceShare: true, imageOpts: o.imageOpts }, write);
   } else {
     // A locked image fails here with ELOCKED, naming the lock (storage/file.ts).
-    const write = !readOnly && !o.snapshot;
     try {
       disk = await openArg(
         ctx,
