@@ -38,7 +38,6 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include "platter.h"
@@ -69,7 +68,7 @@ typedef struct {
   uint32_t zero_block;
   int64_t written, skipped;
   int64_t consumed; /* readSpans: span bytes scanned, in order */
-  int reserve; /* dst is a regular file that takes fallocate (reserve_blocks) */
+  int reserve; /* reserve_blocks before large writes (reserves_blocks(dst)) */
   int err; /* errno, or -1 for end of file */
   int failed_dst;
   int64_t failed_at;
@@ -202,8 +201,7 @@ static __thread unsigned char *thread_buf;
 
 static void copy_execute(napi_env env, void *data) {
   copy_job *j = data;
-  struct stat st;
-  j->reserve = j->kind != READ_SPANS && fstat(j->dst, &st) == 0 && S_ISREG(st.st_mode);
+  j->reserve = j->kind != READ_SPANS && reserves_blocks(j->dst);
   if (j->kind == WRITE_SPANS) {
     for (uint32_t s = 0; s < j->count; s++) {
       int64_t at = j->spans[3 * s], dst = j->spans[3 * s + 1], len = j->spans[3 * s + 2];

@@ -32,11 +32,13 @@ int is_zero(const unsigned char *p, size_t n);
  * written before the failure.
  */
 int pwrite_all(int fd, const unsigned char *p, size_t n, int64_t at, size_t *done);
+/* Whether writes to fd gain from reserve_blocks: a regular file on ext4. */
+int reserves_blocks(int fd);
 /*
- * Before a write of n bytes at `at` into a regular file: reserves its blocks
+ * Before a write of n bytes at `at` into such a file: reserves its blocks
  * (fallocate, KEEP_SIZE) when the write is large enough to gain (platter.c
- * RESERVE_MIN). Returns 0 when fallocate failed (a file system without it, no
- * space: the write then says what it can do), so the caller stops asking.
+ * RESERVE_MIN). Returns 0 when fallocate failed (no space: the write then says
+ * what it can do), so the caller stops asking.
  */
 int reserve_blocks(int fd, int64_t at, size_t n);
 /* CLOCK_MONOTONIC in nanoseconds. */

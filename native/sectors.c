@@ -29,7 +29,6 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include "platter.h"
@@ -85,8 +84,7 @@ napi_value read_sectors(napi_env env, napi_callback_info info) {
   double *bad = NULL;
   int read_errno = 0, write_errno = 0;
   int64_t pos = forward ? from : to;
-  struct stat st;
-  int reserve = fstat(dst, &st) == 0 && S_ISREG(st.st_mode); /* a regular file: reserve_blocks */
+  int reserve = reserves_blocks(dst);
   /* Writes the batch; on failure its sectors count as not read (pos back to where they begin). */
 #define FLUSH()                                                                                  \
   do {                                                                                           \

@@ -100,7 +100,7 @@ const READER = { perm: [PERM_READ], unshared: [PERM_WRITE, PERM_RESIZE] };
 const MAX_IO = 1 << 30;
 /**
  * Writes of at least this many bytes go through the addon's writeSpans, which
- * reserves a regular file's blocks before it writes them (native/platter.c
+ * reserves the blocks of a file on ext4 before it writes them (native/platter.c
  * RESERVE_MIN): ext4 then maps them instead of reserving a delayed allocation
  * per 4 KiB block under the inode's lock.
  */
