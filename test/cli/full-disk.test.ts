@@ -1,0 +1,69 @@
+/**
+ * A destination file system that fills up during a copy: one error line, no
+ * DST.partial left, and the space given back. On ext4 the copy reserves blocks
+ * before large writes (native/platter.c reserve_blocks), so this is also what
+ * happens when that reservation is refused. Needs root (mount) and mkfs.ext4;
+ * skipped elsewhere, required under CI.
+ */
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { mkdirSync, readdirSync, statfsSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { run } from '../helpers/peers.js';
+import { tempDir } from '../helpers/tmp.js';
+import { oneErrorLine, platterIn } from './cli.js';
+
+let mounted = false;
+let why = '';
+// Unmounted before tempDir's own cleanup removes the directory (hooks run in order).
+after(() => {
+  if (mounted) run('umount', [mnt]);
+});
+const dir = tempDir();
+const MiB = 1 << 20;
+const image = join(dir, 'small.ext4');
+const mnt = join(dir, 'mnt');
+
+before(() => {
+  if (process.getuid?.() !== 0) {
+    why = 'not root: cannot mount a file system';
+    return;
+  }
+  writeFileSync(image, '');
+  run('truncate', ['-s', '16M', image]);
+  const mkfs = run('mkfs.ext4', ['-q', '-F', image]);
+  if (mkfs.status !== 0) {
+    why = `mkfs.ext4 failed: ${mkfs.stderr.trim()}`;
+    return;
+  }
+  mkdirSync(mnt);
+  const m = run('mount', ['-o', 'loop', image, mnt]);
+  if (m.status !== 0) why = `mount -o loop failed: ${m.stderr.trim()}`;
+  else mounted = true;
+});
+
+function needMount(t: { skip(msg: string): void }): boolean {
+  if (mounted) return true;
+  if (process.env.CI) assert.fail(`a loop-mounted ext4 is needed under CI: ${why}`);
+  t.skip(why);
+  return false;
+}
+
+describe('convert onto a file system that fills up', () => {
+  const src = join(dir, 'src.raw');
+  before(() => writeFileSync(src, randomBytes(24 * MiB)));
+
+  for (const format of ['raw', 'qcow2']) {
+    it(`-O ${format}: one error line naming ENOSPC, no DST.partial, the space given back`, (t) => {
+      if (!needMount(t)) return;
+      const free = statfsSync(mnt).bfree;
+      const dst = join(mnt, `out.${format}`);
+      const r = platterIn(dir, ['convert', '-O', format, src, dst]);
+      const line = oneErrorLine(r);
+      assert.match(line, /out\.\w+\.partial: no space left on device \(write at offset \d+\)/);
+      assert.deepEqual(readdirSync(mnt).sort(), ['lost+found']);
+      assert.equal(statfsSync(mnt).bfree, free, 'every block the copy took is free again');
+    });
+  }
+});
