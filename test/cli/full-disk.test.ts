@@ -7,9 +7,10 @@
  */
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { mkdirSync, readdirSync, statfsSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readdirSync, readFileSync, rmSync, statfsSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
+import { parseMapfile } from '../../src/ops/rescue/mapfile.js';
 import { run } from '../helpers/peers.js';
 import { tempDir } from '../helpers/tmp.js';
 import { oneErrorLine, platterIn } from './cli.js';
@@ -66,4 +67,24 @@ describe('convert onto a file system that fills up', () => {
       assert.equal(statfsSync(mnt).bfree, free, 'every block the copy took is free again');
     });
   }
+
+  it('rescue: stops with ENOSPC and the mapfile saved, rescued up to where the destination holds data', (t) => {
+    if (!needMount(t)) return;
+    const dst = join(mnt, 'rescued.img');
+    const mapfile = join(dir, 'rescued.map');
+    const r = platterIn(dir, ['rescue', '-q', src, dst, mapfile]);
+    assert.match(oneErrorLine(r), /rescued\.img: no space left on device .*; mapfile saved$/);
+    const map = parseMapfile(readFileSync(mapfile, 'utf8'), mapfile);
+    const rescued = map.blocks.filter((b) => b.status === '+');
+    assert.equal(rescued.length, 1, 'one rescued area, from the start');
+    assert.equal(rescued[0].pos, 0);
+    assert.ok(rescued[0].size >= 4 * MiB && rescued[0].size < 16 * MiB, `rescued ${rescued[0].size} bytes`);
+    assert.equal(map.totals()['?'], 24 * MiB - rescued[0].size, 'the rest is left to do');
+    const out = readFileSync(dst).subarray(0, rescued[0].size);
+    assert.ok(
+      out.equals(readFileSync(src).subarray(0, rescued[0].size)),
+      'what the map calls rescued is there',
+    );
+    rmSync(dst);
+  });
 });

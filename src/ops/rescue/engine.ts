@@ -160,7 +160,14 @@ export async function rescue(
   const drain = async (): Promise<void> => {
     while (pending.size > 0) await Promise.race(pending);
   };
-  const writeBehind = async (b: Uint8Array, at: number): Promise<void> => {
+  /**
+   * Reads whose write behind failed, with the status their range had before
+   * the read (the caller marks it `+` when the read succeeds): put back before
+   * the map is saved after the failure.
+   */
+  const unwritten: Array<{ pos: number; len: number; before: BlockStatus }> = [];
+  const writeBehind = async (b: Uint8Array, at: number, pos: number): Promise<void> => {
+    const before = map.statusAt(pos) ?? '?';
     while (pending.size >= WRITES_IN_FLIGHT) await Promise.race(pending);
     const p: Promise<void> = dst.write(b, at).finally(() => {
       pending.delete(p);
@@ -168,7 +175,7 @@ export async function rescue(
     });
     pending.add(p);
     // A failed write surfaces at the next race/drain; keep it from being unhandled meanwhile.
-    p.catch(() => undefined);
+    p.catch(() => void unwritten.push({ pos, len: b.length, before }));
   };
   const domain = o.domain ?? [{ pos: map.start, size: map.end - map.start }];
 
@@ -278,7 +285,7 @@ export async function rescue(
         release(b);
       }
       if (o.synchronous) await flushDst();
-    } else await writeBehind(b, at);
+    } else await writeBehind(b, at, pos);
     const slow = o.minReadRate !== undefined && t > start && (len * 1000) / (t - start) < o.minReadRate;
     return { ok: true, slow };
   };
@@ -523,33 +530,70 @@ export async function rescue(
     for (const blk of work('-', forward)) await eachSector(blk.pos, blk.pos + blk.size, forward);
   };
 
+  /**
+   * After a failure that stops the run (a destination that is full or failing,
+   * mostly): the map as far as the destination holds it, saved, so that no
+   * progress is lost; the error says so. A failure that saved already says so.
+   */
+  const savedAfter = async (e: unknown): Promise<unknown> => {
+    if (!(e instanceof PlatterError) || e.message.includes('mapfile saved')) return e;
+    try {
+      while (saving) await saving.catch(() => undefined);
+      await Promise.allSettled([...pending]);
+      for (const u of unwritten) map.set(u.pos, u.len, u.before);
+      // Failed in the last save: not finished after all; the first phase with work left.
+      if (phase === 'finished') {
+        enter(
+          has('?') ? 'copying' : has('*') ? 'trimming' : has('/') ? 'scraping' : 'retrying',
+          map.currentPass,
+        );
+      }
+      await flushDst();
+      await o.saveMap(map, false);
+    } catch {
+      return e; // the first failure is the one to report
+    }
+    return new PlatterError(e.code, `${e.message}; mapfile saved`);
+  };
+
   const fwd = !o.reverse;
   const has = (st: BlockStatus): boolean => work(st, true).length > 0;
-  await save();
-  if (has('?')) {
-    await copyPass(1, fwd, true);
-    if (has('?')) await copyPass(2, !fwd, true);
-    if (has('?')) await copyPass(3, fwd, false);
-    await saveIfDue();
+  let finished: boolean;
+  try {
+    finished = await runPhases();
+  } catch (e) {
+    throw await savedAfter(e);
   }
-  if (!o.noTrim && has('*')) {
-    await trim();
-    await saveIfDue();
-  }
-  if (!o.noScrape && has('/')) {
-    await scrape();
-    await saveIfDue();
-  }
-  for (let pass = 1; (o.retryPasses < 0 || pass <= o.retryPasses) && has('-'); pass++) {
-    await retry(pass);
-    await saveIfDue();
-  }
-  enter('finished', map.currentPass);
-  const finished = !has('?') && (o.noTrim || !has('*')) && (o.noScrape || !has('/'));
-  await save(finished);
   const s = status();
   o.onStatus?.(s);
   return { ...s, finished };
+
+  /** ddrescue's phases, then the last save; whether the rescue is complete. */
+  async function runPhases(): Promise<boolean> {
+    await save();
+    if (has('?')) {
+      await copyPass(1, fwd, true);
+      if (has('?')) await copyPass(2, !fwd, true);
+      if (has('?')) await copyPass(3, fwd, false);
+      await saveIfDue();
+    }
+    if (!o.noTrim && has('*')) {
+      await trim();
+      await saveIfDue();
+    }
+    if (!o.noScrape && has('/')) {
+      await scrape();
+      await saveIfDue();
+    }
+    for (let pass = 1; (o.retryPasses < 0 || pass <= o.retryPasses) && has('-'); pass++) {
+      await retry(pass);
+      await saveIfDue();
+    }
+    enter('finished', map.currentPass);
+    const done = !has('?') && (o.noTrim || !has('*')) && (o.noScrape || !has('/'));
+    await save(done);
+    return done;
+  }
 }
 
 function alignUp(n: number, a: number): number {

@@ -459,26 +459,65 @@ describe('rescue engine: the synchronous path', () => {
     assert.ok(Buffer.from(p.ioDst).equals(Buffer.from(data)));
   });
 
-  it('a failing write stops the run with that error (the map is not saved past it)', async () => {
+  it('a failing write stops the run with that error, the map saved up to it and not past it', async () => {
     const data = randomBytes(1 << 20);
     const p = syncPair(data, []);
     let n = 0;
     p.io.write = () => {
       if (++n === 3) throw new PlatterError('ENOSPC', 'dst: no space left on device');
     };
-    const saved: string[] = [];
+    const saved: RescueMap[] = [];
     const map = RescueMap.fresh(0, data.length);
     await assert.rejects(
       rescue(
         p.unused,
         p.dst,
         map,
-        base({ io: p.io, saveMap: async (m) => void saved.push(JSON.stringify(m.blocks)) }),
+        base({ io: p.io, saveMap: async (m) => void saved.push(new RescueMap(structuredClone(m.blocks))) }),
       ),
-      /no space left/,
+      /^PlatterError: dst: no space left on device; mapfile saved$/,
     );
-    assert.equal(saved.length, 1, 'only the initial save');
-    assert.equal(map.totals()['+'], 2 * 65536, 'the cluster that was not written is not rescued');
+    assert.equal(saved.length, 2, 'the initial save, and the one after the failure');
+    assert.deepEqual(saved[1].blocks, [
+      { pos: 0, size: 2 * 65536, status: '+' },
+      { pos: 2 * 65536, size: data.length - 2 * 65536, status: '?' },
+    ]);
+  });
+
+  it('a failing write behind the reads: the map saved with that read not rescued, however late it fails', async () => {
+    const data = randomBytes(1 << 20);
+    const src = faultyStorage(data, []);
+    const dst = memDisk(data.length);
+    // The third write fails, after two later reads were already marked rescued.
+    let n = 0;
+    const failing: Disk = {
+      ...dst,
+      write: async (b, at) => {
+        if (++n === 3) {
+          await new Promise((r) => setTimeout(r, 20));
+          throw new PlatterError('ENOSPC', 'dst: no space left on device');
+        }
+        return dst.write(b, at);
+      },
+    };
+    const saved: RescueMap[] = [];
+    await assert.rejects(
+      rescue(
+        src,
+        failing,
+        RescueMap.fresh(0, data.length),
+        base({ saveMap: async (m) => void saved.push(new RescueMap(structuredClone(m.blocks))) }),
+      ),
+      /no space left on device; mapfile saved$/,
+    );
+    const last = saved[saved.length - 1];
+    assert.equal(last.statusAt(2 * 65536), '?', 'the cluster whose write failed is not rescued');
+    assert.equal(last.statusAt(0), '+');
+    // Whatever the map calls rescued is on the destination.
+    for (const b of last.blocks.filter((x) => x.status === '+'))
+      assert.ok(
+        Buffer.from(dst.bytes.subarray(b.pos, b.pos + b.size)).equals(data.subarray(b.pos, b.pos + b.size)),
+      );
   });
 
   it('a source that shrinks is seen through io.size', async () => {
