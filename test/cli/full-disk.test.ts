@@ -1,9 +1,11 @@
 /**
- * A destination file system that fills up during a copy: one error line, no
- * DST.partial left, and the space given back. On ext4 the copy reserves blocks
- * before large writes (native/platter.c reserve_blocks), so this is also what
- * happens when that reservation is refused. Needs root (mount) and mkfs.ext4;
- * skipped elsewhere, required under CI.
+ * A destination file system that fills up: one error line, and then
+ * - convert: no DST.partial left, and every block given back;
+ * - rescue: the mapfile saved up to what the destination holds (ddrescue's way);
+ * - acquire: the evidence file left as it is, said to be incomplete.
+ * On ext4 the copy reserves blocks before large writes (native/platter.c
+ * reserve_blocks), so this is also what happens when that reservation is
+ * refused. Needs root (mount) and mkfs.ext4; skipped elsewhere, required under CI.
  */
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
@@ -85,6 +87,18 @@ describe('convert onto a file system that fills up', () => {
       out.equals(readFileSync(src).subarray(0, rescued[0].size)),
       'what the map calls rescued is there',
     );
+    rmSync(dst);
+  });
+
+  it('acquire: stops with ENOSPC, says the evidence file is incomplete, and leaves it (no log)', (t) => {
+    if (!needMount(t)) return;
+    const dst = join(mnt, 'evidence.raw');
+    const r = platterIn(dir, ['acquire', '-q', src, dst]);
+    assert.match(
+      oneErrorLine(r),
+      /evidence\.raw: no space left on device \(write at offset \d+\); .*evidence\.raw is incomplete \(no log was written\)$/,
+    );
+    assert.deepEqual(readdirSync(mnt).sort(), ['evidence.raw', 'lost+found']);
     rmSync(dst);
   });
 });

@@ -321,8 +321,11 @@ async function acquireCmd(
   } catch (e) {
     progress.finish();
     await closeAll(dst);
-    if (e instanceof PlatterError && e.code === 'ECANCELED' && created.length) {
-      throw new PlatterError('ECANCELED', `interrupted: ${dest} is incomplete (no log was written)`);
+    if (e instanceof PlatterError && created.length) {
+      // A destination that was made is left as it is (evidence is never deleted), and said to be incomplete.
+      if (e.code === 'ECANCELED')
+        throw new PlatterError('ECANCELED', `interrupted: ${dest} is incomplete (no log was written)`);
+      throw new PlatterError(e.code, `${e.message}; ${dest} is incomplete (no log was written)`);
     }
     throw e;
   } finally {
