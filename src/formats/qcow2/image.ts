@@ -704,12 +704,26 @@ export class Qcow2Image implements RefcountHost {
       }
     }
     const off = await this.allocClusters(1);
-    await this.writeHost(table, off);
+    await this.orGiveBack(off, 1, () => this.writeHost(table, off));
     this.cacheL2(off, table);
     const [hi, lo] = standardEntry(off, true);
     await this.writeL1Entry(l1i, hi, lo);
     if (old !== 0) await this.refcounts.add(old / this.cs, 1, -1);
     return { offset: off, table };
+  }
+
+  /**
+   * Fills n new clusters at `host` with `fill`; if that fails (a full disk),
+   * nothing points at them yet, so they are given back rather than leaked, as
+   * qemu does, and the failure goes on.
+   */
+  private async orGiveBack(host: number, n: number, fill: () => Promise<void>): Promise<void> {
+    try {
+      await fill();
+    } catch (e) {
+      await this.refcounts.add(host / this.cs, n, -1).catch(() => undefined);
+      throw e;
+    }
   }
 
   /** Drops one reference to what an L2 entry pointed at (after the entry was rewritten). */
@@ -869,20 +883,22 @@ export class Qcow2Image implements RefcountHost {
     // The last cluster of a disk whose size is not cluster-aligned: keep the file tidy.
     // Refcounts and L2 entries are held back (write-back); the data goes out now, before them.
     const host = await this.allocHeldBack(n);
-    // A new cluster past the end of the file reads zeros without being written (as in qemu):
-    // with nothing old merged in, only the caller's bytes go out.
-    const merged = entries.some((e) => e.kind === 'data' || e.kind === 'compressed');
-    if (!merged && content !== data && host >= this.fileSize) {
-      this.guard(host, n * cs, 'data');
-      await this.writeHost(data, host + (offset - start));
-      // The file still covers the whole clusters (a read of their zeros must not meet its end).
-      if (host + n * cs > this.fileSize) {
-        await this.storage.truncate(host + n * cs);
-        this.fileSize = host + n * cs;
+    await this.orGiveBack(host, n, async () => {
+      // A new cluster past the end of the file reads zeros without being written (as in qemu):
+      // with nothing old merged in, only the caller's bytes go out.
+      const merged = entries.some((e) => e.kind === 'data' || e.kind === 'compressed');
+      if (!merged && content !== data && host >= this.fileSize) {
+        this.guard(host, n * cs, 'data');
+        await this.writeHost(data, host + (offset - start));
+        // The file still covers the whole clusters (a read of their zeros must not meet its end).
+        if (host + n * cs > this.fileSize) {
+          await this.storage.truncate(host + n * cs);
+          this.fileSize = host + n * cs;
+        }
+      } else {
+        await this.writeHost(content, host);
       }
-    } else {
-      await this.writeHost(content, host);
-    }
+    });
     await this.mapNewClusters(l2off, table, c, n, host);
     await this.releaseAll(entries);
   }

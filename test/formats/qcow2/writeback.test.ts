@@ -12,6 +12,7 @@ import assert from 'node:assert/strict';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
+import { PlatterError } from '../../../src/core/errors.js';
 import type { Storage } from '../../../src/core/storage.js';
 import type { Qcow2Image } from '../../../src/formats/qcow2/image.js';
 import { openQcow2 } from '../../../src/formats/qcow2/index.js';
@@ -148,6 +149,49 @@ describe('qcow2 metadata write-back', () => {
       const got = new Uint8Array(size);
       await back.read(got, 0);
       assert.ok(Buffer.from(got).equals(Buffer.from(model)), 'content after close');
+    });
+  }
+
+  // Room for the L2 table but not the data after it, or not even for the table.
+  for (const [what, room] of [
+    ['data clusters', 1],
+    ['an L2 table', 0],
+  ] as const) {
+    it(`a write that fails on a full disk gives its new ${what} back: no leak`, async (t) => {
+      if (!needPeers(t, 'qemu-img')) return;
+      const cs = 65536;
+      const initial = await fresh({ cluster_size: String(cs) }, 16 * MiB);
+      const mem = memoryStorage('full.qcow2', initial);
+      let limit = Math.ceil(initial.length / cs) * cs + room * cs;
+      const full = (end: number): void => {
+        if (end > limit) throw new PlatterError('ENOSPC', 'full.qcow2: no space left on device');
+      };
+      const storage: Storage = {
+        ...mem,
+        async write(buf, offset) {
+          full(offset + buf.length);
+          await mem.write(buf, offset);
+        },
+        async truncate(size) {
+          full(size);
+          await mem.truncate(size);
+        },
+      };
+      const img = await openQcow2(storage, false, false);
+      const data = pattern(256 * 1024, 7);
+      await assert.rejects(img.write(data, 0), /no space left on device/);
+      // The same write once there is room: the clusters given back are used again.
+      limit = Number.POSITIVE_INFINITY;
+      await img.write(data, 0);
+      await img.close();
+      const path = join(dir, `full${n++}.qcow2`);
+      writeFileSync(path, mem.bytes());
+      const c = qemuCheck(path);
+      assert.equal(c.status, 0, `qemu-img check: ${JSON.stringify(c.json)}`);
+      const back = await openQcow2(memoryStorage('back', mem.bytes()), true, false);
+      const got = new Uint8Array(data.length);
+      await back.read(got, 0);
+      assert.ok(Buffer.from(got).equals(Buffer.from(data)));
     });
   }
 
