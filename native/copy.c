@@ -68,7 +68,7 @@ typedef struct {
   uint32_t zero_block;
   int64_t written, skipped;
   int64_t consumed; /* readSpans: span bytes scanned, in order */
-  int reserve; /* reserve_blocks before large writes (reserves_blocks(dst)) */
+  int reserve; /* reserve_blocks' memo for dst (0 until the first large write) */
   int err; /* errno, or -1 for end of file */
   int failed_dst;
   int64_t failed_at;
@@ -94,7 +94,7 @@ static int read_full(copy_job *j, unsigned char *buf, size_t n, int64_t at) {
 
 static int write_full(copy_job *j, const unsigned char *buf, size_t n, int64_t at) {
   size_t done;
-  if (j->reserve && !reserve_blocks(j->dst, at, n)) j->reserve = 0;
+  reserve_blocks(j->dst, &j->reserve, at, n);
   int err = pwrite_all(j->dst, buf, n, at, &done);
   if (err) {
     j->err = err;
@@ -201,7 +201,6 @@ static __thread unsigned char *thread_buf;
 
 static void copy_execute(napi_env env, void *data) {
   copy_job *j = data;
-  j->reserve = j->kind != READ_SPANS && reserves_blocks(j->dst);
   if (j->kind == WRITE_SPANS) {
     for (uint32_t s = 0; s < j->count; s++) {
       int64_t at = j->spans[3 * s], dst = j->spans[3 * s + 1], len = j->spans[3 * s + 2];

@@ -276,14 +276,17 @@ int pwrite_all(int fd, const unsigned char *p, size_t n, int64_t at, size_t *don
 #define RESERVE_MIN (256 << 10)
 #define EXT4_SUPER_MAGIC 0xEF53
 
-int reserves_blocks(int fd) {
-  struct stat st;
-  struct statfs fs;
-  return fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && fstatfs(fd, &fs) == 0 && fs.f_type == EXT4_SUPER_MAGIC;
-}
-
-int reserve_blocks(int fd, int64_t at, size_t n) {
-  return n < RESERVE_MIN || fallocate(fd, FALLOC_FL_KEEP_SIZE, (off_t)at, (off_t)n) == 0;
+void reserve_blocks(int fd, int *state, int64_t at, size_t n) {
+  if (n < RESERVE_MIN || *state < 0) return;
+  if (*state == 0) {
+    struct stat st;
+    struct statfs fs;
+    int ext4 = fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && fstatfs(fd, &fs) == 0 && fs.f_type == EXT4_SUPER_MAGIC;
+    *state = ext4 ? 1 : -1;
+    if (!ext4) return;
+  }
+  /* Only a speed-up: where fallocate fails (no space), the write says what it can do. */
+  if (fallocate(fd, FALLOC_FL_KEEP_SIZE, (off_t)at, (off_t)n) != 0) *state = -1;
 }
 
 int64_t monotonic_ns(void) {

@@ -32,15 +32,14 @@ int is_zero(const unsigned char *p, size_t n);
  * written before the failure.
  */
 int pwrite_all(int fd, const unsigned char *p, size_t n, int64_t at, size_t *done);
-/* Whether writes to fd gain from reserve_blocks: a regular file on ext4. */
-int reserves_blocks(int fd);
 /*
- * Before a write of n bytes at `at` into such a file: reserves its blocks
- * (fallocate, KEEP_SIZE) when the write is large enough to gain (platter.c
- * RESERVE_MIN). Returns 0 when fallocate failed (no space: the write then says
- * what it can do), so the caller stops asking.
+ * Before a write of n bytes at `at`: reserves its blocks (fallocate,
+ * KEEP_SIZE) when the write is large enough to gain and fd is a regular file
+ * on ext4 (platter.c RESERVE_MIN). *state is the caller's memo for fd: 0 at
+ * first (not asked yet), then 1 (reserve) or -1 (never: another kind of file,
+ * or fallocate failed once).
  */
-int reserve_blocks(int fd, int64_t at, size_t n);
+void reserve_blocks(int fd, int *state, int64_t at, size_t n);
 /* CLOCK_MONOTONIC in nanoseconds. */
 int64_t monotonic_ns(void);
 

@@ -84,12 +84,12 @@ napi_value read_sectors(napi_env env, napi_callback_info info) {
   double *bad = NULL;
   int read_errno = 0, write_errno = 0;
   int64_t pos = forward ? from : to;
-  int reserve = reserves_blocks(dst);
+  int reserve = 0; /* reserve_blocks' memo for dst */
   /* Writes the batch; on failure its sectors count as not read (pos back to where they begin). */
 #define FLUSH()                                                                                  \
   do {                                                                                           \
     if (pend_len > 0) {                                                                          \
-      if (reserve && !reserve_blocks(dst, pend_at + delta, pend_len)) reserve = 0;               \
+      reserve_blocks(dst, &reserve, pend_at + delta, pend_len);                                  \
       write_errno = pwrite_all(dst, wbuf + pend_off, pend_len, pend_at + delta, NULL);           \
       if (write_errno) pos = forward ? pend_at : pend_at + (int64_t)pend_len;                    \
       pend_len = 0;                                                                              \

@@ -385,12 +385,8 @@ function makeFileStorage(path: string, mode: OpenMode, nat: Native, o: Opened): 
       checkWritable();
       if (buf.length === 0) return;
       checkDeviceEnd(offset, buf.length);
-      if (nat.available && !isBlockDevice && buf.length >= RESERVED_WRITE) {
-        await nat
-          .writeSpans(fd, buf, new Float64Array([0, offset, buf.length]))
-          .catch((e) => Promise.reject(copyError(e, path, path)));
-        grew(offset + buf.length);
-        return;
+      if (storage.writeSpans && !isBlockDevice && buf.length >= RESERVED_WRITE) {
+        return storage.writeSpans(buf, [{ from: 0, to: offset, length: buf.length }]);
       }
       let done = 0;
       while (done < buf.length) {

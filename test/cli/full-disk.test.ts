@@ -9,7 +9,15 @@
  */
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { mkdirSync, readdirSync, readFileSync, rmSync, statfsSync, writeFileSync } from 'node:fs';
+import {
+  mkdirSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  statfsSync,
+  truncateSync,
+  writeFileSync,
+} from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { parseMapfile } from '../../src/ops/rescue/mapfile.js';
@@ -34,7 +42,7 @@ before(() => {
     return;
   }
   writeFileSync(image, '');
-  run('truncate', ['-s', '16M', image]);
+  truncateSync(image, 16 * MiB);
   const mkfs = run('mkfs.ext4', ['-q', '-F', image]);
   if (mkfs.status !== 0) {
     why = `mkfs.ext4 failed: ${mkfs.stderr.trim()}`;
