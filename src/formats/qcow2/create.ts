@@ -12,6 +12,7 @@
  * the first refcount block in cluster 2, the L1 table from cluster 3; any
  * further metadata comes from the ordinary allocator.
  */
+import { alignUp } from '../../core/bytes.js';
 import { invalid, PlatterError, unsupported } from '../../core/errors.js';
 import { writeZerosTo } from '../../core/storage.js';
 import type { CreateContext } from '../driver.js';
@@ -97,9 +98,9 @@ function parseSizeLoose(t: string): number {
 export async function create(ctx: CreateContext): Promise<void> {
   const o = parseCreateOptions(ctx.options);
   const file = ctx.storage.name;
-  const size = ctx.size;
-  if (size % 512 !== 0)
-    throw invalid(`${file}: qcow2 image size must be a multiple of 512 bytes (got ${size})`);
+  // A size between sectors is rounded up to the next one, as qemu-img does
+  // (the header's size field counts bytes, but qemu reads whole sectors).
+  const size = alignUp(ctx.size, 512);
   if (ctx.backing && o.preallocation !== 'off') {
     throw invalid('qcow2: preallocation cannot be combined with a backing file (its data would be hidden)');
   }

@@ -14,7 +14,7 @@
  * host files).
  */
 import { posix } from 'node:path';
-import { parseSize } from '../../core/bytes.js';
+import { alignUp, parseSize } from '../../core/bytes.js';
 import { invalid, PlatterError, unsupported } from '../../core/errors.js';
 import { writeZerosTo } from '../../core/storage.js';
 import type { CreateContext } from '../driver.js';
@@ -135,9 +135,9 @@ export async function createVhdx(ctx: CreateContext): Promise<void> {
   if (logSize < MiB || logSize % MiB !== 0 || logSize > 256 * MiB) {
     throw invalid(`vhdx: log_size must be a multiple of 1 MiB from 1 MiB to 256 MiB (got ${logSize})`);
   }
-  const size = ctx.size;
-  if (size % logical !== 0)
-    throw invalid(`vhdx: size ${size} must be a multiple of the sector size ${logical}`);
+  // Virtual Disk Size must be a multiple of the logical sector size (VHDX 1.0,
+  // 3.5.2.2): a size between sectors is rounded up, as qemu-img does.
+  const size = alignUp(ctx.size, logical);
   if (size > 64 * 2 ** 40) throw invalid('vhdx: size must be at most 64 TiB');
   const blockStateZero = onOff(o.block_state_zero, 'block_state_zero', false);
 
