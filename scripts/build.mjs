@@ -99,7 +99,13 @@ const lazyModules = {
  */
 function unwrapStandIns(file) {
   // esbuild names a module's wrapper after the last segment of its path.
-  const names = LAZY.map((m) => `require_${m.split('/').pop().replace(/[^A-Za-z0-9]/g, '_')}`);
+  const names = LAZY.map(
+    (m) =>
+      `require_${m
+        .split('/')
+        .pop()
+        .replace(/[^A-Za-z0-9]/g, '_')}`,
+  );
   const wrapped = new RegExp(`__toESM\\((${names.join('|')})\\(\\)(?:,\\s*1)?\\)`, 'g');
   const text = readFileSync(file, 'utf8');
   writeFileSync(file, text.replace(wrapped, '$1()'));

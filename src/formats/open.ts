@@ -2,9 +2,10 @@
  * openImage(): probe (or take -f), open, follow the backing chain, stack.
  * createImage(): make a new image file with a driver's create().
  */
+import { basename } from 'node:path';
 import { stack } from '../core/chain.js';
 import { type Disk, toDisk } from '../core/disk.js';
-import { corrupt, PlatterError } from '../core/errors.js';
+import { PlatterError } from '../core/errors.js';
 import type { Host, Storage } from '../core/storage.js';
 import { zeroDisk } from '../core/zeros.js';
 import type { FormatDriver, OpenContext } from './driver.js';
@@ -55,6 +56,32 @@ export async function openImage(host: Host, path: string, opts: OpenImageOptions
   return openLayer(host, path, opts, new Set(), 0);
 }
 
+/**
+ * Opens the backing chain of an image about to be made at `path`, refusing a
+ * chain that passes through `path` itself: the new image would replace a layer
+ * of its own backing chain (without it, the chain's read lock on that layer
+ * refuses the creation with a misleading "in use by another process").
+ */
+function openNewBacking(host: Host, path: string, backing: { name: string; format?: string }): Promise<Disk> {
+  const self = host.resolve(path, basename(path));
+  const backingPath = host.resolve(path, backing.name);
+  const opts = { format: backing.format, readOnly: true };
+  return openLayer(host, backingPath, opts, new Set([self]), 0).catch((e) => {
+    if (!(e instanceof LoopError && e.path === self)) throw e;
+    throw new PlatterError(
+      'EINVAL',
+      `${path}: would be in its own backing chain (through ${backing.name}); an image cannot back itself`,
+    );
+  });
+}
+
+/** A backing chain that reaches `path` a second time. */
+class LoopError extends PlatterError {
+  constructor(readonly path: string) {
+    super('ECORRUPT', `${path}: corrupt image: backing chain loops back to ${path}`);
+  }
+}
+
 async function openLayer(
   host: Host,
   path: string,
@@ -65,7 +92,7 @@ async function openLayer(
   const maxDepth = opts.maxDepth ?? 256;
   if (depth > maxDepth)
     throw new PlatterError('ECORRUPT', `${path}: backing chain is longer than ${maxDepth} images`);
-  if (seen.has(path)) throw corrupt(path, `backing chain loops back to ${path}`);
+  if (seen.has(path)) throw new LoopError(path);
   seen.add(path);
 
   const lock = opts.forceShare ? 'none' : 'auto';
@@ -138,8 +165,7 @@ export async function createImage(host: Host, path: string, opts: CreateImageOpt
   }
   let backing: { name: string; format: string; disk: Disk } | undefined;
   if (opts.backing) {
-    const bpath = host.resolve(path, opts.backing.name);
-    const disk = await openImage(host, bpath, { format: opts.backing.format, readOnly: true });
+    const disk = await openNewBacking(host, path, opts.backing);
     const format = opts.backing.format ?? (await disk.info()).format;
     backing = { name: opts.backing.name, format, disk };
   }

@@ -11,7 +11,15 @@
  * does). Errors are the same PlatterErrors as the Storages'. The destination
  * is synced in the background as writes accumulate (BackgroundSync).
  */
-import { closeSync, constants, fdatasync as fsFdatasync, fstatSync, openSync, readSync, writeSync } from 'node:fs';
+import {
+  closeSync,
+  constants,
+  fdatasync as fsFdatasync,
+  fstatSync,
+  openSync,
+  readSync,
+  writeSync,
+} from 'node:fs';
 import { getSystemErrorName } from 'node:util';
 import { BackgroundSync } from '../core/background-sync.js';
 import { PlatterError } from '../core/errors.js';

@@ -126,6 +126,26 @@ describe('bad input: one error line and a non-zero exit', () => {
     assert.ok(!existsSync(join(dir, 'c.raw')));
   });
 
+  it('create -b onto a layer of its own backing chain (with --force): refused, the chain untouched', () => {
+    assert.equal(p(['create', '-f', 'qcow2', 'base.qcow2', '1M']).status, 0);
+    mkdirSync(join(dir, 'sub'), { recursive: true });
+    assert.equal(
+      p(['create', '-f', 'qcow2', '-b', '../base.qcow2', '-F', 'qcow2', 'sub/top.qcow2']).status,
+      0,
+    );
+    const before = readFileSync(join(dir, 'base.qcow2'));
+    for (const [backing, image] of [
+      ['sub/top.qcow2', 'base.qcow2'], // base ← sub/top: base may not sit on top
+      ['base.qcow2', 'base.qcow2'], // its own backing file
+    ]) {
+      assert.match(
+        oneErrorLine(p(['create', '--force', '-f', 'qcow2', '-b', backing, '-F', 'qcow2', image])),
+        new RegExp(`^${image}: would be in its own backing chain \\(through ${backing}\\)`),
+      );
+    }
+    assert.ok(readFileSync(join(dir, 'base.qcow2')).equals(before), 'base.qcow2 unchanged');
+  });
+
   it('an unreadable file (when not running as root)', (t) => {
     if (process.getuid?.() === 0) {
       t.skip('root reads every file');
