@@ -5,6 +5,9 @@
 // %M). Each measurement is the best of BENCH_REPS runs (default 3), the tools
 // of a case interleaved (in reverse order every other round) and each run after
 // `sync`: the machine may be shared, and the best run is the least disturbed one.
+// The ratio of the median runs is printed beside it ("median"): on a VM whose
+// runs spread widely, the best run favours the tool that spreads more, and the
+// median says which is faster in a typical run. Targets are judged on the best.
 //
 // Files (made once in BENCH_DATA, default ./bench-data, and reused):
 //   random.raw  2 GiB of random bytes
@@ -180,13 +183,21 @@ function bestOfInterleaved(tools, vars, output, warm) {
         return;
       }
       const b = out[t];
+      const secs = [...(b?.secs ?? []), m.sec];
       out[t] =
         !b || m.sec < b.sec
-          ? { ...m, rss: Math.max(m.rss, b?.rss ?? 0) }
-          : { ...b, rss: Math.max(b.rss, m.rss) };
+          ? { ...m, secs, rss: Math.max(m.rss, b?.rss ?? 0) }
+          : { ...b, secs, rss: Math.max(b.rss, m.rss) };
     }
   }
   return out;
+}
+
+/** The median of a list of times (the mean of the middle two for an even count). */
+function median(xs) {
+  const s = [...xs].sort((a, b) => a - b);
+  const h = s.length >> 1;
+  return s.length % 2 ? s[h] : (s[h - 1] + s[h]) / 2;
 }
 
 /**
@@ -241,7 +252,7 @@ console.log(
   `platter bench: ${cpus().length} CPUs (${cpu}), node ${process.version}, best of ${reps}, load average ${loadavg()[0].toFixed(1)}, data in ${data}`,
 );
 console.log('');
-const header = ['case', 'file', 'tool', 'time', 'rate', 'ratio', 'peak RSS', 'allocated', 'target'];
+const header = ['case', 'file', 'tool', 'time', 'rate', 'ratio', 'median', 'peak RSS', 'allocated', 'target'];
 const rows = [header];
 let failed = 0;
 for (const c of chosen) {
@@ -283,6 +294,7 @@ for (const c of chosen) {
     `${ours.sec.toFixed(2)} s`,
     fmtRate(size, ours.sec),
     '',
+    `${median(ours.secs).toFixed(2)} s`,
     `${(ours.rss / 1024).toFixed(0)} MiB`,
     fmtMiB(ours.allocated),
     '',
@@ -304,6 +316,7 @@ for (const c of chosen) {
       `${theirs.sec.toFixed(2)} s`,
       fmtRate(size, theirs.sec),
       `${ratio.toFixed(2)}×`,
+      `${(median(theirs.secs) / median(ours.secs)).toFixed(2)}× (${median(theirs.secs).toFixed(2)} s)`,
       `${(theirs.rss / 1024).toFixed(0)} MiB`,
       fmtMiB(theirs.allocated),
       verdict,
@@ -311,7 +324,7 @@ for (const c of chosen) {
   }
   process.stderr.write(`done: ${c.name} (${c.file})\n`);
   if (ours.rss / 1024 >= 200) {
-    rows.push(['', '', 'platter', '', '', '', 'RSS ≥ 200 MiB: MISSED']);
+    rows.push(['', '', 'platter', '', '', '', '', 'RSS ≥ 200 MiB: MISSED']);
     failed++;
   }
 }
