@@ -62,8 +62,11 @@ export async function openImage(host: Host, path: string, opts: OpenImageOptions
  * of its own backing chain (without it, the chain's read lock on that layer
  * refuses the creation with a misleading "in use by another process").
  */
+/** A path as the host names it from anywhere (resolved against its own directory). */
+const absolute = (host: Host, path: string): string => host.resolve(path, basename(path));
+
 function openNewBacking(host: Host, path: string, backing: { name: string; format?: string }): Promise<Disk> {
-  const self = host.resolve(path, basename(path));
+  const self = absolute(host, path);
   const backingPath = host.resolve(path, backing.name);
   const opts = { format: backing.format, readOnly: true };
   return openLayer(host, backingPath, opts, new Set([self]), 0).catch((e) => {
@@ -148,6 +151,10 @@ export interface CreateImageOptions {
   /** -b BACKING [-F FMT] */
   backing?: { name: string; format?: string };
   force?: boolean;
+  /** Replace existing files that the format names after the image (VMDK extents); default: as `force`. */
+  forceSiblings?: boolean;
+  /** Files the new image must not replace, whatever `force` says (a conversion's source files). */
+  keep?: readonly string[];
   /**
    * Flush the new image's file before returning (default true). convert's
    * DST.partial needs no durability before it is complete and renamed (qemu-img
@@ -171,6 +178,12 @@ export async function createImage(host: Host, path: string, opts: CreateImageOpt
   }
   const size = opts.size ?? backing?.disk.size;
   if (size === undefined) throw new PlatterError('EINVAL', `${path}: a size is needed (or a backing file)`);
+  const kept = new Set((opts.keep ?? []).map((f) => absolute(host, f)));
+  const refuseKept = (p: string) => {
+    if (kept.has(absolute(host, p)))
+      throw new PlatterError('EINVAL', `${p}: is a file of the source; the new image may not replace it`);
+  };
+  refuseKept(path);
   const created: string[] = [path];
   const storage = await host.create(path, { force: opts.force });
   try {
@@ -182,7 +195,8 @@ export async function createImage(host: Host, path: string, opts: CreateImageOpt
       backing,
       createSibling: async (name) => {
         const p = host.resolve(path, name);
-        const s = await host.create(p, { force: opts.force });
+        refuseKept(p);
+        const s = await host.create(p, { force: opts.forceSiblings ?? opts.force });
         created.push(p);
         return s;
       },

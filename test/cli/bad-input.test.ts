@@ -126,6 +126,39 @@ describe('bad input: one error line and a non-zero exit', () => {
     assert.ok(!existsSync(join(dir, 'c.raw')));
   });
 
+  it("convert never replaces a destination's extent files without --force, nor the source's files with it", () => {
+    // An existing file that a VMDK destination would name as its extent.
+    for (const [sub, extent] of [
+      ['monolithicFlat', 'v-flat.vmdk'],
+      ['twoGbMaxExtentSparse', 'v-s001.vmdk'],
+      ['twoGbMaxExtentFlat', 'v-f001.vmdk'],
+    ]) {
+      writeFileSync(join(dir, extent), 'precious');
+      assert.match(
+        oneErrorLine(p(['convert', '-O', 'vmdk', '-o', `subformat=${sub}`, 'good.raw', 'v.vmdk'])),
+        new RegExp(`${extent}: already exists.*--force`),
+      );
+      assert.equal(readFileSync(join(dir, extent), 'utf8'), 'precious', `${sub}: ${extent} untouched`);
+      assert.ok(!existsSync(join(dir, 'v.vmdk')), `${sub}: no descriptor left`);
+      rmSync(join(dir, extent));
+    }
+    // The source is the file the destination would name as its extent, or the
+    // destination is the source's extent: refused even with --force and -U.
+    writeFileSync(join(dir, 'w-flat.vmdk'), readFileSync(join(dir, 'good.raw')));
+    const args = ['convert', '--force', '-U', '-O', 'vmdk', '-o', 'subformat=monolithicFlat'];
+    assert.match(
+      oneErrorLine(p([...args, '-f', 'raw', 'w-flat.vmdk', 'w.vmdk'])),
+      /w-flat\.vmdk: is a file of the source/,
+    );
+    assert.ok(readFileSync(join(dir, 'w-flat.vmdk')).equals(readFileSync(join(dir, 'good.raw'))));
+    assert.equal(p([...args, 'good.raw', 'w.vmdk']).status, 0);
+    assert.match(
+      oneErrorLine(p(['convert', '--force', '-U', '-O', 'raw', 'w.vmdk', 'w-flat.vmdk'])),
+      /^w-flat\.vmdk: is a file of the source/,
+    );
+    assert.ok(readFileSync(join(dir, 'w-flat.vmdk')).equals(readFileSync(join(dir, 'good.raw'))));
+  });
+
   it('create -b onto a layer of its own backing chain (with --force): refused, the chain untouched', () => {
     assert.equal(p(['create', '-f', 'qcow2', 'base.qcow2', '1M']).status, 0);
     mkdirSync(join(dir, 'sub'), { recursive: true });

@@ -85,6 +85,10 @@ async function convert(ctx: CliContext, srcPath: string, dstPath: string, o: Con
     throw new PlatterError('EEXIST', `${dstPath}: already exists (use --force to overwrite)`);
   }
   const src = await openInput(ctx, srcPath, { format: o.format, forceShare: o.forceShare });
+  if (!isUri(dstPath) && filesOf(src).some((f) => !isUri(f) && resolve(f) === resolve(dstPath))) {
+    await closeAll(src);
+    throw new PlatterError('EINVAL', `${dstPath}: is a file of the source (an extent or a backing file)`);
+  }
   if (o.force && !inPlace(dstPath))
     await refuseIfHeld(ctx, dstPath).catch(async (e) => {
       await closeAll(src);
@@ -105,7 +109,9 @@ async function convert(ctx: CliContext, srcPath: string, dstPath: string, o: Con
       format: driver.name,
       size: src.size,
       options,
-      force: true,
+      force: true, // DST.partial: what an interrupted convert left
+      forceSiblings: o.force ?? false, // named after DST: they may be anyone's files
+      keep: filesOf(src),
       flush: direct,
     });
     if (!direct) created = [target];
@@ -123,6 +129,7 @@ async function convert(ctx: CliContext, srcPath: string, dstPath: string, o: Con
         size: src.size,
         options,
         force: o.force,
+        keep: filesOf(src),
         flush: direct,
       });
       created = [target];
