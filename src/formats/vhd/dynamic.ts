@@ -47,7 +47,7 @@ import {
   serializeFooter,
   uuidText,
 } from './footer.js';
-import { type DynamicHeader, HEADER_SIZE, type Locator, serializeHeader } from './header.js';
+import { batEntries, type DynamicHeader, HEADER_SIZE, type Locator, serializeHeader } from './header.js';
 
 export const UNUSED = 0xffffffff;
 const FULL = new Uint8Array(0); // sentinel: every sector of the block is present
@@ -505,7 +505,7 @@ export class DynamicVhd implements DiskImpl {
           this.bitmaps.set(b, own);
         }
       } else {
-        const need = Math.ceil(newSize / this.bs);
+        const need = batEntries(this.name, newSize, this.bs);
         if (need > this.bat.length) {
           const grown = new Uint32Array(need).fill(UNUSED);
           grown.set(this.bat);

@@ -20,7 +20,7 @@
  * see >= 512 take it as bytes) and trusts only the data length when reading.
  */
 import { u64, viewOf } from '../../core/bytes.js';
-import { corrupt } from '../../core/errors.js';
+import { corrupt, unsupported } from '../../core/errors.js';
 import { checksum } from './footer.js';
 
 export const HEADER_SIZE = 1024;
@@ -148,12 +148,34 @@ export function locatorPath(code: number, data: Uint8Array): string | undefined 
   }
 }
 
+/**
+ * The most BAT entries platter keeps in memory (a 64 MiB table): the format's
+ * 2040 GiB in blocks of 128 KiB. Real VHDs use 2 MiB (Hyper-V, qemu) or 512 KiB
+ * (Virtual PC) blocks; the field itself could ask for 16 GiB.
+ */
+export const MAX_BAT_ENTRIES = 2 ** 24;
+
+/**
+ * The BAT entries that cover a disk (Max Table Entries should be exactly that
+ * many: spec, "Dynamic Disk Header Format"); refused past MAX_BAT_ENTRIES.
+ */
+export function batEntries(name: string, diskSize: number, blockSize: number): number {
+  const n = Math.ceil(diskSize / blockSize);
+  if (n > MAX_BAT_ENTRIES) {
+    throw unsupported(
+      `${name}: ${diskSize} bytes in blocks of ${blockSize} need ${n} BAT entries, more than platter handles (${MAX_BAT_ENTRIES}); a larger block size needs fewer`,
+    );
+  }
+  return n;
+}
+
 /** Checks the header fields that sizes and allocations depend on. */
 export function checkHeader(h: DynamicHeader, file: string, fileSize: number, diskSize: number): void {
   const bs = h.blockSize;
   if (bs < 512 || bs > 256 * 2 ** 20 || (bs & (bs - 1)) !== 0) {
     throw corrupt(file, `dynamic header block size ${bs} is not a power of two between 512 and 256 MiB`);
   }
+  batEntries(file, diskSize, bs);
   if (h.maxTableEntries * bs < diskSize) {
     throw corrupt(
       file,

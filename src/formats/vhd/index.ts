@@ -44,6 +44,7 @@ import {
   uuidText,
 } from './footer.js';
 import {
+  batEntries,
   CODE_MACX,
   CODE_W2KU,
   CODE_W2RU,
@@ -256,9 +257,11 @@ async function open(storage: Storage, ctx: OpenContext): Promise<OpenedImage> {
   }
   if (size > 2040 * 2 ** 30) throw corrupt(file, `disk size ${size} is larger than 2040 GiB`);
   checkHeader(header, file, fileSize, size);
-  const batBytes = await readAt(storage, header.tableOffset, header.maxTableEntries * 4);
+  // Only the entries that cover the disk: any past them address nothing.
+  const entries = Math.min(header.maxTableEntries, batEntries(file, size, header.blockSize));
+  const batBytes = await readAt(storage, header.tableOffset, entries * 4);
   const bv = viewOf(batBytes);
-  const bat = new Uint32Array(header.maxTableEntries);
+  const bat = new Uint32Array(entries);
   const bad = new Map<number, string>();
   const bitmapSize = alignUp(Math.ceil(header.blockSize / 512 / 8), 512);
   for (let i = 0; i < bat.length; i++) {
@@ -361,7 +364,7 @@ async function create(ctx: CreateContext): Promise<void> {
   if (blockSize < 512 || blockSize > 256 * 2 ** 20 || (blockSize & (blockSize - 1)) !== 0) {
     throw invalid(`vhd: block_size must be a power of two between 512 and 256 MiB (got ${blockSize})`);
   }
-  const entries = Math.ceil(size / blockSize);
+  const entries = batEntries(file, size, blockSize);
   const tableOffset = FOOTER_SIZE + HEADER_SIZE;
   let end = tableOffset + alignUp(entries * 4, 512);
   const locators: Locator[] = emptyLocators();

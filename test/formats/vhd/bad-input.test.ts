@@ -1,6 +1,14 @@
 /** Malformed VHDs: clear errors naming the field, never a crash or a hang; seeded mutations of qemu-made images. */
 import assert from 'node:assert/strict';
-import { copyFileSync, readFileSync, writeFileSync } from 'node:fs';
+import {
+  closeSync,
+  copyFileSync,
+  openSync,
+  readFileSync,
+  truncateSync,
+  writeFileSync,
+  writeSync,
+} from 'node:fs';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import { isPlatterError } from '../../../src/core/errors.js';
@@ -102,6 +110,44 @@ describe('vhd: bad input', () => {
       });
       await assert.rejects(openRo(p), corruptWith(re), name);
     }
+  });
+
+  it('Max Table Entries far past the disk: only the entries that cover it are read; a BAT too large for memory is refused', async (t) => {
+    if (!needPeers(t, 'qemu-img', 'qemu-io')) return;
+    const src = qemuImage('entries.vhd', [], '4M');
+    const orig = await openRo(src);
+    const want = await readAll(orig);
+    await orig.close();
+    /** The image with its dynamic header and footers mutated, grown (sparse) to `fileSize` so that the BAT fits. */
+    const grown = (name: string, fileSize: number, mutate: (b: Buffer) => void): string => {
+      const p = variant(src, name, (b) => {
+        mutate(b);
+        b.set(b.subarray(0, 512), b.length - 512);
+        fixChecksums(b);
+      });
+      const footer = readFileSync(p).subarray(0, 512);
+      truncateSync(p, fileSize);
+      const fd = openSync(p, 'r+');
+      writeSync(fd, footer, 0, 512, fileSize - 512);
+      closeSync(fd);
+      return p;
+    };
+    // 400 million entries (1.6 GB of table) for a 4 MiB disk of two blocks.
+    const many = grown('entries-many.vhd', 2 ** 31, (b) => b.writeUInt32BE(400_000_000, 512 + 28));
+    const d = await openRo(many);
+    assert.deepEqual(await readAll(d), want);
+    await d.close();
+    // 2040 GiB in blocks of 512 bytes: 4.28 billion entries (17 GB of table).
+    const huge = grown('entries-huge.vhd', 18 * 2 ** 30, (b) => {
+      b.write('win ', 28, 'latin1'); // creator application: one whose images are sized by the current size
+      b.writeBigUInt64BE(2040n << 30n, 48); // current size
+      b.writeUInt32BE(512, 512 + 32); // block size
+      b.writeUInt32BE(0xff000000, 512 + 28); // max table entries
+    });
+    await assert.rejects(
+      openRo(huge),
+      (e) => isPlatterError(e) && /need 4278190080 BAT entries, more than platter handles/.test(e.message),
+    );
   });
 
   it('truncated and empty files', async (t) => {

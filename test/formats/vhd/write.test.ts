@@ -5,6 +5,7 @@ import { statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import { createImage, openImage } from '../../../src/formats/open.js';
+import { resizeDisk } from '../../../src/ops/resize.js';
 import { nodeHost } from '../../../src/storage/host.js';
 import { testDisk } from '../../conformance/disk.js';
 import { must, needPeers, run } from '../../helpers/peers.js';
@@ -145,6 +146,21 @@ describe('vhd: platter writes, peers read', () => {
         createImage(nodeHost, join(dir, `bad-${n++}.vhd`), { format: 'vhd', size: 1 << 20, options }),
         (e: Error & { code?: string }) => e.code === 'EINVAL',
       );
+    }
+    // A BAT past what platter keeps in memory (2^24 entries): at create and at resize.
+    const name = join(dir, `bad-${n++}.vhd`);
+    const tiny = { block_size: '512' };
+    await assert.rejects(
+      createImage(nodeHost, name, { format: 'vhd', size: 100 * 2 ** 30, options: tiny }),
+      /need 209715200 BAT entries, more than platter handles/,
+    );
+    await createImage(nodeHost, name, { format: 'vhd', size: 2 ** 30, options: tiny });
+    const d = await openImage(nodeHost, name, { readOnly: false });
+    try {
+      await assert.rejects(resizeDisk(d, 100 * 2 ** 30), /need 209715200 BAT entries/);
+      assert.equal(d.size, 2 ** 30);
+    } finally {
+      await d.close();
     }
   });
 });
