@@ -42,6 +42,20 @@ import {
 
 export const MAX_VDI_SIZE = 2 ** 50; // 1 PiB: far past any real image; keeps offsets exact
 
+/** The most blocks platter keeps a map of in memory (256 MiB): 64 TiB in the usual 1 MiB blocks. */
+export const MAX_BLOCKS = 64 * 2 ** 20;
+
+/** The blocks that cover `size` bytes; refused past MAX_BLOCKS, at open, create and resize alike. */
+export function blocksFor(name: string, size: number, blockSize: number): number {
+  const n = Math.ceil(size / blockSize);
+  if (n > MAX_BLOCKS) {
+    throw unsupported(
+      `${name}: ${size} bytes in blocks of ${blockSize} are ${n} blocks, more than platter handles (${MAX_BLOCKS})`,
+    );
+  }
+  return n;
+}
+
 export interface ParentIdentity {
   uuidImage: Uint8Array;
   uuidModify: Uint8Array;
@@ -333,9 +347,9 @@ export class VdiDisk implements DiskImpl {
       throw invalid(`${this.name}: a VDI size must be a multiple of 512 bytes (got ${newSize})`);
     if (newSize <= 0 || newSize > MAX_VDI_SIZE)
       throw invalid(`${this.name}: VDI size ${newSize} is out of range`);
+    const need = blocksFor(this.name, newSize, this.bs);
     await this.meta.run(async () => {
       const oldBlocks = this.h.blocksInImage;
-      const need = Math.ceil(newSize / this.bs);
       if (newSize < this.size) {
         if (!shrink)
           throw invalid(`${this.name}: shrinking needs --shrink (from ${this.size} to ${newSize})`);

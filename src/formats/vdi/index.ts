@@ -13,7 +13,7 @@ import { corrupt, invalid, PlatterError, unsupported } from '../../core/errors.j
 import { newUuid } from '../../core/random.js';
 import type { Storage } from '../../core/storage.js';
 import type { CreateContext, FormatDriver, OpenContext, OpenedImage } from '../driver.js';
-import { MAX_VDI_SIZE, mapBytes, type ParentIdentity, VdiDisk } from './disk.js';
+import { blocksFor, MAX_BLOCKS, MAX_VDI_SIZE, mapBytes, type ParentIdentity, VdiDisk } from './disk.js';
 import {
   commentWithParent,
   DEFAULT_BLOCK_SIZE,
@@ -34,9 +34,6 @@ import {
   VERSION_1_1,
   ZERO_BLOCK,
 } from './header.js';
-
-/** Sanity limit for the block map read into memory (64 Mi entries). */
-const MAX_BLOCKS = 64 * 2 ** 20;
 
 async function probe(storage: Storage): Promise<number> {
   try {
@@ -83,8 +80,11 @@ function checkHeader(h: VdiHeader, file: string, fileSize: number): void {
   }
   if (h.blockExtra !== 0)
     throw unsupported(`${file}: VDI block extra data (${h.blockExtra} bytes) is not supported`);
-  if (h.blocksInImage > MAX_BLOCKS)
-    throw corrupt(file, `blocks in image ${h.blocksInImage} is more than ${MAX_BLOCKS}`);
+  if (h.blocksInImage > MAX_BLOCKS) {
+    throw unsupported(
+      `${file}: blocks in image ${h.blocksInImage} is more than platter handles (${MAX_BLOCKS}, 64 TiB in 1 MiB blocks)`,
+    );
+  }
   if (h.diskSize > MAX_VDI_SIZE)
     throw corrupt(file, `disk size ${h.diskSize} is larger than ${MAX_VDI_SIZE}`);
   if (h.blocksInImage * bs < h.diskSize) {
@@ -238,7 +238,7 @@ async function create(ctx: CreateContext): Promise<void> {
   const size = alignUp(ctx.size, 512);
   if (size <= 0 || size > MAX_VDI_SIZE) throw invalid(`vdi: size ${ctx.size} is out of range`);
   const bs = DEFAULT_BLOCK_SIZE;
-  const blocks = Math.ceil(size / bs);
+  const blocks = blocksFor(ctx.storage.name, size, bs);
   const offsetBmap = HEADER_BYTES;
   const offsetData = offsetBmap + mapBytes(blocks);
 

@@ -4,6 +4,9 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import { isPlatterError } from '../../../src/core/errors.js';
+import { createImage, openImage } from '../../../src/formats/open.js';
+import { resizeDisk } from '../../../src/ops/resize.js';
+import { nodeHost } from '../../../src/storage/host.js';
 import { must, needPeers } from '../../helpers/peers.js';
 import { tempDir } from '../../helpers/tmp.js';
 import { openAndReadTolerant, openRo, prng } from '../vhd/util.js';
@@ -37,7 +40,12 @@ describe('vdi: bad input', () => {
         /block size 3145728 is not a power of two/,
       ],
       ['bs-absurd', (b) => b.writeUInt32LE(0x80000000, 376), 'ECORRUPT', /block size 2147483648/],
-      ['blocks', (b) => b.writeUInt32LE(0x7fffffff, 384), 'ECORRUPT', /blocks in image/],
+      [
+        'blocks',
+        (b) => b.writeUInt32LE(0x7fffffff, 384),
+        'EUNSUPPORTED',
+        /blocks in image .* more than platter handles/,
+      ],
       ['bmap', (b) => b.writeUInt32LE(0x7ffffe00, 340), 'ECORRUPT', /block map at .* past the end of file/],
       ['size', (b) => b.writeBigUInt64LE(1n << 60n, 368), 'ECORRUPT', /disk size/],
       ['type', (b) => b.writeUInt32LE(9, 76), 'ECORRUPT', /image type 9/],
@@ -55,6 +63,30 @@ describe('vdi: bad input', () => {
         `${name}`,
       );
     }
+  });
+
+  it('a disk of more blocks than platter maps (64 TiB in 1 MiB blocks): refused alike at create, resize and open', async (t) => {
+    if (!needPeers(t, 'qemu-img')) return;
+    const over = /more than platter handles \(67108864/;
+    await assert.rejects(
+      createImage(nodeHost, join(dir, 'big.vdi'), { format: 'vdi', size: 65 * 2 ** 40 }),
+      over,
+    );
+    const small = join(dir, 'grow.vdi');
+    await createImage(nodeHost, small, { format: 'vdi', size: 2 ** 20 });
+    const d = await openImage(nodeHost, small, { readOnly: false });
+    try {
+      await assert.rejects(resizeDisk(d, 65 * 2 ** 40), over);
+      assert.equal(d.size, 2 ** 20);
+    } finally {
+      await d.close();
+    }
+    const theirs = join(dir, 'qemu-big.vdi'); // qemu-img makes it (its limit is higher)
+    must('qemu-img', ['create', '-q', '-f', 'vdi', theirs, '65T']);
+    await assert.rejects(
+      openRo(theirs),
+      (e) => isPlatterError(e) && e.code === 'EUNSUPPORTED' && over.test(e.message),
+    );
   });
 
   it('truncated files', async (t) => {
