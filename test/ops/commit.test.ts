@@ -48,6 +48,34 @@ describe('platter commit', () => {
     });
   }
 
+  it('commits a VMDK delta link into its parent; the emptied link follows the parent’s new CID', (t) => {
+    if (!needPeers(t, 'qemu-img', 'qemu-io')) return;
+    const base = join(dir, 'base.vmdk');
+    const top = join(dir, 'top.vmdk');
+    must('qemu-img', ['create', '-q', '-f', 'vmdk', base, '4M']);
+    must('qemu-io', ['-f', 'vmdk', '-c', 'write -P 0x10 0 4M', base]);
+    const c = platter(['create', '-f', 'vmdk', '-b', 'base.vmdk', top]);
+    assert.equal(c.status, 0, c.stderr);
+    must('qemu-io', ['-f', 'vmdk', '-c', 'write -P 0x3c 5000 10000', top]);
+    const want = join(dir, 'want-vmdk.raw');
+    must('qemu-img', ['convert', '-O', 'raw', top, want]);
+    const cid = (f: string) => /^CID=([0-9a-f]+)/m.exec(readFileSync(f, 'latin1'))?.[1];
+    const before = cid(base);
+    const r = platter(['commit', top]);
+    assert.equal(r.status, 0, r.stderr);
+    assert.notEqual(cid(base), before, 'the parent has a new CID');
+    assert.match(readFileSync(top, 'latin1'), new RegExp(`^parentCID=${cid(base)}$`, 'm'));
+    // Both read the chain as before (qemu-img refuses a link whose parentCID is stale).
+    assert.equal(run('qemu-img', ['compare', '-F', 'raw', top, want]).status, 0, 'the chain reads as before');
+    assert.equal(
+      run('qemu-img', ['compare', '-F', 'raw', base, want]).status,
+      0,
+      'the parent holds the data',
+    );
+    assert.equal(platter(['compare', top, want]).status, 0);
+    assert.equal(run('qemu-img', ['check', top]).status, 0);
+  });
+
   it('refuses an image without a backing file, and raw overlays', (t) => {
     if (!needPeers(t, 'qemu-img')) return;
     const alone = join(dir, 'alone.qcow2');

@@ -140,6 +140,29 @@ export class VmdkImage {
     };
   }
 
+  /**
+   * After a commit the parent has a new CID (its content changed): keeps this
+   * child, now empty, linked to it, as VHDX's makeEmpty renews parent_linkage.
+   * Only the parent's descriptor is read, without a lock: commit holds the
+   * parent open for writing meanwhile.
+   */
+  async relinkParent(): Promise<void> {
+    const d = this.descriptor;
+    const hint = d.get('parentFileNameHint');
+    if (!hint || parseCid(d.get('parentCID'), 'parentCID', this.file) === NO_PARENT) return;
+    const host = this.ctx.host;
+    const parent = await host.open(host.resolve(this.file, hint), { write: false, lock: 'none' });
+    let cid: number | undefined;
+    try {
+      cid = await readCid(parent);
+    } finally {
+      await parent.close();
+    }
+    if (cid === undefined || hex8(cid) === d.get('parentCID')) return;
+    d.set('parentCID', hex8(cid), false);
+    await this.saveDescriptor();
+  }
+
   /** Records a new parent (its CID becomes our parentCID) or none. */
   async setBacking(backing: { name: string; format?: string } | null): Promise<void> {
     const d = this.descriptor;

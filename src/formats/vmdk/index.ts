@@ -39,6 +39,7 @@ export const vmdk: FormatDriver = {
         writable && allSparse
           ? async () => {
               for (const s of image.sparse) await s.makeEmpty();
+              await image.relinkParent();
             }
           : undefined,
     };
