@@ -6,8 +6,7 @@
  */
 import type { Command } from 'commander';
 import { openImage } from '../../formats/open.js';
-import { resizeDisk, targetSize } from '../../ops/resize.js';
-import { closeAll } from '../common.js';
+import { resizeImage } from '../../ops/resize.js';
 import type { CliContext } from '../context.js';
 import { printLines } from '../output.js';
 import type { RegisterCommand } from './index.js';
@@ -19,12 +18,8 @@ interface ResizeOpts {
 }
 
 async function resize(ctx: CliContext, image: string, sizeText: string, o: ResizeOpts): Promise<number> {
-  const disk = await openImage(ctx.host, image, { format: o.format, readOnly: false, backing: false });
-  try {
-    await resizeDisk(disk, targetSize(disk.size, sizeText), { shrink: o.shrink });
-  } finally {
-    await closeAll(disk);
-  }
+  const open = () => openImage(ctx.host, image, { format: o.format, readOnly: false });
+  await resizeImage(open, sizeText, { shrink: o.shrink });
   if (!o.quiet) printLines(ctx, ['Image resized.']);
   return 0;
 }
