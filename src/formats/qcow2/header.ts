@@ -318,23 +318,31 @@ function featureTableBytes(): Uint8Array {
 
 /**
  * Serialises header + extensions + backing name, to be written at offset 0.
- * Throws if it does not fit in cluster 0.
+ * The feature name table (384 bytes) is optional: it is left out where it
+ * would not fit with the rest (small clusters with a backing file; qemu leaves
+ * it out of such headers too). Throws if the rest does not fit in cluster 0.
  */
 export function serializeHeader(h: Header, file: string): Uint8Array {
   const cs = 2 ** h.clusterBits;
   const exts: Extension[] = [];
   if (h.backing?.format) exts.push({ type: EXT_BACKING_FORMAT, data: encoder.encode(h.backing.format) });
-  if (h.version === 3) exts.push({ type: EXT_FEATURE_TABLE, data: featureTableBytes() });
   exts.push(...h.otherExtensions);
   const name = h.backing ? encoder.encode(h.backing.name) : new Uint8Array(0);
   if (name.length > MAX_BACKING_NAME) {
     throw new PlatterError('EINVAL', `${file}: backing file name is longer than ${MAX_BACKING_NAME} bytes`);
   }
+  const extBytes = (e: Extension) => 8 + Math.ceil(e.data.length / 8) * 8;
   let len = h.headerLength;
-  for (const e of exts) len += 8 + Math.ceil(e.data.length / 8) * 8;
-  len += 8; // end marker
-  const backingAt = len;
-  len += name.length;
+  for (const e of exts) len += extBytes(e);
+  len += 8 + name.length; // end marker, backing name
+  if (h.version === 3) {
+    const table: Extension = { type: EXT_FEATURE_TABLE, data: featureTableBytes() };
+    if (len + extBytes(table) <= cs) {
+      exts.splice(h.backing?.format ? 1 : 0, 0, table);
+      len += extBytes(table);
+    }
+  }
+  const backingAt = len - name.length;
   if (len > cs) {
     throw new PlatterError(
       'EINVAL',
