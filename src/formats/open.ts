@@ -78,6 +78,13 @@ function openNewBacking(host: Host, path: string, backing: { name: string; forma
   });
 }
 
+/** A backing file of the chain is missing (the message names the image that refers to it). */
+export class BackingNotFound extends PlatterError {
+  constructor(message: string) {
+    super('ENOENT', message);
+  }
+}
+
 /** A backing chain that reaches `path` a second time. */
 class LoopError extends PlatterError {
   constructor(readonly path: string) {
@@ -129,12 +136,9 @@ async function openLayer(
       );
     } catch (e) {
       await top.close();
-      if (e instanceof PlatterError && e.code === 'ENOENT') {
-        throw new PlatterError(
-          'ENOENT',
-          `${path}: backing file ${opened.backing.name} not found (${backingPath})`,
-        );
-      }
+      // This layer's own backing file is missing; one missing further down keeps its message.
+      if (e instanceof PlatterError && e.code === 'ENOENT' && !(e instanceof BackingNotFound))
+        throw new BackingNotFound(`${path}: backing file ${opened.backing.name} not found (${backingPath})`);
       throw e;
     }
     return stack(top, below);

@@ -59,10 +59,14 @@ async function layerInfo(layer: Disk): Promise<LayerInfo> {
   return out;
 }
 
-/** Info on the image; the partition table is read through the whole chain. */
-export async function imageInfo(disk: Disk): Promise<ImageInfo> {
+/**
+ * Info on the image; the partition table is read through the whole chain
+ * (`partitions: false`: not read, for an image opened without its chain).
+ */
+export async function imageInfo(disk: Disk, opts: { partitions?: boolean } = {}): Promise<ImageInfo> {
   const top = disk.layers[0] ?? disk;
   const info: ImageInfo = await layerInfo(top);
+  if (opts.partitions === false) return info;
   const pt = await readPartitionTable(disk);
   if (pt) info.partitionTable = pt;
   return info;

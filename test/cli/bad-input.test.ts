@@ -159,6 +159,24 @@ describe('bad input: one error line and a non-zero exit', () => {
     assert.ok(readFileSync(join(dir, 'w-flat.vmdk')).equals(readFileSync(join(dir, 'good.raw'))));
   });
 
+  it('a missing backing file deep in a chain: named with the image that refers to it; info shows the top alone', () => {
+    assert.equal(p(['create', '-q', '-f', 'qcow2', 'c1.qcow2', '1M']).status, 0);
+    assert.equal(p(['create', '-q', '-f', 'qcow2', '-b', 'c1.qcow2', '-F', 'qcow2', 'c2.qcow2']).status, 0);
+    assert.equal(p(['create', '-q', '-f', 'qcow2', '-b', 'c2.qcow2', '-F', 'qcow2', 'c3.qcow2']).status, 0);
+    rmSync(join(dir, 'c1.qcow2'));
+    const missing = /c2\.qcow2: backing file c1\.qcow2 not found/;
+    for (const args of [
+      ['map', 'c3.qcow2'],
+      ['convert', '-O', 'raw', 'c3.qcow2', 'c3.raw'],
+      ['info', '--backing-chain', 'c3.qcow2'],
+    ])
+      assert.match(oneErrorLine(p(args)), missing, args.join(' '));
+    const r = p(['info', '--json', 'c3.qcow2']);
+    assert.equal(r.status, 0, r.stderr);
+    assert.equal(JSON.parse(r.stdout).backingFilename, 'c2.qcow2');
+    assert.match(r.stderr, /^platter: warning: .*c2\.qcow2: backing file c1\.qcow2 not found.*\n$/);
+  });
+
   it('create -b onto a layer of its own backing chain (with --force): refused, the chain untouched', () => {
     assert.equal(p(['create', '-f', 'qcow2', 'base.qcow2', '1M']).status, 0);
     mkdirSync(join(dir, 'sub'), { recursive: true });

@@ -7,6 +7,8 @@
  */
 import type { Command } from 'commander';
 import { formatSize } from '../../core/bytes.js';
+import type { Disk } from '../../core/disk.js';
+import { BackingNotFound, openImage } from '../../formats/open.js';
 import { chainInfo, type ImageInfo, imageInfo } from '../../ops/info.js';
 import { formatPartitionTable } from '../../ops/partitions.js';
 import { closeAll, openInput, withForceShare } from '../common.js';
@@ -73,10 +75,35 @@ export function infoText(i: ImageInfo): string[] {
   return lines;
 }
 
-async function info(ctx: CliContext, image: string, o: InfoOpts): Promise<number> {
-  const disk = await openInput(ctx, image, { format: o.format, forceShare: o.forceShare });
+/**
+ * Opens the image with its chain; without --backing-chain, an image whose
+ * backing file is missing is shown alone (as qemu-img info does), with a
+ * warning, so that the user sees which name is broken.
+ */
+async function openForInfo(
+  ctx: CliContext,
+  image: string,
+  o: InfoOpts,
+): Promise<{ disk: Disk; whole: boolean }> {
   try {
-    const infos = o.backingChain ? await chainInfo(disk) : [await imageInfo(disk)];
+    return { disk: await openInput(ctx, image, { format: o.format, forceShare: o.forceShare }), whole: true };
+  } catch (e) {
+    if (o.backingChain || !(e instanceof BackingNotFound)) throw e;
+    const disk = await openImage(ctx.host, image, {
+      format: o.format,
+      readOnly: true,
+      forceShare: o.forceShare,
+      backing: false,
+    });
+    if (!o.quiet) ctx.stderr.write(`platter: warning: ${e.message}; the partition table is not read\n`);
+    return { disk, whole: false };
+  }
+}
+
+async function info(ctx: CliContext, image: string, o: InfoOpts): Promise<number> {
+  const { disk, whole } = await openForInfo(ctx, image, o);
+  try {
+    const infos = o.backingChain ? await chainInfo(disk) : [await imageInfo(disk, { partitions: whole })];
     if (o.quiet) return 0;
     if (o.json) printJson(ctx, o.backingChain ? infos : infos[0]);
     else
