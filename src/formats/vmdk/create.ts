@@ -99,8 +99,10 @@ export function parseCreateOptions(o: Readonly<Record<string, string>>): VmdkCre
   let grainSectors = DEFAULT_GRAIN;
   if (o.cluster_size !== undefined) {
     const n = parseSize(o.cluster_size, 'cluster_size');
-    if (!Number.isInteger(n) || n < 4096 || n > 1 << 20 || (n & (n - 1)) !== 0) {
-      throw invalid(`vmdk: cluster_size must be a power of two from 4K to 1M, not '${o.cluster_size}'`);
+    // Sparse extent header, grainSize: "a power of 2 and greater than 8" sectors
+    // (VMDK spec 5.0, "Hosted Sparse Extent Header"); libvmdk refuses 8.
+    if (!Number.isInteger(n) || n < 8192 || n > 1 << 20 || (n & (n - 1)) !== 0) {
+      throw invalid(`vmdk: cluster_size must be a power of two from 8K to 1M, not '${o.cluster_size}'`);
     }
     grainSectors = n / SECTOR;
   }

@@ -29,12 +29,12 @@ for (const sub of SUBFORMATS) {
   });
 }
 
-testDisk('vmdk monolithicSparse, zeroed_grain=on, 4 KiB grains', async (size) => {
+testDisk('vmdk monolithicSparse, zeroed_grain=on, 8 KiB grains', async (size) => {
   const path = join(dir, `conf-${n++}.vmdk`);
   await createImage(nodeHost, path, {
     format: 'vmdk',
     size,
-    options: { zeroed_grain: 'on', cluster_size: '4096' },
+    options: { zeroed_grain: 'on', cluster_size: '8192' },
   });
   const disk = await openImage(nodeHost, path, { readOnly: false });
   return { disk, reopen: () => openImage(nodeHost, path, { readOnly: true }) };
