@@ -24,8 +24,11 @@ export const drivers: readonly FormatDriver[] = [
   raw,
 ];
 
+/** Other names for a format: qemu-img's (it calls VHD "vpc"). */
+const ALIASES: Record<string, string> = { vpc: 'vhd' };
+
 export function byName(name: string): FormatDriver {
-  const d = drivers.find((x) => x.name === name);
+  const d = drivers.find((x) => x.name === (ALIASES[name] ?? name));
   if (!d) {
     throw new PlatterError(
       'EINVAL',

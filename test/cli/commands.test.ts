@@ -39,6 +39,10 @@ describe('platter commands (golden output)', () => {
       options: {},
     });
     assert.equal(p(['create', '-q', '-f', 'raw', 'q.raw', '1K']).stdout, '');
+    // qemu-img's name for VHD is understood too.
+    assert.equal(p(['create', '-q', '-f', 'vpc', 'v.vhd', '1M']).status, 0);
+    const i = p(['info', '--json', '-f', 'vpc', 'v.vhd']);
+    assert.equal(JSON.parse(i.stdout).format, 'vhd', i.stderr);
   });
 
   it('info: text and JSON', () => {
