@@ -124,6 +124,15 @@ describe('bad input: one error line and a non-zero exit', () => {
       /raw: .*cannot be compressed/,
     );
     assert.ok(!existsSync(join(dir, 'c.raw')));
+    // The destination is named as the user wrote it, not as the DST.partial it is made as.
+    assert.match(
+      oneErrorLine(p(['convert', '-O', 'vhd', 'good.raw', 'nodir/x.vhd'])),
+      /^nodir\/x\.vhd: no such file/,
+    );
+    assert.match(
+      oneErrorLine(p(['convert', '-c', '-O', 'vmdk', 'good.raw', 'cc.vmdk'])),
+      /^cc\.vmdk: compression needs/,
+    );
   });
 
   it("convert never replaces a destination's extent files without --force, nor the source's files with it", () => {

@@ -171,6 +171,9 @@ async function convert(ctx: CliContext, srcPath: string, dstPath: string, o: Con
     if (isPlatterError(e) && e.code === 'ECANCELED') {
       throw new PlatterError('ECANCELED', `interrupted: ${dstPath} was not created`);
     }
+    // DST.partial is ours: the user named DST.
+    if (isPlatterError(e) && target !== dstPath && e.message.startsWith(`${target}:`))
+      throw new PlatterError(e.code, `${dstPath}${e.message.slice(target.length)}`);
     throw e;
   } finally {
     await closeAll(src);
