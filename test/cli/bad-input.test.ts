@@ -4,7 +4,17 @@
  */
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { chmodSync, existsSync, mkdirSync, readFileSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
+import {
+  chmodSync,
+  existsSync,
+  linkSync,
+  mkdirSync,
+  readFileSync,
+  rmSync,
+  symlinkSync,
+  truncateSync,
+  writeFileSync,
+} from 'node:fs';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import { nbdkitAsFile } from '../helpers/nbdfuse.js';
@@ -124,6 +134,14 @@ describe('bad input: one error line and a non-zero exit', () => {
       /raw: .*cannot be compressed/,
     );
     assert.ok(!existsSync(join(dir, 'c.raw')));
+    // ... also through a symbolic or a hard link, even with -U (no lock to stop it).
+    symlinkSync('good.raw', join(dir, 'sym.raw'));
+    linkSync(join(dir, 'good.raw'), join(dir, 'hard.raw'));
+    for (const other of ['sym.raw', 'hard.raw'])
+      assert.match(
+        oneErrorLine(p(['convert', '--force', '-U', '-O', 'raw', 'good.raw', other])),
+        /the destination is the source/,
+      );
     // The destination is named as the user wrote it, not as the DST.partial it is made as.
     assert.match(
       oneErrorLine(p(['convert', '-O', 'vhd', 'good.raw', 'nodir/x.vhd'])),

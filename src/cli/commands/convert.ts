@@ -41,6 +41,18 @@ const filesOf = (d: Disk): string[] => [...new Set(d.storages.flatMap((s) => s.f
 
 const isUri = (p: string): boolean => /^[a-z][a-z0-9+.-]*:\/\//i.test(p);
 
+/** Are two paths one file (also through a symbolic or a hard link)? */
+function sameFile(a: string, b: string): boolean {
+  if (resolve(a) === resolve(b)) return true;
+  try {
+    const x = statSync(a);
+    const y = statSync(b);
+    return x.dev === y.dev && x.ino === y.ino;
+  } catch {
+    return false; // one does not exist (yet)
+  }
+}
+
 /** A block device or an NBD export is written in place: it cannot be renamed or removed, and it is not zero. */
 function inPlace(p: string): boolean {
   if (isUri(p)) return true;
@@ -78,14 +90,14 @@ async function convert(ctx: CliContext, srcPath: string, dstPath: string, o: Con
     );
   }
   const options = parseKeyValues(o.options);
-  if (!isUri(dstPath) && resolve(srcPath) === resolve(dstPath)) {
+  if (!isUri(dstPath) && sameFile(srcPath, dstPath)) {
     throw new PlatterError('EINVAL', `${dstPath}: the destination is the source`);
   }
   if (!o.force && (await ctx.host.exists(dstPath))) {
     throw new PlatterError('EEXIST', `${dstPath}: already exists (use --force to overwrite)`);
   }
   const src = await openInput(ctx, srcPath, { format: o.format, forceShare: o.forceShare });
-  if (!isUri(dstPath) && filesOf(src).some((f) => !isUri(f) && resolve(f) === resolve(dstPath))) {
+  if (!isUri(dstPath) && filesOf(src).some((f) => !isUri(f) && sameFile(f, dstPath))) {
     await closeAll(src);
     throw new PlatterError('EINVAL', `${dstPath}: is a file of the source (an extent or a backing file)`);
   }
