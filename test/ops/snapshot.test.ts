@@ -1,6 +1,6 @@
 /** platter snapshot -l/-c/-a/-d, interoperable with qemu-img snapshot both ways. */
 import assert from 'node:assert/strict';
-import { readFileSync, writeFileSync } from 'node:fs';
+import { copyFileSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import { must, needPeers, platter, run } from '../helpers/peers.js';
@@ -66,6 +66,31 @@ describe('platter snapshot', () => {
     assert.equal(platter(['check', path]).status, 0);
   });
 
+  it('-a takes an ID before a name, -d a name before an ID, as qemu-img does (a snapshot named "1" that is ID 2)', (t) => {
+    if (!needPeers(t, 'qemu-img', 'qemu-io')) return;
+    const path = join(dir, 'ids.qcow2');
+    must('qemu-img', ['create', '-q', '-f', 'qcow2', path, '1M']);
+    must('qemu-io', ['-c', 'write -P 1 0 64k', path]);
+    must('qemu-img', ['snapshot', '-c', '2', path]); // ID 1, name "2"
+    must('qemu-io', ['-c', 'write -P 2 0 64k', path]);
+    must('qemu-img', ['snapshot', '-c', '1', path]); // ID 2, name "1"
+    must('qemu-io', ['-c', 'write -P 3 0 64k', path]);
+    const theirs = join(dir, 'ids-theirs.qcow2');
+    copyFileSync(path, theirs);
+    assert.equal(platter(['snapshot', '-a', '1', path]).status, 0);
+    must('qemu-img', ['snapshot', '-a', '1', theirs]);
+    assert.equal(run('qemu-img', ['compare', path, theirs]).status, 0, 'the same snapshot applied');
+    must('qemu-io', ['-c', 'read -P 1 0 64k', path]); // ID 1's content
+    assert.equal(platter(['snapshot', '-d', '1', path]).status, 0);
+    must('qemu-img', ['snapshot', '-d', '1', theirs]);
+    const names = (f: string) =>
+      JSON.parse(must('qemu-img', ['info', '--output=json', f])).snapshots.map(
+        (x: { name: string }) => x.name,
+      );
+    assert.deepEqual(names(path), names(theirs));
+    assert.deepEqual(names(path), ['2'], 'the snapshot named 1 is gone');
+  });
+
   it('refusals: duplicate name, unknown name, raw images', (t) => {
     if (!needPeers(t, 'qemu-img')) return;
     const path = join(dir, 'c.qcow2');
@@ -76,7 +101,7 @@ describe('platter snapshot', () => {
     assert.match(dup.stderr, /already exists/);
     const none = platter(['snapshot', '-a', 'nope', path]);
     assert.equal(none.status, 1);
-    assert.match(none.stderr, /no snapshot named 'nope'/);
+    assert.match(none.stderr, /no snapshot with the ID or name 'nope'/);
     const r = join(dir, 'd.raw');
     writeFileSync(r, new Uint8Array(4096));
     const rawSnap = platter(['snapshot', '-f', 'raw', '-l', r]);

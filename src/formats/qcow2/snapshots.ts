@@ -220,10 +220,17 @@ async function replaceTable(img: Qcow2Image, snaps: Snapshot[]): Promise<void> {
   if (oldLen > 0) await img.refcounts.addBytes(oldOffset, oldLen, -1);
 }
 
-function find(snaps: Snapshot[], key: string, file: string): number {
-  let i = snaps.findIndex((s) => s.name === key);
-  if (i < 0) i = snaps.findIndex((s) => s.id === key);
-  if (i < 0) throw new PlatterError('ENOENT', `${file}: no snapshot named '${key}'`);
+/**
+ * A snapshot by ID or name, in qemu-img's order: `snapshot -a` tries the ID
+ * first, `snapshot -d` the name (qemu's -d takes only a name; an ID is the
+ * fallback here).
+ */
+function find(snaps: Snapshot[], key: string, file: string, first: 'id' | 'name'): number {
+  const byId = () => snaps.findIndex((s) => s.id === key);
+  const byName = () => snaps.findIndex((s) => s.name === key);
+  let i = first === 'id' ? byId() : byName();
+  if (i < 0) i = first === 'id' ? byName() : byId();
+  if (i < 0) throw new PlatterError('ENOENT', `${file}: no snapshot with the ID or name '${key}'`);
   return i;
 }
 
@@ -284,7 +291,7 @@ async function createSnapshot(img: Qcow2Image, name: string): Promise<void> {
 
 async function applySnapshot(img: Qcow2Image, key: string): Promise<void> {
   const snaps = await readSnapshots(img);
-  const s = snaps[find(snaps, key, img.file)];
+  const s = snaps[find(snaps, key, img.file, 'id')];
   await img.beginChange();
   const snapL1 = await readL1(img, s.l1Offset, s.l1Size);
   // The active image will reference the snapshot's tree: raise it first.
@@ -315,7 +322,7 @@ async function applySnapshot(img: Qcow2Image, key: string): Promise<void> {
 
 async function deleteSnapshot(img: Qcow2Image, key: string): Promise<void> {
   const snaps = await readSnapshots(img);
-  const i = find(snaps, key, img.file);
+  const i = find(snaps, key, img.file, 'name');
   const [s] = snaps.splice(i, 1);
   await img.beginChange();
   const l1 = await readL1(img, s.l1Offset, s.l1Size);
