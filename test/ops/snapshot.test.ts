@@ -34,6 +34,9 @@ describe('platter snapshot', () => {
       [['1', 'one']],
     );
     assert.match(must('qemu-img', ['snapshot', '-l', path]), /\bone\b/);
+    // The extra data qemu-img writes: the disk size and icount (0) too.
+    const [snap] = JSON.parse(must('qemu-img', ['info', '--output=json', path])).snapshots;
+    assert.equal(snap.icount, 0);
     assert.equal(platter(['snapshot', '-a', 'one', path]).status, 0);
     assert.equal(run('qemu-img', ['check', path]).status, 0);
     assert.ok(raw(path, 'applied.raw').equals(before), 'apply reverts the content');

@@ -6,7 +6,8 @@
  *   0-7   l1_table_offset   8-11 l1_size   12-13 id length   14-15 name length
  *   16-19 date (s)   20-23 date (ns)   24-31 vm clock (ns)   32-35 vm state size
  *   36-39 extra data size, then extra data (40-47 vm state size 64-bit,
- *   48-55 virtual disk size, more kept verbatim), id, name, padding to 8.
+ *   48-55 virtual disk size, 56-63 icount, more kept verbatim), id, name,
+ *   padding to 8.
  *
  * Every change writes new metadata first and frees the old last. A
  * refcount of a data cluster counts the L1 tables that reach it.
@@ -284,7 +285,8 @@ async function createSnapshot(img: Qcow2Image, name: string): Promise<void> {
     vmClock: 0,
     vmStateSize: 0,
     diskSize: img.size,
-    extraRest: new Uint8Array(0),
+    // Extra data bytes 16-23, icount (qcow2.txt): 0, as qemu-img snapshot -c writes it.
+    extraRest: new Uint8Array(8),
   });
   await replaceTable(img, snaps);
 }
