@@ -76,6 +76,32 @@ describe('platter commit', () => {
     assert.equal(run('qemu-img', ['check', top]).status, 0);
   });
 
+  it('a backing file smaller than the overlay grows to its size, as qemu-img commit grows it', (t) => {
+    if (!needPeers(t, 'qemu-img', 'qemu-io')) return;
+    const setup = (name: string) => {
+      const base = join(dir, `${name}.raw`);
+      const top = join(dir, `${name}.qcow2`);
+      must('qemu-img', ['create', '-q', '-f', 'raw', base, '4M']);
+      must('qemu-io', ['-f', 'raw', '-c', 'write -P 1 0 4M', base]);
+      must('qemu-img', ['create', '-q', '-f', 'qcow2', '-b', base, '-F', 'raw', top, '8M']);
+      must('qemu-io', ['-c', 'write -P 2 6M 64k', '-c', 'write -P 3 1M 4k', top]);
+      return { base, top };
+    };
+    const mine = setup('grow-mine');
+    const theirs = setup('grow-theirs');
+    const want = join(dir, 'grow-want.raw');
+    must('qemu-img', ['convert', '-O', 'raw', mine.top, want]);
+    const r = platter(['commit', mine.top]);
+    assert.equal(r.status, 0, r.stderr);
+    must('qemu-img', ['commit', '-q', theirs.top]);
+    assert.ok(
+      readFileSync(mine.base).equals(readFileSync(theirs.base)),
+      'the same backing file as qemu-img makes',
+    );
+    assert.equal(run('qemu-img', ['compare', '-f', 'raw', '-F', 'raw', mine.base, want]).status, 0);
+    assert.equal(run('qemu-img', ['compare', mine.top, want]).status, 0, 'the chain reads as before');
+  });
+
   it('refuses an image without a backing file, and raw overlays', (t) => {
     if (!needPeers(t, 'qemu-img')) return;
     const alone = join(dir, 'alone.qcow2');

@@ -9,6 +9,7 @@ import type { Disk } from '../../core/disk.js';
 import { PlatterError } from '../../core/errors.js';
 import { openImage } from '../../formats/open.js';
 import { commitDisk } from '../../ops/commit.js';
+import { resizeImage } from '../../ops/resize.js';
 import { closeAll, progressFor, withProgress } from '../common.js';
 import type { CliContext } from '../context.js';
 import { printLines } from '../output.js';
@@ -28,7 +29,15 @@ async function commit(ctx: CliContext, image: string, o: CommitOpts): Promise<nu
     const { backing } = await top.info();
     if (!backing) throw new PlatterError('EINVAL', `${image}: has no backing file to commit into`);
     const path = ctx.host.resolve(image, backing.name);
-    base = await openImage(ctx.host, path, { format: backing.format, readOnly: false });
+    const openBase = () => openImage(ctx.host, path, { format: backing.format, readOnly: false });
+    base = await openBase();
+    if (base.size < top.size) {
+      // A backing file smaller than the overlay grows to its size first, as qemu-img commit does.
+      await base.close();
+      base = undefined;
+      await resizeImage(openBase, String(top.size));
+      base = await openBase();
+    }
     const progress = progressFor(ctx, o);
     try {
       await commitDisk(top, base, { signal: ctx.signal, onProgress: progress.onProgress });
