@@ -10,6 +10,7 @@ export type ErrorCode =
   | 'EEXIST' // destination exists and --force was not given
   | 'ENOENT' // file missing
   | 'EIO' // the host failed a read or write
+  | 'EGONE' // the source or destination went away (connection lost, device removed): not a bad sector
   | 'ERANGE' // offset/length outside the disk
   | 'EREADONLY' // write to something opened read-only
   | 'ECLOSED' // use after close

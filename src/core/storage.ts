@@ -164,6 +164,8 @@ export interface SectorRun {
   /** Positions of the sectors that failed, in reading order. */
   bad: number[];
   writeError?: Error;
+  /** The source went away (EGONE) at `reached`: that sector was not tried, and the run must stop. */
+  readError?: Error;
 }
 
 export interface StorageExtent {

@@ -14,7 +14,8 @@
  *
  * Failures are PlatterErrors that name the URI, the command and the offset:
  * a refused export (ENOENT), a read-only export opened for writing
- * (EREADONLY), an error reply (EIO/ENOSPC/...), a lost connection (EIO).
+ * (EREADONLY), an error reply (EIO/ENOSPC/...), a lost connection (EGONE:
+ * not a bad sector, so a rescue or an acquisition stops instead of going on).
  */
 import { connect, type Socket } from 'node:net';
 import { type ErrorCode, PlatterError } from '../core/errors.js';
@@ -108,6 +109,8 @@ function codeOf(errno: number): ErrorCode {
       return 'ERANGE';
     case P.ENOTSUP:
       return 'EUNSUPPORTED';
+    case P.ESHUTDOWN:
+      return 'EGONE'; // the server is going away: the request was not tried
     default:
       return 'EIO';
   }
@@ -308,7 +311,7 @@ export class NbdClient {
       const why =
         e instanceof PlatterError
           ? e
-          : new PlatterError('EIO', `${this.name}: NBD connection lost (${(e as Error).message})`);
+          : new PlatterError('EGONE', `${this.name}: NBD connection lost (${(e as Error).message})`);
       this.fail(this.closing ? new PlatterError('ECLOSED', `${this.name}: connection closed`) : why);
     }
   }

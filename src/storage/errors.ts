@@ -32,7 +32,14 @@ export function hostError(e: unknown, path: string, during?: string): Error {
       return new PlatterError('EIO', `${path}: device or resource busy (mounted or in use?)${where}`);
     case 'ENXIO':
     case 'ENODEV':
-      return new PlatterError('EIO', `${path}: no such device (is it attached?)${where}`);
+      return new PlatterError('EGONE', `${path}: no such device (is it attached?)${where}`);
+    case 'ENOTCONN':
+    case 'ESHUTDOWN':
+      // A FUSE file (nbdfuse) whose server went away.
+      return new PlatterError(
+        'EGONE',
+        `${path}: the device is gone (transport endpoint is not connected)${where}`,
+      );
     case 'EFBIG':
       return new PlatterError('ENOSPC', `${path}: file too large for this file system${where}`);
     case 'EDQUOT':

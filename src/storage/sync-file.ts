@@ -193,9 +193,21 @@ export function syncFileIo(source: string, dest: string, o: FileIoOptions): Sync
     const flags = (opts.forward ? 1 : 0) | (opts.stopOnError ? 2 : 0) | (opts.sparse ? 4 : 0);
     const params = new Float64Array([from, to, sectorSize, opts.dstDelta, flags, opts.maxMs * 1e6]);
     const r = sectors(srcFd, dstFd, sectorBuf, params);
-    const [reached, good, readErrno, writeErrno] = r;
+    const [, good, readErrno, writeErrno] = r;
+    let reached = r[0];
     const bad = r.slice(4);
     writeback.wrote(good);
+    // A source that went away (ENOTCONN from a FUSE file, ENODEV...) failed its last
+    // sector without a bad sector there: it counts as not tried.
+    const gone =
+      readErrno > 0 && bad.length > 0
+        ? hostError({ code: getSystemErrorName(-readErrno) }, source, `read at offset ${bad[bad.length - 1]}`)
+        : undefined;
+    const readError = gone instanceof PlatterError && gone.code === 'EGONE' ? gone : undefined;
+    if (readError) {
+      bad.pop();
+      reached += opts.forward ? -sectorSize : sectorSize;
+    }
     // What size() needs to know of the last failure (see there): EIO, another errno, or the end of the file.
     if (bad.length > 0)
       lastErrno = readErrno === -1 ? undefined : readErrno > 0 ? getSystemErrorName(-readErrno) : 'EIO';
@@ -203,6 +215,7 @@ export function syncFileIo(source: string, dest: string, o: FileIoOptions): Sync
       reached,
       good,
       bad,
+      readError,
       writeError:
         writeErrno > 0
           ? hostError(

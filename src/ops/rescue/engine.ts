@@ -265,7 +265,9 @@ export async function rescue(
       if (io) io.read(b, pos);
       else await src.read(b, pos);
     } catch (e) {
-      if (!(e instanceof PlatterError) || e.code === 'ECLOSED') throw e;
+      // A source that went away (a lost connection, a removed device) has no bad
+      // sectors to record: the rescue stops, as GNU ddrescue's "input file disappeared".
+      if (!(e instanceof PlatterError) || e.code === 'ECLOSED' || e.code === 'EGONE') throw e;
       readErrors++;
       release(b);
       await checkSource(pos);
@@ -424,6 +426,7 @@ export async function rescue(
     readBytes += r.good;
     if (r.good > 0) lastGood = now();
     if (r.writeError) throw r.writeError;
+    if (r.readError) throw r.readError;
     if (r.bad.length > 0) await checkSource(r.bad[r.bad.length - 1]);
     return r;
   };
