@@ -8,6 +8,7 @@ import { isPlatterError } from '../core/errors.js';
 import { nodeHost } from '../storage/host.js';
 import { commands, type Runner } from './commands/index.js';
 import type { CliContext } from './context.js';
+import { PROGRESS_MODES } from './progress.js';
 import { VERSION } from './version.js';
 
 export { VERSION } from './version.js';
@@ -103,7 +104,7 @@ export async function main(argv: string[]): Promise<void> {
   for (const c of named.length > 0 ? named : commands) c.register(program, ctx, run);
 
   try {
-    await program.parseAsync(argv.map(bareProgress), { from: 'user' });
+    await program.parseAsync(bareProgress(argv), { from: 'user' });
   } catch (e) {
     if (e instanceof CommanderError) {
       process.exitCode = e.exitCode === 0 ? 0 : 1;
@@ -117,8 +118,16 @@ export async function main(argv: string[]): Promise<void> {
 /**
  * `-p`/`--progress` take an optional mode (`--progress=json`); written bare they
  * must not swallow the next argument (`platter convert -p SRC DST`), so a bare
- * one is given its default mode here.
+ * one takes the next argument only if it is a mode (`-p json`), else it gets
+ * the default mode.
  */
-function bareProgress(arg: string): string {
-  return arg === '-p' || arg === '--progress' ? '--progress=auto' : arg;
+function bareProgress(argv: readonly string[]): string[] {
+  const out: string[] = [];
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i];
+    if (a !== '-p' && a !== '--progress') out.push(a);
+    else if (PROGRESS_MODES.includes(argv[i + 1])) out.push(`--progress=${argv[++i]}`);
+    else out.push('--progress=auto');
+  }
+  return out;
 }

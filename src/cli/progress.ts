@@ -4,13 +4,19 @@
  * Rate is a moving average over the last few seconds; ETA = remaining / rate.
  */
 import { formatSize } from '../core/bytes.js';
+import { PlatterError } from '../core/errors.js';
 import type { OnProgress, Progress } from '../ops/progress.js';
 import type { CliContext } from './context.js';
 
 export type ProgressMode = 'none' | 'auto' | 'json';
 
+/** The modes `-p`/`--progress` take. */
+export const PROGRESS_MODES: readonly string[] = ['auto', 'json'];
+
 /** `-p` -> auto, `--progress=json` -> json, absent or -q -> none. */
 export function progressMode(value: unknown, quiet?: boolean): ProgressMode {
+  if (value !== undefined && value !== true && value !== false && !PROGRESS_MODES.includes(String(value)))
+    throw new PlatterError('EINVAL', `--progress=${value}: the mode is auto or json`);
   if (quiet || value === undefined || value === false) return 'none';
   if (value === 'json') return 'json';
   return 'auto';

@@ -108,6 +108,13 @@ describe('progress from the command', () => {
     assert.match(p.stderr, /^hashing: 3 MiB \/ 3 MiB \(100\.0%\) .* ETA 0:00$/m);
     assert.match(p.stdout, /^SHA256 \(src\.raw\) = [0-9a-f]{64}\n$/);
     assert.equal(platterIn(dir, ['hash', '-p', '-q', 'src.raw']).stderr, '', '-q silences progress');
+    // `-p json` as the help shows it (a bare -p takes the next argument only if it is a mode).
+    const pj = platterIn(dir, ['hash', '-p', 'json', 'src.raw']);
+    assert.equal(pj.status, 0, pj.stderr);
+    assert.deepEqual(JSON.parse(pj.stderr.trim().split('\n').at(-1) ?? '').done, 3 * M);
+    const bogus = platterIn(dir, ['hash', '--progress=bogus', 'src.raw']);
+    assert.equal(bogus.status, 1);
+    assert.equal(bogus.stderr, 'platter: error: --progress=bogus: the mode is auto or json\n');
   });
 
   it('a bar on a pseudo-terminal (script)', (t) => {
