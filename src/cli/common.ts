@@ -1,4 +1,6 @@
 /** Options and helpers shared by many commands. */
+import { statSync } from 'node:fs';
+import { resolve } from 'node:path';
 import type { Command } from 'commander';
 import type { Disk } from '../core/disk.js';
 import { PlatterError } from '../core/errors.js';
@@ -68,4 +70,16 @@ export async function closeAll(...disks: Array<Disk | undefined>): Promise<void>
 /** Adds `-U, --force-share` (read without taking locks). */
 export function withForceShare(cmd: Command): Command {
   return cmd.option('-U, --force-share', 'open without taking locks (the image may change underneath)');
+}
+
+/** Are two paths one file (also through a symbolic or a hard link)? */
+export function sameFile(a: string, b: string): boolean {
+  if (resolve(a) === resolve(b)) return true;
+  try {
+    const x = statSync(a);
+    const y = statSync(b);
+    return x.dev === y.dev && x.ino === y.ino;
+  } catch {
+    return false; // one does not exist (yet)
+  }
 }

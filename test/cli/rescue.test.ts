@@ -1,7 +1,7 @@
 /** platter rescue options on an in-process faulty-free source (the failing-drive tests are in test/interop/ddrescue). */
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import { parseMapfile } from '../../src/ops/rescue/mapfile.js';
@@ -103,5 +103,20 @@ describe('rescue options', () => {
       assert.equal(r.status, 1, args.join(' '));
       assert.match(r.stderr, /^platter: error: [^\n]+\n$/);
     }
+  });
+
+  it('the mapfile, the source and the destination must be three files: refused before anything is written', () => {
+    const y = join(dir, 'y.img');
+    for (const [args, what] of [
+      [[src, y, y], 'the destination and the mapfile'],
+      [[src, y, src], 'the source and the mapfile'],
+      [[src, src, y], 'the source and the destination'],
+    ] as const) {
+      const r = platter(['rescue', ...args]);
+      assert.equal(r.status, 1);
+      assert.match(r.stderr, new RegExp(`^platter: error: [^\n]*: ${what} are the same file\n$`));
+      assert.ok(!existsSync(y), 'nothing written');
+    }
+    assert.ok(readFileSync(src).equals(data), 'the source untouched');
   });
 });

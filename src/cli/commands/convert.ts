@@ -11,7 +11,6 @@
  * has zeros, flushed at the end) and needs --force like any existing DST.
  */
 import { statSync } from 'node:fs';
-import { resolve } from 'node:path';
 import type { Command } from 'commander';
 import type { Disk } from '../../core/disk.js';
 import { isPlatterError, PlatterError } from '../../core/errors.js';
@@ -19,7 +18,7 @@ import { byName } from '../../formats/index.js';
 import { createImage, openImage } from '../../formats/open.js';
 import { convertDisk } from '../../ops/convert.js';
 import { collect, parseKeyValues } from '../args.js';
-import { closeAll, openInput, progressFor, withForceShare, withProgress } from '../common.js';
+import { closeAll, openInput, progressFor, sameFile, withForceShare, withProgress } from '../common.js';
 import type { CliContext } from '../context.js';
 import { printJson, printLines } from '../output.js';
 import type { RegisterCommand } from './index.js';
@@ -40,18 +39,6 @@ interface ConvertOpts {
 const filesOf = (d: Disk): string[] => [...new Set(d.storages.flatMap((s) => s.files ?? [s.name]))];
 
 const isUri = (p: string): boolean => /^[a-z][a-z0-9+.-]*:\/\//i.test(p);
-
-/** Are two paths one file (also through a symbolic or a hard link)? */
-function sameFile(a: string, b: string): boolean {
-  if (resolve(a) === resolve(b)) return true;
-  try {
-    const x = statSync(a);
-    const y = statSync(b);
-    return x.dev === y.dev && x.ino === y.ino;
-  } catch {
-    return false; // one does not exist (yet)
-  }
-}
 
 /** A block device or an NBD export is written in place: it cannot be renamed or removed, and it is not zero. */
 function inPlace(p: string): boolean {

@@ -16,6 +16,7 @@ import { RescueMap } from '../../ops/rescue/mapfile.js';
 import { mapPicture } from '../../ops/rescue/mappng.js';
 import { readMapfile, writeMapfile } from '../../ops/rescue/persist.js';
 import type { SyncFileIo } from '../../storage/sync-file.js';
+import { sameFile } from '../common.js';
 import type { CliContext } from '../context.js';
 import { printJson } from '../output.js';
 import { VERSION } from '../version.js';
@@ -166,6 +167,14 @@ async function runRescue(
   if (!Number.isInteger(retryPasses) || retryPasses < -1)
     throw invalid(`invalid retry passes '${f.retryPasses}'`);
 
+  // Checked before anything is opened or written, as GNU ddrescue does.
+  for (const [a, b, what] of [
+    [source, dest, 'the source and the destination'],
+    [source, mapfile, 'the source and the mapfile'],
+    [dest, mapfile, 'the destination and the mapfile'],
+  ]) {
+    if (sameFile(a, b)) throw invalid(`${b}: ${what} are the same file`);
+  }
   const direct = !!f.direct || isBlockDevice(source);
   const src: Storage = await ctx.host.open(source, {
     write: false,
