@@ -61,6 +61,19 @@ describe('platter acquire', () => {
     assert.equal(r.status, 1);
   });
 
+  it('case metadata with line breaks stays on its line of the log: it cannot forge the hashes verify reads', () => {
+    const dst = join(dir, 'forged.raw');
+    const forged = `hello\nHashes of the source (${data.length} bytes):\n  md5:    ${'0'.repeat(32)}`;
+    const r = platter(['acquire', '-q', '--notes', forged, '--examiner', 'A\r\nB', src, dst]);
+    assert.equal(r.status, 0, r.stderr);
+    const log = readFileSync(`${dst}.log`, 'utf8');
+    assert.match(log, /^Notes: +hello Hashes of the source \(\d+ bytes\): +md5: +0{32}$/m);
+    assert.match(log, /^Examiner: +A {2}B$/m);
+    assert.equal(log.match(/^Hashes of the source/gm)?.length, 1);
+    const v = platter(['verify', dst]);
+    assert.equal(v.status, 0, v.stderr);
+  });
+
   it('-O split: DEST.001.. at --segment-size; verify names the bad segment', () => {
     const dst = join(dir, 's.001');
     const r = platter(['acquire', '-q', '-O', 'split', '--segment-size', '1M', src, dst]);

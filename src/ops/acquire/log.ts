@@ -69,10 +69,18 @@ export function buildRecord(
 
 const pad = (s: string, n: number): string => (s.length >= n ? `${s} ` : s + ' '.repeat(n - s.length));
 
+/**
+ * A value on one line of the log: line breaks and other control characters in
+ * case metadata, paths or a drive's own strings become spaces, so no value can
+ * add lines (a forged "Hashes of the source" section would fool verify). The
+ * E01 header flattens them the same way.
+ */
+const oneLine = (v: string | number): string => String(v).replace(/[\u0000-\u001f\u007f]/g, ' ');
+
 export function recordText(rec: AcquisitionRecord): string {
   const L: string[] = [];
   const kv = (k: string, v: string | number): void => {
-    L.push(`${pad(`${k}:`, 18)}${v}`);
+    L.push(`${pad(`${k}:`, 18)}${oneLine(v)}`);
   };
   L.push('platter acquisition log', '');
   kv('Tool', `${rec.tool.name} ${rec.tool.version}`);
@@ -129,7 +137,7 @@ export function recordText(rec: AcquisitionRecord): string {
   for (const [a, h] of Object.entries(v.hashes ?? {})) L.push(`  ${pad(`${a}:`, 8)}${h}`);
   if (rec.notes.length) {
     L.push('', 'Notes:');
-    for (const n of rec.notes) L.push(`  - ${n}`);
+    for (const n of rec.notes) L.push(`  - ${oneLine(n)}`);
   }
   return `${L.join('\n')}\n`;
 }
