@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
-import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import { must, needPeers, platter, run } from '../helpers/peers.js';
@@ -59,6 +59,27 @@ describe('platter acquire', () => {
     assert.ok(!existsSync(join(dir, 'n.raw')));
     r = platter(['acquire', '--force', src, join(dir, 'f.raw')]);
     assert.equal(r.status, 1);
+    // A later segment of the set: refused before the first one is made, without a --force hint.
+    for (const [later, args] of [
+      ['seg.E02', ['-O', 'ewf', '--segment-size', '1M', '--compression', 'none', join(dir, 'seg')]],
+      ['seg.EAB', ['-O', 'ewf', '--segment-size', '1M', join(dir, 'seg')]],
+      ['sp.002', ['-O', 'split', '--segment-size', '1M', join(dir, 'sp.001')]],
+    ]) {
+      writeFileSync(join(dir, later as string), 'keep');
+      r = platter(['acquire', src, ...(args as string[])]);
+      assert.equal(r.status, 1);
+      assert.match(
+        r.stderr,
+        new RegExp(
+          `^platter: error: \\S*${later}: already exists; acquire never overwrites \\(choose another name\\)\n$`,
+        ),
+      );
+      assert.deepEqual(
+        readdirSync(dir).filter((n) => n.startsWith(String(later).slice(0, 3))),
+        [later],
+      );
+      rmSync(join(dir, later as string));
+    }
   });
 
   it('case metadata with line breaks stays on its line of the log: it cannot forge the hashes verify reads', () => {

@@ -12,13 +12,14 @@
  * even with --force. Exit: 0 verified (also with unreadable sectors), 1 error,
  * 4 verification mismatch.
  */
-import { readFileSync, realpathSync, statSync } from 'node:fs';
-import { resolve } from 'node:path';
+import { readdirSync, readFileSync, realpathSync, statSync } from 'node:fs';
+import { dirname, join, resolve } from 'node:path';
 import type { Command } from 'commander';
 import { parseSize } from '../../core/bytes.js';
 import { type Disk, toDisk } from '../../core/disk.js';
-import { invalid, PlatterError } from '../../core/errors.js';
+import { invalid, isPlatterError, PlatterError } from '../../core/errors.js';
 import type { Storage } from '../../core/storage.js';
+import { segmentNumber } from '../../formats/ewf/names.js';
 import { byName } from '../../formats/index.js';
 import { createImage, openImage } from '../../formats/open.js';
 import { buildRecord, recordText, type SourceIdentity } from '../../ops/acquire/log.js';
@@ -144,14 +145,16 @@ async function acquireCmd(
   const logPath = o.log ?? `${dest}.log`;
   if (!isUri(dest) && !isUri(source) && resolve(source) === resolve(dest))
     throw invalid(`${dest}: the destination is the source`);
-  // Evidence is never overwritten: no --force here.
-  for (const p of [dest, logPath]) {
-    if (await ctx.host.exists(p)) {
-      throw new PlatterError(
-        'EEXIST',
-        `${p}: already exists; acquire never overwrites (choose another name)`,
-      );
-    }
+  // Evidence is never overwritten: no --force here. An E01's later segments
+  // (DEST.E02 ...) are refused now too, not when the copy reaches them.
+  const later =
+    fmt === 'ewf' && !isUri(dest)
+      ? readdirSync(dirname(dest))
+          .filter((n) => (segmentNumber(dest, n) ?? 0) > 1)
+          .map((n) => join(dirname(dest), n))
+      : [];
+  for (const p of [dest, logPath, ...later]) {
+    if (await ctx.host.exists(p)) throw neverOverwrites(p);
   }
   const notes: string[] = [];
   if (fmt === 'ewf') {
@@ -217,8 +220,15 @@ async function acquireCmd(
     // Raw and split files can be synced while further writes go on (image formats keep their flush to the end).
     let writeback: (() => Promise<void>) | undefined;
     if (fmt === 'raw' || fmt === 'split') {
-      const st =
-        fmt === 'raw' ? await ctx.host.create(dest, {}) : await createSplit(ctx.host, dest, segmentSize!, {});
+      const st = await (fmt === 'raw'
+        ? ctx.host.create(dest, {})
+        : createSplit(ctx.host, dest, segmentSize!, {})
+      ).catch((e) => {
+        // A split set's later segment that exists (found before any is made).
+        throw isPlatterError(e) && e.code === 'EEXIST'
+          ? neverOverwrites(e.message.replace(/: already exists.*$/, ''))
+          : e;
+      });
       created.push(dest);
       dst = storageDisk(st, size, false);
       writeback = () => st.flush();
@@ -357,3 +367,6 @@ export const registerAcquire: RegisterCommand = (program: Command, ctx, run) => 
       .option('--json', 'print the acquisition record as JSON'),
   ).action(run((source: string, dest: string, o: AcquireCliOpts) => acquireCmd(ctx, source, dest, o)));
 };
+
+const neverOverwrites = (path: string): PlatterError =>
+  new PlatterError('EEXIST', `${path}: already exists; acquire never overwrites (choose another name)`);

@@ -42,6 +42,23 @@ export function segmentName(firstPath: string, n: number): string {
   return `${stem}.${upper ? ext : ext.toLowerCase()}`;
 }
 
+/** The segment number that `name` (a file name in the first file's directory) has in the set of `firstPath`, if any. */
+export function segmentNumber(firstPath: string, name: string): number | undefined {
+  const first = baseName(final(firstPath));
+  const m = EXT.exec(first);
+  if (!m) return undefined;
+  const stem = first.slice(0, first.length - 3);
+  if (name.length !== first.length || !name.startsWith(stem)) return undefined;
+  const ext = name.slice(stem.length);
+  const letter = m[1];
+  if (ext[0] === letter && /^\d\d$/.test(ext.slice(1))) return Number(ext.slice(1)) || undefined;
+  const upper = letter === letter.toUpperCase();
+  if (!(upper ? /^[A-Z]{3}$/ : /^[a-z]{3}$/).test(ext)) return undefined;
+  const [a, b, c] = [...ext.toUpperCase()].map((x) => x.charCodeAt(0) - 65);
+  const k = (a - (letter.toUpperCase().charCodeAt(0) - 65)) * 676 + b * 26 + c;
+  return k < 0 ? undefined : 100 + k;
+}
+
 /** The last path component, for messages and sibling lookups. */
 export function baseName(path: string): string {
   const i = Math.max(path.lastIndexOf('/'), path.lastIndexOf('\\'));
