@@ -3,8 +3,10 @@ import { createHash, randomBytes } from 'node:crypto';
 import { existsSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
-import { must, needPeers, platter, run } from '../helpers/peers.js';
+import { holdWith, qemuIoHold, stop } from '../helpers/holder.js';
+import { must, needPeers, PLATTER, platter, run } from '../helpers/peers.js';
 import { tempDir } from '../helpers/tmp.js';
+import { runAsync } from '../nbd/helpers.js';
 
 const dir = tempDir('platter-cli-acquire-');
 // random, zeros, a repeated pattern, and 300 bytes past the last whole sector
@@ -17,6 +19,8 @@ const data = Buffer.concat([
 const src = join(dir, 'src.bin');
 writeFileSync(src, data);
 const hex = (alg: string, b: Uint8Array): string => createHash(alg).update(b).digest('hex');
+/** platter without blocking the event loop (a holder is waited on meanwhile). */
+const platterAsync = (args: string[]) => runAsync(process.execPath, [PLATTER, ...args]);
 
 describe('platter acquire', () => {
   it('-O raw: hashes equal md5sum/sha256sum, every byte kept, log written, verify exits 0 then 4', async (t) => {
@@ -93,6 +97,32 @@ describe('platter acquire', () => {
     assert.equal(log.match(/^Hashes of the source/gm)?.length, 1);
     const v = platter(['verify', dst]);
     assert.equal(v.status, 0, v.stderr);
+  });
+
+  it('a source another program holds: refused, -U reads it anyway (acquire and verify)', async (t) => {
+    if (!needPeers(t, 'qemu-io')) return;
+    const held = join(dir, 'held.raw');
+    writeFileSync(held, data);
+    const out = join(dir, 'from-held.raw');
+    const io = await holdWith('qemu-io', qemuIoHold(held), held);
+    try {
+      let r = await platterAsync(['acquire', '-q', held, out]);
+      assert.equal(r.status, 1);
+      assert.match(r.stderr, /is in use by another process.*use -U/);
+      r = await platterAsync(['acquire', '-q', '-U', held, out]);
+      assert.equal(r.status, 0, r.stderr);
+      assert.ok(readFileSync(out).equals(data));
+      // verify reads the acquired image; -U is there too.
+      const verifyHeld = await holdWith('qemu-io', qemuIoHold(out), out);
+      try {
+        assert.match((await platterAsync(['verify', out])).stderr, /use -U/);
+        assert.equal((await platterAsync(['verify', '-U', out])).status, 0);
+      } finally {
+        await stop(verifyHeld);
+      }
+    } finally {
+      await stop(io);
+    }
   });
 
   it('-O split: DEST.001.. at --segment-size; verify names the bad segment', () => {

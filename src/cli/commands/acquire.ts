@@ -27,13 +27,14 @@ import { acquire } from '../../ops/acquire.js';
 import { type HashAlgorithm, parseAlgorithms } from '../../ops/hash.js';
 import { createSplit } from '../../storage/split.js';
 import { collect, parseKeyValues } from '../args.js';
-import { closeAll, progressFor, withProgress } from '../common.js';
+import { closeAll, progressFor, withForceShare, withProgress } from '../common.js';
 import type { CliContext } from '../context.js';
 import { VERSION } from '../main.js';
 import { printJson, printLines } from '../output.js';
 import type { RegisterCommand } from './index.js';
 
 interface AcquireCliOpts {
+  forceShare?: boolean;
   outputFormat: string;
   algorithms: string;
   compression?: string;
@@ -172,10 +173,11 @@ async function acquireCmd(
 
   // Block devices are read with O_DIRECT from the start; files and exports
   // buffered, switching to O_DIRECT for the salvage reads after an error.
-  let src = await ctx.host.open(source, { write: false });
+  const lock = o.forceShare ? 'none' : 'auto';
+  let src = await ctx.host.open(source, { write: false, lock });
   if ((src as { isBlockDevice?: boolean }).isBlockDevice) {
     await src.close();
-    src = await ctx.host.open(source, { write: false, direct: true });
+    src = await ctx.host.open(source, { write: false, direct: true, lock });
   }
   const srcInfo = src as Storage & { isBlockDevice?: boolean; sectorSize?: number; direct?: boolean };
   let dst: Disk | undefined;
@@ -266,7 +268,7 @@ async function acquireCmd(
       writeback,
       reopenSourcePrecise: isUri(source)
         ? undefined
-        : () => ctx.host.open(source, { write: false, direct: true }),
+        : () => ctx.host.open(source, { write: false, direct: true, lock }),
       signal: ctx.signal,
       onProgress: progress.onProgress,
     });
@@ -344,27 +346,29 @@ async function acquireCmd(
 }
 
 export const registerAcquire: RegisterCommand = (program: Command, ctx, run) => {
-  withProgress(
-    program
-      .command('acquire')
-      .description('forensic image of a drive, file or NBD export: hashes while reading, verified, logged')
-      .argument('<source>', 'block device, file or nbd:// URI (opened read-only)')
-      .argument('<dest>', 'destination (raw file, DEST.001 for split, DEST[.E01] for ewf)')
-      .option('-O, --output-format <fmt>', 'raw, split, ewf or any writable image format', 'raw')
-      .option('-a, --algorithms <list>', 'hashes: md5, sha1, sha256, sha512', 'md5,sha256')
-      .option('--compression <level>', 'ewf: none, fast or best (default fast)')
-      .option('--case-number <text>', 'case number (ewf header, log)')
-      .option('--evidence-number <text>', 'evidence number')
-      .option('--examiner <name>', 'examiner name')
-      .option('--description <text>', 'description')
-      .option('--notes <text>', 'notes')
-      .option('--segment-size <size>', 'split and ewf: bytes per segment file')
-      .option('--hash-window <size>', 'also hash every SIZE bytes (piecewise hashes in the log)')
-      .option('--log <file>', 'acquisition log (default DEST.log)')
-      .option('-r, --retries <n>', 'further attempts at an unreadable sector', '2')
-      .option('--no-verify', 'do not re-read and compare the destination')
-      .option('-o, --options <k=v,...>', 'destination format options (-O FMT)', collect)
-      .option('--json', 'print the acquisition record as JSON'),
+  withForceShare(
+    withProgress(
+      program
+        .command('acquire')
+        .description('forensic image of a drive, file or NBD export: hashes while reading, verified, logged')
+        .argument('<source>', 'block device, file or nbd:// URI (opened read-only)')
+        .argument('<dest>', 'destination (raw file, DEST.001 for split, DEST[.E01] for ewf)')
+        .option('-O, --output-format <fmt>', 'raw, split, ewf or any writable image format', 'raw')
+        .option('-a, --algorithms <list>', 'hashes: md5, sha1, sha256, sha512', 'md5,sha256')
+        .option('--compression <level>', 'ewf: none, fast or best (default fast)')
+        .option('--case-number <text>', 'case number (ewf header, log)')
+        .option('--evidence-number <text>', 'evidence number')
+        .option('--examiner <name>', 'examiner name')
+        .option('--description <text>', 'description')
+        .option('--notes <text>', 'notes')
+        .option('--segment-size <size>', 'split and ewf: bytes per segment file')
+        .option('--hash-window <size>', 'also hash every SIZE bytes (piecewise hashes in the log)')
+        .option('--log <file>', 'acquisition log (default DEST.log)')
+        .option('-r, --retries <n>', 'further attempts at an unreadable sector', '2')
+        .option('--no-verify', 'do not re-read and compare the destination')
+        .option('-o, --options <k=v,...>', 'destination format options (-O FMT)', collect)
+        .option('--json', 'print the acquisition record as JSON'),
+    ),
   ).action(run((source: string, dest: string, o: AcquireCliOpts) => acquireCmd(ctx, source, dest, o)));
 };
 

@@ -11,12 +11,13 @@ import { PlatterError } from '../../core/errors.js';
 import { parseRecordText } from '../../ops/acquire/log.js';
 import type { Digests } from '../../ops/hash.js';
 import { verifyDisk } from '../../ops/verify.js';
-import { closeAll, openInput, progressFor, withProgress } from '../common.js';
+import { closeAll, openInput, progressFor, withForceShare, withProgress } from '../common.js';
 import type { CliContext } from '../context.js';
 import { printJson, printLines } from '../output.js';
 import type { RegisterCommand } from './index.js';
 
 interface VerifyOpts {
+  forceShare?: boolean;
   format?: string;
   log?: string;
   json?: boolean;
@@ -39,7 +40,7 @@ async function readText(ctx: CliContext, path: string): Promise<string> {
 }
 
 async function verify(ctx: CliContext, image: string, o: VerifyOpts): Promise<number> {
-  const disk = await openInput(ctx, image, { format: o.format });
+  const disk = await openInput(ctx, image, { format: o.format, forceShare: o.forceShare });
   const progress = progressFor(ctx, o);
   try {
     const info = await disk.info();
@@ -108,13 +109,15 @@ async function verify(ctx: CliContext, image: string, o: VerifyOpts): Promise<nu
 }
 
 export const registerVerify: RegisterCommand = (program: Command, ctx, run) => {
-  withProgress(
-    program
-      .command('verify')
-      .description('check an image against its stored hashes (EWF) or its acquisition log (raw, split)')
-      .argument('<image>', 'E01, raw image or first file of a split set')
-      .option('-f, --format <fmt>', 'image format (probed if absent)')
-      .option('--log <file>', 'acquisition log to compare with (default IMAGE.log)')
-      .option('--json', 'print the result as JSON'),
+  withForceShare(
+    withProgress(
+      program
+        .command('verify')
+        .description('check an image against its stored hashes (EWF) or its acquisition log (raw, split)')
+        .argument('<image>', 'E01, raw image or first file of a split set')
+        .option('-f, --format <fmt>', 'image format (probed if absent)')
+        .option('--log <file>', 'acquisition log to compare with (default IMAGE.log)')
+        .option('--json', 'print the result as JSON'),
+    ),
   ).action(run((image: string, o: VerifyOpts) => verify(ctx, image, o)));
 };
