@@ -105,6 +105,19 @@ describe('rescue options', () => {
     }
   });
 
+  it('an empty mapfile (touch) starts a new rescue, as with GNU ddrescue', () => {
+    const out = join(dir, 'e.img');
+    const map = join(dir, 'e.map');
+    writeFileSync(map, '');
+    const r = platter(['rescue', '-q', src, out, map]);
+    assert.equal(r.status, 0, r.stderr);
+    assert.ok(readFileSync(out).equals(data));
+    assert.deepEqual(
+      parseMapfile(readFileSync(map, 'utf8'), map).blocks.map((b) => b.status),
+      ['+'],
+    );
+  });
+
   it('the mapfile, the source and the destination must be three files: refused before anything is written', () => {
     const y = join(dir, 'y.img');
     for (const [args, what] of [

@@ -15,7 +15,10 @@ export async function readMapfile(host: Host, path: string): Promise<RescueMap |
       throw new PlatterError('EINVAL', `${path}: too large for a mapfile (${size} bytes)`);
     const buf = new Uint8Array(size);
     await s.read(buf, 0);
-    return parseMapfile(new TextDecoder().decode(buf), path);
+    const text = new TextDecoder().decode(buf);
+    // An empty file (`touch MAPFILE`) starts a new rescue, as with GNU ddrescue.
+    if (text.trim() === '') return undefined;
+    return parseMapfile(text, path);
   } finally {
     await s.close();
   }
