@@ -215,7 +215,7 @@ export function syncFileIo(source: string, dest: string, o: FileIoOptions): Sync
       reached,
       good,
       bad,
-      readError,
+      ...(readError ? { readError } : {}),
       writeError:
         writeErrno > 0
           ? hostError(
