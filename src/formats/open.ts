@@ -56,15 +56,15 @@ export async function openImage(host: Host, path: string, opts: OpenImageOptions
   return openLayer(host, path, opts, new Set(), 0);
 }
 
+/** A path as the host names it from anywhere (resolved against its own directory). */
+const absolute = (host: Host, path: string): string => host.resolve(path, basename(path));
+
 /**
  * Opens the backing chain of an image about to be made at `path`, refusing a
  * chain that passes through `path` itself: the new image would replace a layer
  * of its own backing chain (without it, the chain's read lock on that layer
  * refuses the creation with a misleading "in use by another process").
  */
-/** A path as the host names it from anywhere (resolved against its own directory). */
-const absolute = (host: Host, path: string): string => host.resolve(path, basename(path));
-
 function openNewBacking(host: Host, path: string, backing: { name: string; format?: string }): Promise<Disk> {
   const self = absolute(host, path);
   const backingPath = host.resolve(path, backing.name);
