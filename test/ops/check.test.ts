@@ -3,7 +3,7 @@
  * check, 2 corrupt, 3 leaks), agreement with `qemu-img check`, and repair.
  */
 import assert from 'node:assert/strict';
-import { readFileSync, writeFileSync } from 'node:fs';
+import { readFileSync, truncateSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import { must, needPeers, platter, run } from '../helpers/peers.js';
@@ -51,6 +51,22 @@ describe('platter check', () => {
     assert.equal(res.corruptions, 0);
     assert.equal(res.leaks, 0);
     assert.equal(res.format, 'qcow2');
+  });
+
+  it("'Image end offset' is the end of the last cluster in use, as qemu-img check says", (t) => {
+    if (!needPeers(t, 'qemu-img', 'qemu-io')) return;
+    const end = (out: string) => /^Image end offset: (\d+)$/m.exec(out)?.[1];
+    const tail = image().path; // a file longer than what it uses
+    truncateSync(tail, 4 << 20);
+    const snap = image().path; // a snapshot table that does not end on a cluster
+    must('qemu-img', ['snapshot', '-c', 's', snap]);
+    const packed = join(dir, 'packed.qcow2'); // compressed clusters share host clusters
+    must('qemu-img', ['convert', '-c', '-O', 'qcow2', snap, packed]);
+    for (const p of [tail, snap, packed]) {
+      const mine = platter(['check', p]);
+      assert.equal(mine.status, 0, mine.stderr);
+      assert.equal(end(mine.stdout), end(must('qemu-img', ['check', p])), p);
+    }
   });
 
   it('a leaked cluster: exit 3 like qemu-img, -r leaks repairs it', (t) => {

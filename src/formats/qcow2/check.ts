@@ -252,6 +252,7 @@ async function compare(img: Qcow2Image, s: Scan): Promise<Comparison> {
   const n = s.expected.length;
   // Clusters the refcounts cover: everything in the file, and whatever blocks describe past it.
   const covered = Math.max(n, rt.tableEntries * rt.perBlock);
+  let highest = -1; // the last cluster in use, by either count (qemu-img's "Image end offset")
   for (let ti = 0; ti * rt.perBlock < covered; ti++) {
     let block: Uint8Array | undefined;
     try {
@@ -265,6 +266,7 @@ async function compare(img: Qcow2Image, s: Scan): Promise<Comparison> {
     for (let c = startC; c < endC; c++) {
       const stored = block ? rt.entry(block, c - startC) : 0;
       const want = c < n ? s.expected[c] : 0;
+      if (stored > 0 || want > 0) highest = c;
       if (stored === want) continue;
       if (stored < want) {
         out.corruptions++;
@@ -280,7 +282,7 @@ async function compare(img: Qcow2Image, s: Scan): Promise<Comparison> {
   out.details = {
     allocatedClusters: s.allocated,
     totalClusters: Math.ceil(img.size / img.cs),
-    imageEndOffset: img.fileSize,
+    imageEndOffset: (highest + 1) * img.cs,
   };
   return out;
 }
