@@ -128,6 +128,16 @@ describe('platter check', () => {
     assert.equal(readFileSync(path)[79] & 2, 0);
   });
 
+  it('metadata too broken to open (a refcount table past the end): one error line, exit 2 as qemu-img', (t) => {
+    if (!needPeers(t, 'qemu-img', 'qemu-io')) return;
+    const { path } = image();
+    patch(path, 48, [0, 0, 0, 0, 0x10, 0, 0, 0]); // refcount_table_offset
+    const r = platter(['check', path]);
+    assert.equal(r.status, 2);
+    assert.match(r.stderr, /^platter: error: .*corrupt image: refcount table .* past end of file.*\n$/);
+    assert.equal(run('qemu-img', ['check', path]).status, 2);
+  });
+
   it('a raw image cannot be checked: exit 1 with one error line', () => {
     const path = join(dir, 'plain.raw');
     writeFileSync(path, new Uint8Array(65536));

@@ -6,8 +6,8 @@
  * 3 leaked clusters only (after a repair: what is left).
  */
 import type { Command } from 'commander';
-import type { CheckResult } from '../../core/disk.js';
-import { invalid } from '../../core/errors.js';
+import type { CheckResult, Disk } from '../../core/disk.js';
+import { invalid, isPlatterError } from '../../core/errors.js';
 import { openImage } from '../../formats/open.js';
 import { checkDisk, checkExitStatus, type RepairMode } from '../../ops/check.js';
 import { closeAll, withForceShare } from '../common.js';
@@ -58,12 +58,20 @@ function report(r: CheckResult): string[] {
 async function check(ctx: CliContext, image: string, o: CheckOpts): Promise<number> {
   const repair = (o.repair ?? 'none') as RepairMode;
   if (!['none', 'leaks', 'all'].includes(repair)) throw invalid(`-r ${o.repair}: expected leaks or all`);
-  const disk = await openImage(ctx.host, image, {
-    format: o.format,
-    readOnly: repair === 'none',
-    forceShare: o.forceShare,
-    backing: false,
-  });
+  let disk: Disk;
+  try {
+    disk = await openImage(ctx.host, image, {
+      format: o.format,
+      readOnly: repair === 'none',
+      forceShare: o.forceShare,
+      backing: false,
+    });
+  } catch (e) {
+    // Metadata too broken to open is what check is for: the corruption's exit status (2), not 1.
+    if (!(isPlatterError(e) && e.code === 'ECORRUPT')) throw e;
+    ctx.stderr.write(`platter: error: ${e.message}\n`);
+    return 2;
+  }
   try {
     const r = await checkDisk(disk, repair);
     if (o.json) {
