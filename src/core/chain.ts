@@ -57,8 +57,10 @@ export function stack(top: Disk, below: Disk): Disk {
       if (inBelow > 0) {
         for (const b of await below.extents(e.offset, inBelow)) pushExtent(out, { ...b, depth: b.depth + 1 });
       }
+      // Past the end of the disk below nothing lies under this layer: zeros of its own
+      // depth (as qemu-img map reports them), not of the layer that ends before.
       if (inBelow < e.length) {
-        pushExtent(out, { offset: e.offset + inBelow, length: e.length - inBelow, status: 'hole', depth: 1 });
+        pushExtent(out, { offset: e.offset + inBelow, length: e.length - inBelow, status: 'hole', depth: 0 });
       }
     }
     return out;

@@ -109,6 +109,16 @@ describe('interop with qemu-img', () => {
     assert.equal(p(['compare', f('flat.raw'), f('top.qcow2')]).stdout, 'Images are identical.\n');
   });
 
+  it('a chain of growing sizes: map past the end of a shorter backing file says depth 0, as qemu-img', (t) => {
+    if (!needPeers(t, 'qemu-img', 'qemu-io')) return;
+    must('qemu-img', ['create', '-f', 'qcow2', f('g1.qcow2'), '1M']);
+    qemuIoWrite(f('g1.qcow2'), 'qcow2', ['write -P 1 0 64k']);
+    must('qemu-img', ['create', '-f', 'qcow2', '-b', 'g1.qcow2', '-F', 'qcow2', f('g2.qcow2'), '4M']);
+    must('qemu-img', ['create', '-f', 'qcow2', '-b', 'g2.qcow2', '-F', 'qcow2', f('g3.qcow2'), '6M']);
+    for (const top of ['g2.qcow2', 'g3.qcow2'])
+      assert.deepEqual(JSON.parse(p(['map', '--json', f(top)]).stdout), qemuMap(f(top)), top);
+  });
+
   it('info --backing-chain agrees with qemu-img info --backing-chain', (t) => {
     if (!needPeers(t, 'qemu-img', 'qemu-io')) return;
     must('qemu-img', ['create', '-f', 'qcow2', f('ib.qcow2'), '8M']);
