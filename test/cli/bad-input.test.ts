@@ -54,6 +54,11 @@ describe('bad input: one error line and a non-zero exit', () => {
     assert.match(oneErrorLine(p(['info', 'empty.raw'])), /^empty\.raw: .*empty/);
     assert.match(oneErrorLine(p(['convert', '-O', 'raw', 'empty.raw', 'e2.raw'])), /^empty\.raw: .*empty/);
     assert.ok(!existsSync(join(dir, 'e2.raw')));
+    // A qcow2 of virtual size 0 is an image (qemu-img makes them): info shows it.
+    assert.equal(p(['create', '-q', '-f', 'qcow2', 'zero.qcow2', '0']).status, 0);
+    const i = p(['info', '--json', 'zero.qcow2']);
+    assert.equal(i.status, 0, i.stderr);
+    assert.equal(JSON.parse(i.stdout).virtualSize, 0);
   });
 
   it('an odd-size raw image is read exactly (not an error) and a truncated qcow2 is one error', () => {

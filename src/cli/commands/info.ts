@@ -11,7 +11,7 @@ import type { Disk } from '../../core/disk.js';
 import { BackingNotFound, openImage } from '../../formats/open.js';
 import { chainInfo, type ImageInfo, imageInfo } from '../../ops/info.js';
 import { formatPartitionTable } from '../../ops/partitions.js';
-import { closeAll, openInput, withForceShare } from '../common.js';
+import { closeAll, openArg, withForceShare } from '../common.js';
 import type { CliContext } from '../context.js';
 import { printJson, printLines } from '../output.js';
 import type { RegisterCommand } from './index.js';
@@ -86,7 +86,8 @@ async function openForInfo(
   o: InfoOpts,
 ): Promise<{ disk: Disk; whole: boolean }> {
   try {
-    return { disk: await openInput(ctx, image, { format: o.format, forceShare: o.forceShare }), whole: true };
+    // An image of 0 bytes (qcow2 and others can be made so) is shown too: info reads no data.
+    return { disk: await openArg(ctx, image, { format: o.format, forceShare: o.forceShare }), whole: true };
   } catch (e) {
     if (o.backingChain || !(e instanceof BackingNotFound)) throw e;
     const disk = await openImage(ctx.host, image, {
