@@ -113,6 +113,20 @@ export function clusterBitsOf(head: Uint8Array, file: string): number {
 }
 
 /**
+ * Refuses a version other than 2 and 3 first (before fields whose place it
+ * decides). Version 1 is QEMU's older "qcow" format, with the same magic.
+ */
+export function checkVersion(head: Uint8Array, file: string): void {
+  const version = viewOf(head).getUint32(4);
+  if (version === 1)
+    throw unsupported(
+      `${file}: a qcow (version 1) image, which platter cannot open; qemu-img convert -O qcow2 makes a qcow2 of it`,
+    );
+  if (version !== 2 && version !== 3)
+    throw unsupported(`${file}: qcow2 version ${version} is not supported (2 or 3)`);
+}
+
+/**
  * Parses the header from the first cluster (or the whole file if shorter).
  * Refuses what platter cannot handle safely: encryption, external data
  * files, extended L2 entries, unknown incompatible features.
@@ -121,9 +135,8 @@ export function parseHeader(c0: Uint8Array, file: string, fileSize: number): Hea
   if (c0.length < 72) throw corrupt(file, `file is ${c0.length} bytes, shorter than a qcow2 header (72)`);
   const v = viewOf(c0);
   if (v.getUint32(0) !== MAGIC) throw new PlatterError('EFORMAT', `${file}: not a qcow2 image (bad magic)`);
-  const version = v.getUint32(4);
-  if (version !== 2 && version !== 3)
-    throw unsupported(`${file}: qcow2 version ${version} is not supported (2 or 3)`);
+  checkVersion(c0, file);
+  const version = v.getUint32(4) as 2 | 3;
   const clusterBits = clusterBitsOf(c0, file);
   const cs = 2 ** clusterBits;
   const size = u64(v, 24, false, 'virtual size', file);

@@ -20,6 +20,7 @@ import { loadZstd } from './compressed.js';
 import { create } from './create.js';
 import {
   COMPAT_LAZY_REFCOUNTS,
+  checkVersion,
   clusterBitsOf,
   hasMagic,
   INCOMPAT_CORRUPT,
@@ -53,6 +54,7 @@ export async function openQcow2(storage: Storage, readOnly: boolean, compress: b
   if (!hasMagic(head)) throw new PlatterError('EFORMAT', `${file}: not a qcow2 image (bad magic)`);
   if (head.length < 72)
     throw new PlatterError('ECORRUPT', `${file}: corrupt image: header is truncated (${head.length} bytes)`);
+  checkVersion(head, file);
   const cs = 2 ** clusterBitsOf(head, file);
   const c0 = new Uint8Array(Math.min(fileSize, cs));
   await storage.read(c0, 0);

@@ -102,6 +102,19 @@ describe('qcow2 bad input', () => {
     }
   });
 
+  it('a qcow (version 1) image made by qemu-img: named as such, not called corrupt', async (t) => {
+    if (!needPeers(t, 'qemu-img')) return;
+    const path = join(dir, 'old.qcow');
+    must('qemu-img', ['create', '-q', '-f', 'qcow', path, '1M']);
+    await assert.rejects(
+      openRead(path),
+      (e) =>
+        e instanceof PlatterError &&
+        e.code === 'EUNSUPPORTED' &&
+        /a qcow \(version 1\) image/.test(e.message),
+    );
+  });
+
   it('L2 table offsets past the end or unaligned, data clusters past the end', async (t) => {
     if (!needPeers(t, 'qemu-img', 'qemu-io')) return;
     const good = qemuImage();
