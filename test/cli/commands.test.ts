@@ -72,9 +72,9 @@ describe('platter commands (golden output)', () => {
     const r = p(['map', '--json', 'disk.raw']);
     assert.equal(
       r.stdout,
-      '[{"start":0,"length":1048576,"depth":0,"present":true,"zero":true,"data":false},\n' +
-        '{"start":1048576,"length":8192,"depth":0,"present":true,"zero":false,"data":true},\n' +
-        '{"start":1056768,"length":9428992,"depth":0,"present":true,"zero":true,"data":false}]\n',
+      '[{"start":0,"length":1048576,"depth":0,"present":true,"zero":true,"data":false,"offset":0},\n' +
+        '{"start":1048576,"length":8192,"depth":0,"present":true,"zero":false,"data":true,"offset":1048576},\n' +
+        '{"start":1056768,"length":9428992,"depth":0,"present":true,"zero":true,"data":false,"offset":1056768}]\n',
     );
     assert.equal(
       p(['map', 'disk.raw']).stdout,

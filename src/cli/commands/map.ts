@@ -2,7 +2,8 @@
  * platter map [--json] [-f FMT] [-U] IMAGE
  *
  * JSON: the array of `qemu-img map --output=json` (start, length, depth,
- * present, zero, data), one entry per line like qemu-img prints it. Text: a
+ * present, zero, data, and offset where the bytes lie verbatim in the layer's
+ * file), one entry per line like qemu-img prints it. Text: a
  * table of every range with its kind and the file of the layer it comes from.
  */
 import type { Command } from 'commander';
