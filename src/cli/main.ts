@@ -15,11 +15,17 @@ export { VERSION } from './version.js';
 
 export async function main(argv: string[]): Promise<void> {
   const abort = new AbortController();
-  let interrupted = 0;
+  // The first SIGINT/SIGTERM stops the command cleanly (a convert removes its
+  // DST.partial); another one a second or more later ends the process at once.
+  // One sooner is the same interrupt delivered twice: GNU timeout signals the
+  // child and then its whole process group.
+  let interruptedAt: number | undefined;
   const onSignal = (sig: NodeJS.Signals): void => {
-    interrupted++;
-    if (interrupted > 1) process.exit(130);
-    abort.abort(new Error(sig));
+    const now = performance.now();
+    if (interruptedAt === undefined) {
+      interruptedAt = now;
+      abort.abort(new Error(sig));
+    } else if (now - interruptedAt >= 1000) process.exit(130);
   };
   process.on('SIGINT', onSignal);
   process.on('SIGTERM', onSignal);
