@@ -176,9 +176,10 @@ describe('progress from the command', () => {
       assert.equal(await pauseControl(control, 'p'), 'P');
       assert.ok(existsSync(join(dir, 'out.raw.partial')), 'the work in progress is visibly partial');
       assert.ok(!existsSync(join(dir, 'out.raw')));
-      // Twice at once, as GNU timeout delivers it (to the child, then its process group):
-      // still one clean interrupt, not the forced exit a later second Ctrl-C means.
+      // Twice within a moment, as GNU timeout delivers it (to the child, then its process
+      // group): still one clean interrupt, not the forced exit a later second Ctrl-C means.
       child.kill('SIGINT');
+      await new Promise((r) => setTimeout(r, 100));
       child.kill('SIGINT');
       // Resumed, the held reads complete (or fail) and platter ends on its own.
       assert.equal(await pauseControl(control, 'r'), 'R');
