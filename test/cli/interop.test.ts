@@ -166,6 +166,11 @@ describe('interop with qemu-img', () => {
       must('qemu-io', ['-f', 'raw', '-c', 'write -P 0x55 0 4M', uri]); // old content everywhere
       must('qemu-img', ['create', '-f', 'raw', f('n.raw'), '4M']);
       qemuIoWrite(f('n.raw'), 'raw', ['write -P 7 1M 64k']);
+      // Without --force an export is not overwritten (qemu-img asks for -n).
+      const refused = p(['convert', '-O', 'raw', f('n.raw'), uri]);
+      assert.equal(refused.status, 1);
+      assert.match(refused.stderr, /an NBD export is written in place \(use --force to overwrite it\)/);
+      must('qemu-io', ['-f', 'raw', '-c', 'read -P 0x55 0 4M', uri]); // untouched
       const r = p(['convert', '--force', '-O', 'raw', f('n.raw'), uri]);
       assert.equal(r.status, 0, r.stderr);
       assert.equal(

@@ -80,6 +80,13 @@ async function convert(ctx: CliContext, srcPath: string, dstPath: string, o: Con
   if (!isUri(dstPath) && sameFile(srcPath, dstPath)) {
     throw new PlatterError('EINVAL', `${dstPath}: the destination is the source`);
   }
+  if (!o.force && isUri(dstPath)) {
+    // An export always exists: like a device, it is overwritten only when asked (qemu-img: -n).
+    throw new PlatterError(
+      'EEXIST',
+      `${dstPath}: an NBD export is written in place (use --force to overwrite it)`,
+    );
+  }
   if (!o.force && (await ctx.host.exists(dstPath))) {
     throw new PlatterError('EEXIST', `${dstPath}: already exists (use --force to overwrite)`);
   }
