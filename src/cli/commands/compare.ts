@@ -4,8 +4,9 @@
  * Exit 0 identical, 1 different, 2 error (like qemu-img compare). Text:
  * `Images are identical.` or `Content mismatch at offset N!` (N rounded down
  * to its 512-byte sector); with --all one line per differing range. Images of
- * different sizes print `Warning: Image size mismatch!` first, as qemu-img
- * does, and compare equal when the extra part reads as zeros.
+ * different sizes print `Warning: Image size mismatch!` first when the
+ * compare reaches the longer one's tail, as qemu-img does, and compare equal
+ * when that tail reads as zeros.
  */
 import type { Command } from 'commander';
 import { compareDisks } from '../../ops/compare.js';
@@ -42,7 +43,11 @@ async function compare(ctx: CliContext, pathA: string, pathB: string, o: Compare
       });
     } else if (!o.quiet) {
       const lines: string[] = [];
-      if (r.sizeA !== r.sizeB) lines.push('Warning: Image size mismatch!');
+      // qemu-img warns once the compare reaches the longer image's tail: not when
+      // the first difference lies in the part both images have.
+      const common = Math.min(r.sizeA, r.sizeB);
+      const inTail = r.ranges !== undefined || r.firstMismatch === undefined || r.firstMismatch >= common;
+      if (r.sizeA !== r.sizeB && inTail) lines.push('Warning: Image size mismatch!');
       if (r.identical) lines.push('Images are identical.');
       else if (r.ranges)
         for (const x of r.ranges) lines.push(`Content mismatch at offset ${x.offset}! (${x.length} bytes)`);
