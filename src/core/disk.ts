@@ -90,6 +90,8 @@ export interface CheckResult {
  */
 export interface DiskFeatures {
   check?(opts: { repair: 'none' | 'leaks' | 'all' }): Promise<CheckResult>;
+  /** check() repairs what it finds when asked (repair: leaks or all); else it only reports. */
+  repairs?: boolean;
   /** Change the virtual size; the Disk must be reopened afterwards. */
   resize?(newSize: number, opts: { shrink: boolean }): Promise<void>;
   snapshots?: {

@@ -18,6 +18,13 @@ export async function checkDisk(disk: Disk, repair: RepairMode = 'none'): Promis
       `${disk.name}: ${format} images have no metadata that could be checked`,
     );
   }
+  if (repair !== 'none' && !disk.features.repairs) {
+    const { format } = await disk.info();
+    throw new PlatterError(
+      'EUNSUPPORTED',
+      `${disk.name}: platter cannot repair ${format} images (check without -r reports what is wrong)`,
+    );
+  }
   return check({ repair });
 }
 

@@ -138,6 +138,23 @@ describe('platter check', () => {
     assert.equal(run('qemu-img', ['check', path]).status, 2);
   });
 
+  it('-r on a format platter checks but cannot repair (VDI, VHD): one error line, the image untouched', (t) => {
+    if (!needPeers(t, 'qemu-img')) return;
+    for (const [fmt, qemu] of [
+      ['vdi', 'vdi'],
+      ['vhd', 'vpc'],
+    ]) {
+      const path = join(dir, `norepair.${fmt}`);
+      must('qemu-img', ['create', '-q', '-f', qemu, path, '4M']);
+      const before = readFileSync(path);
+      const r = platter(['check', '-r', 'all', path]);
+      assert.equal(r.status, 1);
+      assert.match(r.stderr, new RegExp(`^platter: error: .*platter cannot repair ${fmt} images.*\\n$`));
+      assert.ok(readFileSync(path).equals(before));
+      assert.equal(platter(['check', path]).status, 0, 'check without -r still reports');
+    }
+  });
+
   it('a raw image cannot be checked: exit 1 with one error line', () => {
     const path = join(dir, 'plain.raw');
     writeFileSync(path, new Uint8Array(65536));

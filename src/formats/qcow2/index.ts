@@ -108,6 +108,7 @@ function diskOf(img: Qcow2Image): DiskImpl {
     features: writable
       ? {
           check: (o) => checkImage(img, o.repair),
+          repairs: true,
           resize: (size, o) => resize(img, size, o),
           snapshots: snapshotFeature(img),
           setBacking: (b) => setBacking(img, b),
@@ -119,6 +120,7 @@ function diskOf(img: Qcow2Image): DiskImpl {
               throw new PlatterError('EREADONLY', `${img.file}: open the image writable to repair it`);
             return checkImage(img, 'none');
           },
+          repairs: true,
           snapshots: snapshotFeature(img),
         },
   };

@@ -1011,6 +1011,7 @@ export class VhdxImage {
   features(extra: Partial<DiskFeatures>): DiskFeatures {
     return {
       check: ({ repair }) => this.check(repair),
+      repairs: true,
       ...extra,
     };
   }

@@ -33,6 +33,7 @@ export const vmdk: FormatDriver = {
     );
     const features: DiskFeatures = {
       check: (opts) => checkImage(image, opts),
+      repairs: true,
       resize: writable ? (size, opts) => resizeImage(image, size, opts) : undefined,
       setBacking: writable ? (b) => image.setBacking(b) : undefined,
       makeEmpty:
