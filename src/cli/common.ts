@@ -9,7 +9,7 @@ import { openImage } from '../formats/open.js';
 import { setIoBufferAllocator } from '../ops/buffers.js';
 import { readUrandom } from '../storage/fs-calls.js';
 import { native } from '../storage/native.js';
-import { parseKeyValues } from './args.js';
+import { collect, parseKeyValues } from './args.js';
 import type { CliContext } from './context.js';
 import { makeProgress, type ProgressRenderer, progressMode } from './progress.js';
 
@@ -65,6 +65,11 @@ export async function openInput(ctx: CliContext, path: string, args: OpenArgs): 
 /** Closes disks, ignoring errors from closing (the first error of the command matters more). */
 export async function closeAll(...disks: Array<Disk | undefined>): Promise<void> {
   for (const d of disks) await d?.close().catch(() => undefined);
+}
+
+/** Adds `--image-opts K=V` (repeatable): the format's options for opening the image, e.g. force=on. */
+export function withImageOpts(cmd: Command): Command {
+  return cmd.option('--image-opts <k=v,...>', 'options for opening the image, e.g. force=on', collect);
 }
 
 /** Adds `-U, --force-share` (read without taking locks). */

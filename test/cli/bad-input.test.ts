@@ -18,7 +18,7 @@ import {
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import { nbdkitAsFile } from '../helpers/nbdfuse.js';
-import { hasPeer, needPeers } from '../helpers/peers.js';
+import { hasPeer, needPeers, run } from '../helpers/peers.js';
 import { tempDir } from '../helpers/tmp.js';
 import { oneErrorLine, platterIn } from './cli.js';
 
@@ -189,6 +189,29 @@ describe('bad input: one error line and a non-zero exit', () => {
       /^w-flat\.vmdk: is a file of the source/,
     );
     assert.ok(readFileSync(join(dir, 'w-flat.vmdk')).equals(readFileSync(join(dir, 'good.raw'))));
+  });
+
+  it('--image-opts force=on, as the error about a VHD checksum says, reads the image anyway', (t) => {
+    if (!needPeers(t, 'qemu-img')) return;
+    const img = join(dir, 'sum.vhd');
+    run('qemu-img', ['create', '-q', '-f', 'vpc', img, '4M']);
+    const b = readFileSync(img);
+    b.writeUInt32BE(1, 512 + 36); // the dynamic header's checksum
+    writeFileSync(img, b);
+    assert.match(
+      oneErrorLine(p(['info', 'sum.vhd'])),
+      /checksum .* open with --image-opts force=on to read it anyway/,
+    );
+    // check opens it too, and reports the checksum as what is wrong (exit 2).
+    const chk = p(['check', '--image-opts', 'force=on', 'sum.vhd']);
+    assert.equal(chk.status, 2, chk.stderr);
+    assert.match(chk.stdout, /checksum does not match/);
+    for (const args of [['info'], ['hash'], ['map'], ['convert', '-O', 'raw']]) {
+      const extra = args[0] === 'convert' ? ['sum.raw'] : [];
+      const r = p([...args, '--image-opts', 'force=on', 'sum.vhd', ...extra]);
+      assert.equal(r.status, 0, `${args.join(' ')}: ${r.stderr}`);
+    }
+    assert.equal(p(['compare', '--image-opts', 'force=on', 'sum.vhd', 'sum.raw']).status, 0);
   });
 
   it('a missing backing file deep in a chain: named with the image that refers to it; info shows the top alone', () => {

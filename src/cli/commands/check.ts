@@ -10,12 +10,14 @@ import type { CheckResult, Disk } from '../../core/disk.js';
 import { invalid, isPlatterError } from '../../core/errors.js';
 import { openImage } from '../../formats/open.js';
 import { checkDisk, checkExitStatus, type RepairMode } from '../../ops/check.js';
-import { closeAll, withForceShare } from '../common.js';
+import { parseKeyValues } from '../args.js';
+import { closeAll, withForceShare, withImageOpts } from '../common.js';
 import type { CliContext } from '../context.js';
 import { printJson, printLines } from '../output.js';
 import type { RegisterCommand } from './index.js';
 
 interface CheckOpts {
+  imageOpts?: string[];
   format?: string;
   json?: boolean;
   quiet?: boolean;
@@ -65,6 +67,7 @@ async function check(ctx: CliContext, image: string, o: CheckOpts): Promise<numb
       readOnly: repair === 'none',
       forceShare: o.forceShare,
       backing: false,
+      options: parseKeyValues(o.imageOpts),
     });
   } catch (e) {
     // Metadata too broken to open is what check is for: the corruption's exit status (2), not 1.
@@ -85,14 +88,18 @@ async function check(ctx: CliContext, image: string, o: CheckOpts): Promise<numb
 }
 
 export const registerCheck: RegisterCommand = (program: Command, ctx, run) => {
-  withForceShare(
-    program
-      .command('check')
-      .description('check the image metadata for corruptions and leaked clusters (exit 2: corrupt, 3: leaks)')
-      .argument('<image>', 'image file')
-      .option('-f, --format <fmt>', 'image format (probed if absent)')
-      .option('-r, --repair <mode>', 'repair: leaks (leaked clusters only) or all')
-      .option('--json', 'print the result as JSON')
-      .option('-q, --quiet', 'print nothing but errors'),
+  withImageOpts(
+    withForceShare(
+      program
+        .command('check')
+        .description(
+          'check the image metadata for corruptions and leaked clusters (exit 2: corrupt, 3: leaks)',
+        )
+        .argument('<image>', 'image file')
+        .option('-f, --format <fmt>', 'image format (probed if absent)')
+        .option('-r, --repair <mode>', 'repair: leaks (leaked clusters only) or all')
+        .option('--json', 'print the result as JSON')
+        .option('-q, --quiet', 'print nothing but errors'),
+    ),
   ).action(run((image: string, o: CheckOpts) => check(ctx, image, o)));
 };

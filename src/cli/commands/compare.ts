@@ -10,12 +10,13 @@
  */
 import type { Command } from 'commander';
 import { compareDisks } from '../../ops/compare.js';
-import { closeAll, openInput, progressFor, withForceShare, withProgress } from '../common.js';
+import { closeAll, openInput, progressFor, withForceShare, withImageOpts, withProgress } from '../common.js';
 import type { CliContext } from '../context.js';
 import { printJson, printLines } from '../output.js';
 import type { RegisterCommand } from './index.js';
 
 interface CompareOpts {
+  imageOpts?: string[];
   format?: string;
   secondFormat?: string;
   all?: boolean;
@@ -26,11 +27,19 @@ interface CompareOpts {
 }
 
 async function compare(ctx: CliContext, pathA: string, pathB: string, o: CompareOpts): Promise<number> {
-  const a = await openInput(ctx, pathA, { format: o.format, forceShare: o.forceShare });
+  const a = await openInput(ctx, pathA, {
+    format: o.format,
+    forceShare: o.forceShare,
+    imageOpts: o.imageOpts,
+  });
   let b: Awaited<ReturnType<typeof openInput>> | undefined;
   const progress = progressFor(ctx, o);
   try {
-    b = await openInput(ctx, pathB, { format: o.secondFormat, forceShare: o.forceShare });
+    b = await openInput(ctx, pathB, {
+      format: o.secondFormat,
+      forceShare: o.forceShare,
+      imageOpts: o.imageOpts,
+    });
     const r = await compareDisks(a, b, { all: o.all, signal: ctx.signal, onProgress: progress.onProgress });
     progress.finish();
     if (o.json) {
@@ -62,17 +71,19 @@ async function compare(ctx: CliContext, pathA: string, pathB: string, o: Compare
 }
 
 export const registerCompare: RegisterCommand = (program: Command, ctx, run) => {
-  withForceShare(
-    withProgress(
-      program
-        .command('compare')
-        .description('compare the virtual contents of two images (exit 0 same, 1 different, 2 error)')
-        .argument('<a>', 'first image')
-        .argument('<b>', 'second image')
-        .option('-f, --format <fmt>', 'format of the first image')
-        .option('-F, --second-format <fmt>', 'format of the second image')
-        .option('--all', 'list every differing range, not only the first')
-        .option('--json', 'print JSON'),
+  withImageOpts(
+    withForceShare(
+      withProgress(
+        program
+          .command('compare')
+          .description('compare the virtual contents of two images (exit 0 same, 1 different, 2 error)')
+          .argument('<a>', 'first image')
+          .argument('<b>', 'second image')
+          .option('-f, --format <fmt>', 'format of the first image')
+          .option('-F, --second-format <fmt>', 'format of the second image')
+          .option('--all', 'list every differing range, not only the first')
+          .option('--json', 'print JSON'),
+      ),
     ),
   ).action(run((a: string, b: string, o: CompareOpts) => compare(ctx, a, b, o), { errorExit: 2 }));
 };

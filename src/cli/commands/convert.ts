@@ -18,12 +18,21 @@ import { byName } from '../../formats/index.js';
 import { createImage, openImage } from '../../formats/open.js';
 import { convertDisk } from '../../ops/convert.js';
 import { collect, parseKeyValues } from '../args.js';
-import { closeAll, openInput, progressFor, sameFile, withForceShare, withProgress } from '../common.js';
+import {
+  closeAll,
+  openInput,
+  progressFor,
+  sameFile,
+  withForceShare,
+  withImageOpts,
+  withProgress,
+} from '../common.js';
 import type { CliContext } from '../context.js';
 import { printJson, printLines } from '../output.js';
 import type { RegisterCommand } from './index.js';
 
 interface ConvertOpts {
+  imageOpts?: string[];
   format?: string;
   outputFormat: string;
   options?: string[];
@@ -90,7 +99,11 @@ async function convert(ctx: CliContext, srcPath: string, dstPath: string, o: Con
   if (!o.force && (await ctx.host.exists(dstPath))) {
     throw new PlatterError('EEXIST', `${dstPath}: already exists (use --force to overwrite)`);
   }
-  const src = await openInput(ctx, srcPath, { format: o.format, forceShare: o.forceShare });
+  const src = await openInput(ctx, srcPath, {
+    format: o.format,
+    forceShare: o.forceShare,
+    imageOpts: o.imageOpts,
+  });
   if (!isUri(dstPath) && filesOf(src).some((f) => !isUri(f) && sameFile(f, dstPath))) {
     await closeAll(src);
     throw new PlatterError('EINVAL', `${dstPath}: is a file of the source (an extent or a backing file)`);
@@ -187,20 +200,24 @@ async function convert(ctx: CliContext, srcPath: string, dstPath: string, o: Con
 }
 
 export const registerConvert: RegisterCommand = (program: Command, ctx, run) => {
-  withForceShare(
-    withProgress(
-      program
-        .command('convert')
-        .description('copy the virtual content of an image into a new image, keeping holes and zeros sparse')
-        .argument('<src>', 'source image')
-        .argument('<dst>', 'destination image (created)')
-        .option('-f, --format <fmt>', 'source format (probed if absent)')
-        .requiredOption('-O, --output-format <fmt>', 'destination format')
-        .option('-o, --options <k=v,...>', 'destination format options', collect)
-        .option('-c, --compress', 'compress the destination (formats that can)')
-        .option('--verify', 'hash source and destination and compare them')
-        .option('--force', 'overwrite an existing destination')
-        .option('--json', 'print the result as JSON'),
+  withImageOpts(
+    withForceShare(
+      withProgress(
+        program
+          .command('convert')
+          .description(
+            'copy the virtual content of an image into a new image, keeping holes and zeros sparse',
+          )
+          .argument('<src>', 'source image')
+          .argument('<dst>', 'destination image (created)')
+          .option('-f, --format <fmt>', 'source format (probed if absent)')
+          .requiredOption('-O, --output-format <fmt>', 'destination format')
+          .option('-o, --options <k=v,...>', 'destination format options', collect)
+          .option('-c, --compress', 'compress the destination (formats that can)')
+          .option('--verify', 'hash source and destination and compare them')
+          .option('--force', 'overwrite an existing destination')
+          .option('--json', 'print the result as JSON'),
+      ),
     ),
   ).action(run((src: string, dst: string, o: ConvertOpts) => convert(ctx, src, dst, o)));
 };

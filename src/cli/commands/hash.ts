@@ -7,12 +7,13 @@
  */
 import type { Command } from 'commander';
 import { hashDisk, parseAlgorithms } from '../../ops/hash.js';
-import { closeAll, openInput, progressFor, withForceShare, withProgress } from '../common.js';
+import { closeAll, openInput, progressFor, withForceShare, withImageOpts, withProgress } from '../common.js';
 import type { CliContext } from '../context.js';
 import { printJson, printLines } from '../output.js';
 import type { RegisterCommand } from './index.js';
 
 interface HashOpts {
+  imageOpts?: string[];
   algorithms: string;
   format?: string;
   json?: boolean;
@@ -23,7 +24,11 @@ interface HashOpts {
 
 async function hash(ctx: CliContext, image: string, o: HashOpts): Promise<number> {
   const algs = parseAlgorithms(o.algorithms);
-  const disk = await openInput(ctx, image, { format: o.format, forceShare: o.forceShare });
+  const disk = await openInput(ctx, image, {
+    format: o.format,
+    forceShare: o.forceShare,
+    imageOpts: o.imageOpts,
+  });
   const progress = progressFor(ctx, o);
   try {
     const digests = await hashDisk(disk, algs, { signal: ctx.signal, onProgress: progress.onProgress });
@@ -42,15 +47,17 @@ async function hash(ctx: CliContext, image: string, o: HashOpts): Promise<number
 }
 
 export const registerHash: RegisterCommand = (program: Command, ctx, run) => {
-  withForceShare(
-    withProgress(
-      program
-        .command('hash')
-        .description('hash the virtual content of an image (several algorithms in one pass)')
-        .argument('<image>', 'image file, block device or nbd:// URI')
-        .option('-a, --algorithms <list>', 'md5, sha1, sha256, sha512 (comma-separated)', 'sha256')
-        .option('-f, --format <fmt>', 'image format (probed if absent)')
-        .option('--json', 'print JSON'),
+  withImageOpts(
+    withForceShare(
+      withProgress(
+        program
+          .command('hash')
+          .description('hash the virtual content of an image (several algorithms in one pass)')
+          .argument('<image>', 'image file, block device or nbd:// URI')
+          .option('-a, --algorithms <list>', 'md5, sha1, sha256, sha512 (comma-separated)', 'sha256')
+          .option('-f, --format <fmt>', 'image format (probed if absent)')
+          .option('--json', 'print JSON'),
+      ),
     ),
   ).action(run((image: string, o: HashOpts) => hash(ctx, image, o)));
 };

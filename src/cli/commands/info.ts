@@ -11,12 +11,14 @@ import type { Disk } from '../../core/disk.js';
 import { BackingNotFound, openImage } from '../../formats/open.js';
 import { chainInfo, type ImageInfo, imageInfo } from '../../ops/info.js';
 import { formatPartitionTable } from '../../ops/partitions.js';
-import { closeAll, openArg, withForceShare } from '../common.js';
+import { parseKeyValues } from '../args.js';
+import { closeAll, openArg, withForceShare, withImageOpts } from '../common.js';
 import type { CliContext } from '../context.js';
 import { printJson, printLines } from '../output.js';
 import type { RegisterCommand } from './index.js';
 
 interface InfoOpts {
+  imageOpts?: string[];
   json?: boolean;
   backingChain?: boolean;
   format?: string;
@@ -87,7 +89,10 @@ async function openForInfo(
 ): Promise<{ disk: Disk; whole: boolean }> {
   try {
     // An image of 0 bytes (qcow2 and others can be made so) is shown too: info reads no data.
-    return { disk: await openArg(ctx, image, { format: o.format, forceShare: o.forceShare }), whole: true };
+    return {
+      disk: await openArg(ctx, image, { format: o.format, forceShare: o.forceShare, imageOpts: o.imageOpts }),
+      whole: true,
+    };
   } catch (e) {
     if (o.backingChain || !(e instanceof BackingNotFound)) throw e;
     const disk = await openImage(ctx.host, image, {
@@ -95,6 +100,7 @@ async function openForInfo(
       readOnly: true,
       forceShare: o.forceShare,
       backing: false,
+      options: parseKeyValues(o.imageOpts),
     });
     if (!o.quiet) ctx.stderr.write(`platter: warning: ${e.message}; the partition table is not read\n`);
     return { disk, whole: false };
@@ -119,14 +125,16 @@ async function info(ctx: CliContext, image: string, o: InfoOpts): Promise<number
 }
 
 export const registerInfo: RegisterCommand = (program: Command, ctx, run) => {
-  withForceShare(
-    program
-      .command('info')
-      .description('show the format, sizes, backing chain, snapshots and partition table of an image')
-      .argument('<image>', 'image file, block device or nbd:// URI')
-      .option('-f, --format <fmt>', 'image format (probed if absent)')
-      .option('--backing-chain', 'show every image of the backing chain')
-      .option('--json', 'print JSON')
-      .option('-q, --quiet', 'print nothing but errors'),
+  withImageOpts(
+    withForceShare(
+      program
+        .command('info')
+        .description('show the format, sizes, backing chain, snapshots and partition table of an image')
+        .argument('<image>', 'image file, block device or nbd:// URI')
+        .option('-f, --format <fmt>', 'image format (probed if absent)')
+        .option('--backing-chain', 'show every image of the backing chain')
+        .option('--json', 'print JSON')
+        .option('-q, --quiet', 'print nothing but errors'),
+    ),
   ).action(run((image: string, o: InfoOpts) => info(ctx, image, o)));
 };

@@ -8,12 +8,13 @@
  */
 import type { Command } from 'commander';
 import { mapDisk } from '../../ops/map.js';
-import { closeAll, openInput, withForceShare } from '../common.js';
+import { closeAll, openInput, withForceShare, withImageOpts } from '../common.js';
 import type { CliContext } from '../context.js';
 import { printLines } from '../output.js';
 import type { RegisterCommand } from './index.js';
 
 interface MapOpts {
+  imageOpts?: string[];
   format?: string;
   json?: boolean;
   quiet?: boolean;
@@ -23,7 +24,11 @@ interface MapOpts {
 const hex = (n: number): string => `0x${n.toString(16)}`;
 
 async function map(ctx: CliContext, image: string, o: MapOpts): Promise<number> {
-  const disk = await openInput(ctx, image, { format: o.format, forceShare: o.forceShare });
+  const disk = await openInput(ctx, image, {
+    format: o.format,
+    forceShare: o.forceShare,
+    imageOpts: o.imageOpts,
+  });
   try {
     const entries = await mapDisk(disk, { signal: ctx.signal });
     if (o.quiet) return 0;
@@ -48,13 +53,15 @@ async function map(ctx: CliContext, image: string, o: MapOpts): Promise<number> 
 }
 
 export const registerMap: RegisterCommand = (program: Command, ctx, run) => {
-  withForceShare(
-    program
-      .command('map')
-      .description('show the allocation map: which ranges hold data, zeros or nothing, and in which layer')
-      .argument('<image>', 'image file, block device or nbd:// URI')
-      .option('-f, --format <fmt>', 'image format (probed if absent)')
-      .option('--json', 'print JSON like qemu-img map --output=json')
-      .option('-q, --quiet', 'print nothing but errors'),
+  withImageOpts(
+    withForceShare(
+      program
+        .command('map')
+        .description('show the allocation map: which ranges hold data, zeros or nothing, and in which layer')
+        .argument('<image>', 'image file, block device or nbd:// URI')
+        .option('-f, --format <fmt>', 'image format (probed if absent)')
+        .option('--json', 'print JSON like qemu-img map --output=json')
+        .option('-q, --quiet', 'print nothing but errors'),
+    ),
   ).action(run((image: string, o: MapOpts) => map(ctx, image, o)));
 };

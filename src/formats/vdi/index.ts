@@ -147,7 +147,7 @@ async function findParent(storage: Storage, ctx: OpenContext, h: VdiHeader): Pro
       throw new PlatterError(
         'ECORRUPT',
         `${file}: parent UUID mismatch: the image links to ${uuidText(h.uuidLink)} but ${name} ` +
-          `${id ? `is ${uuidText(id.uuidImage)}` : 'is not a VDI'} (open with -o force=on to use it anyway)`,
+          `${id ? `is ${uuidText(id.uuidImage)}` : 'is not a VDI'} (open with --image-opts force=on to use it anyway)`,
       );
     }
     return name;

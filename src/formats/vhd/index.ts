@@ -194,7 +194,8 @@ async function findParent(
       await s.close().catch(() => undefined);
     }
   }
-  if (mismatch) throw new PlatterError('ECORRUPT', `${mismatch} (open with -o force=on to use it anyway)`);
+  if (mismatch)
+    throw new PlatterError('ECORRUPT', `${mismatch} (open with --image-opts force=on to use it anyway)`);
   return candidates[0];
 }
 
@@ -225,7 +226,7 @@ async function open(storage: Storage, ctx: OpenContext): Promise<OpenedImage> {
   if (!found.checksumOk && !force) {
     throw corrupt(
       file,
-      `footer checksum 0x${footer.checksum.toString(16)} does not match the computed one; open with -o force=on to read it anyway`,
+      `footer checksum 0x${footer.checksum.toString(16)} does not match the computed one; open with --image-opts force=on to read it anyway`,
     );
   }
   checkFooter(footer, file);
@@ -252,7 +253,7 @@ async function open(storage: Storage, ctx: OpenContext): Promise<OpenedImage> {
   if (!headerOk && !force) {
     throw corrupt(
       file,
-      `dynamic header checksum 0x${header.checksum.toString(16)} does not match the computed one; open with -o force=on to read it anyway`,
+      `dynamic header checksum 0x${header.checksum.toString(16)} does not match the computed one; open with --image-opts force=on to read it anyway`,
     );
   }
   if (size > 2040 * 2 ** 30) throw corrupt(file, `disk size ${size} is larger than 2040 GiB`);
