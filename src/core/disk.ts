@@ -92,6 +92,12 @@ export interface DiskFeatures {
   check?(opts: { repair: 'none' | 'leaks' | 'all' }): Promise<CheckResult>;
   /** check() repairs what it finds when asked (repair: leaks or all); else it only reports. */
   repairs?: boolean;
+  /**
+   * Whole granules written at once are stored better (qcow2 compression packs
+   * only whole clusters): a copy widens its data ranges to whole granules,
+   * zeros around the data included.
+   */
+  wholeGranules?: boolean;
   /** Change the virtual size; the Disk must be reopened afterwards. */
   resize?(newSize: number, opts: { shrink: boolean }): Promise<void>;
   snapshots?: {

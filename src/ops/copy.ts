@@ -120,12 +120,14 @@ async function* tasks(
   host: HostPlanner | undefined,
   scanLimit: () => number,
   allocLimit: () => number,
+  widen: number,
 ): AsyncGenerator<Task> {
   // Host copies gathered per copier until a batch is full (or the source ends).
   const batches = new HostBatcher(scanLimit, allocLimit);
   for (let win = start; win < end; win += EXTENT_WINDOW) {
     const winEnd = Math.min(end, win + EXTENT_WINDOW);
-    const exts: Extent[] = await src.extents(win, winEnd - win);
+    let exts: Extent[] = await src.extents(win, winEnd - win);
+    if (widen > 1) exts = widened(exts, widen, win, winEnd);
     for (const e of exts) {
       switch (e.status) {
         case 'zero':
@@ -160,6 +162,39 @@ async function* tasks(
     }
   }
   yield* batches.rest();
+}
+
+/**
+ * Data extents grown to whole `unit`s (within [from, to)), the zero and hole
+ * ranges they cover given up to them: a destination that stores whole granules
+ * better (DiskFeatures.wholeGranules) then receives whole granules.
+ */
+export function widened(exts: readonly Extent[], unit: number, from: number, to: number): Extent[] {
+  const data: Array<[number, number]> = [];
+  for (const e of exts) {
+    if (e.status !== 'data') continue;
+    const a = Math.max(from, alignDown(e.offset, unit));
+    const b = Math.min(to, alignDown(e.offset + e.length + unit - 1, unit));
+    const last = data[data.length - 1];
+    if (last && a <= last[1]) last[1] = Math.max(last[1], b);
+    else data.push([a, b]);
+  }
+  const out: Extent[] = [];
+  let d = 0;
+  for (const e of exts) {
+    if (e.status === 'data') continue;
+    // The parts of this zero or hole range that no widened data range covers.
+    let pos = e.offset;
+    const eEnd = e.offset + e.length;
+    while (d < data.length && data[d][1] <= pos) d++;
+    for (let k = d; k < data.length && data[k][0] < eEnd && pos < eEnd; k++) {
+      if (data[k][0] > pos) out.push({ ...e, offset: pos, length: data[k][0] - pos });
+      pos = Math.max(pos, data[k][1]);
+    }
+    if (pos < eEnd) out.push({ ...e, offset: pos, length: eEnd - pos });
+  }
+  for (const [a, b] of data) out.push({ offset: a, length: b - a, status: 'data', depth: 0 });
+  return out.sort((x, y) => x.offset - y.offset);
 }
 
 /** isAllZero of buf[a, b), rejecting most data blocks by their first and last bytes without a native call. */
@@ -265,6 +300,7 @@ export async function copyDisk(src: Disk, dst: Disk, opts: CopyOptions = {}): Pr
     host,
     () => (scansFindData ? SCAN_BUFFER : SCAN_ZERO_BATCH),
     () => allocBatch,
+    dst.features.wholeGranules ? unit : 0,
   );
   let failed: unknown;
   // In-order delivery to onData: each task waits for the previous one's turn.

@@ -2,8 +2,9 @@ import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { describe, it } from 'node:test';
 import fc from 'fast-check';
+import type { Extent } from '../../src/core/disk.js';
 import { PlatterError } from '../../src/core/errors.js';
-import { copyDisk } from '../../src/ops/copy.js';
+import { copyDisk, widened } from '../../src/ops/copy.js';
 import type { Progress } from '../../src/ops/progress.js';
 import { arrayDisk, assertSameBytes, readAll, toyDisk } from './toy.js';
 
@@ -201,6 +202,58 @@ describe('copyDisk properties', () => {
           ],
         ],
       },
+    );
+  });
+});
+
+describe('widened: data ranges grown to whole granules (DiskFeatures.wholeGranules)', () => {
+  it('tiles the window, covers every data byte, aligns data to the unit, shrinks only zeros and holes', () => {
+    const unit = 4096;
+    const statuses = ['data', 'zero', 'hole'] as const;
+    fc.assert(
+      fc.property(
+        fc.integer({ min: 0, max: 3 }),
+        fc.array(fc.tuple(fc.integer({ min: 1, max: 3 * unit }), fc.constantFrom(...statuses)), {
+          minLength: 1,
+          maxLength: 12,
+        }),
+        (startUnits, parts) => {
+          const from = startUnits * unit + (parts.length % 2) * 512;
+          const exts: Extent[] = [];
+          let pos = from;
+          for (const [len, status] of parts) {
+            exts.push({ offset: pos, length: len, status, depth: 0 });
+            pos += len;
+          }
+          const to = pos;
+          const out = widened(exts, unit, from, to);
+          // Tiles [from, to) in order.
+          let at = from;
+          for (const e of out) {
+            assert.equal(e.offset, at);
+            assert.ok(e.length > 0);
+            at += e.length;
+          }
+          assert.equal(at, to);
+          const statusAt = (list: readonly Extent[], x: number) =>
+            list.find((e) => e.offset <= x && x < e.offset + e.length)?.status;
+          for (const e of out) {
+            if (e.status === 'data') {
+              // Data ranges start and end on the unit (or the window's edge).
+              assert.ok(e.offset === from || e.offset % unit === 0, `start ${e.offset}`);
+              const end = e.offset + e.length;
+              assert.ok(end === to || end % unit === 0, `end ${end}`);
+            }
+          }
+          for (let x = from; x < to; x += 256) {
+            const before = statusAt(exts, x);
+            const after = statusAt(out, x);
+            if (before === 'data') assert.equal(after, 'data', `byte ${x} is data`);
+            if (after !== 'data') assert.equal(after, before, `byte ${x} keeps its status`);
+          }
+        },
+      ),
+      { numRuns: 300 },
     );
   });
 });

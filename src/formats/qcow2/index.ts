@@ -113,6 +113,7 @@ function diskOf(img: Qcow2Image): DiskImpl {
           snapshots: snapshotFeature(img),
           setBacking: (b) => setBacking(img, b),
           makeEmpty: () => makeEmpty(img),
+          wholeGranules: img.compress,
         }
       : {
           check: async (o) => {

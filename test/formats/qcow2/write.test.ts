@@ -4,7 +4,15 @@
  * of what was written, and opened by libqcow's qcowinfo.
  */
 import assert from 'node:assert/strict';
-import { readFileSync, writeFileSync } from 'node:fs';
+import {
+  closeSync,
+  ftruncateSync,
+  openSync,
+  readFileSync,
+  statSync,
+  writeFileSync,
+  writeSync,
+} from 'node:fs';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import { testDisk } from '../../conformance/disk.js';
@@ -261,6 +269,44 @@ describe('qcow2 write: platter creates, qemu-img checks', () => {
       if (type === 'zlib') assert.equal(run('qcowinfo', [dst]).status, 0);
     });
   }
+
+  it('convert -c of a sparse source whose data does not fill its clusters: every cluster compressed, as qemu-img', (t) => {
+    if (!needPeers(t, 'qemu-img')) return;
+    // Data in 4 KiB pieces with holes between them inside each 64 KiB cluster (the
+    // source's extents are finer than the clusters): each cluster is still compressed whole.
+    const src = join(dir, 'holey.raw');
+    const fd = openSync(src, 'w');
+    for (let c = 0; c < 32; c++) {
+      writeSync(
+        fd,
+        pattern(4096, c).map((b) => b & 7),
+        0,
+        4096,
+        c * 65536 + 8192,
+      );
+      writeSync(
+        fd,
+        pattern(4096, c + 100).map((b) => b & 7),
+        0,
+        4096,
+        c * 65536 + 40960,
+      );
+    }
+    ftruncateSync(fd, 4 * MiB);
+    closeSync(fd);
+    const mine = join(dir, 'holey-mine.qcow2');
+    const theirs = join(dir, 'holey-theirs.qcow2');
+    const r = platter(['convert', '-c', '-O', 'qcow2', src, mine]);
+    assert.equal(r.status, 0, r.stderr);
+    must('qemu-img', ['convert', '-c', '-O', 'qcow2', src, theirs]);
+    assert.equal(run('qemu-img', ['compare', '-F', 'raw', mine, src]).status, 0);
+    const check = must('qemu-img', ['check', mine]);
+    assert.match(check, /100\.00% compressed clusters/, check);
+    assert.ok(
+      statSync(mine).size <= statSync(theirs).size * 1.01,
+      `${statSync(mine).size} vs ${statSync(theirs).size}`,
+    );
+  });
 
   for (const compat of ['0.10', '1.1']) {
     it(`platter convert (compat=${compat}) of data with written zeros: what qemu-img allocates, no more`, (t) => {
