@@ -286,7 +286,9 @@ export async function copyDisk(src: Disk, dst: Disk, opts: CopyOptions = {}): Pr
   // Zero ranges longer than this are split, so progress and cancellation keep moving.
   const zeroStep = Math.max(chunk, 256 * MiB);
   // Zero blocks left unwritten must already read zeros, and onData needs the bytes in hand.
-  const host = dstZeroed && !onData ? hostPlanner(src, dst) : undefined;
+  // A destination that wants whole granules gets them from the chunked reads: the host
+  // planner's scan buffers may cut a large granule (a 2 MiB cluster) in pieces.
+  const host = dstZeroed && !onData && !dst.features.wholeGranules ? hostPlanner(src, dst) : undefined;
   // Scans of zeros only may span more than a scan buffer holds (see SCAN_BUFFER).
   let scansFindData = true;
   // Copies into space allocated for them start small and double while they meet no zeros:
