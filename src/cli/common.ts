@@ -38,8 +38,10 @@ export function progressFor(
 export interface OpenArgs {
   format?: string;
   forceShare?: boolean;
-  /** -o K=V image options for open (e.g. force=on). */
+  /** --image-opts K=V: the format's options for opening (e.g. force=on). */
   imageOpts?: string[];
+  /** false: the image alone, without its backing chain. */
+  backing?: boolean;
 }
 
 /** Opens an image argument (path or URI) for a command. */
@@ -49,6 +51,7 @@ export function openArg(ctx: CliContext, path: string, args: OpenArgs, write = f
     readOnly: !write,
     forceShare: args.forceShare,
     options: parseKeyValues(args.imageOpts),
+    backing: args.backing,
   });
 }
 

@@ -13,11 +13,11 @@
  * 4 verification mismatch.
  */
 import { readdirSync, readFileSync, realpathSync, statSync } from 'node:fs';
-import { dirname, join, resolve } from 'node:path';
+import { dirname, join } from 'node:path';
 import type { Command } from 'commander';
 import { parseSize } from '../../core/bytes.js';
 import { type Disk, toDisk } from '../../core/disk.js';
-import { invalid, isPlatterError, PlatterError } from '../../core/errors.js';
+import { invalid, PlatterError } from '../../core/errors.js';
 import type { Storage } from '../../core/storage.js';
 import { segmentNumber } from '../../formats/ewf/names.js';
 import { byName } from '../../formats/index.js';
@@ -25,9 +25,9 @@ import { createImage, openImage } from '../../formats/open.js';
 import { buildRecord, recordText, type SourceIdentity } from '../../ops/acquire/log.js';
 import { acquire } from '../../ops/acquire.js';
 import { type HashAlgorithm, parseAlgorithms } from '../../ops/hash.js';
-import { createSplit } from '../../storage/split.js';
+import { createSplit, splitName } from '../../storage/split.js';
 import { collect, parseKeyValues } from '../args.js';
-import { closeAll, progressFor, withForceShare, withProgress } from '../common.js';
+import { closeAll, progressFor, sameFile, withForceShare, withProgress } from '../common.js';
 import type { CliContext } from '../context.js';
 import { VERSION } from '../main.js';
 import { printJson, printLines } from '../output.js';
@@ -144,17 +144,11 @@ async function acquireCmd(
   let dest = destArg;
   if (fmt === 'ewf' && !/\.[eE]01$/.test(dest)) dest = `${dest}.E01`;
   const logPath = o.log ?? `${dest}.log`;
-  if (!isUri(dest) && !isUri(source) && resolve(source) === resolve(dest))
+  if (!isUri(dest) && !isUri(source) && sameFile(source, dest))
     throw invalid(`${dest}: the destination is the source`);
-  // Evidence is never overwritten: no --force here. An E01's later segments
-  // (DEST.E02 ...) are refused now too, not when the copy reaches them.
-  const later =
-    fmt === 'ewf' && !isUri(dest)
-      ? readdirSync(dirname(dest))
-          .filter((n) => (segmentNumber(dest, n) ?? 0) > 1)
-          .map((n) => join(dirname(dest), n))
-      : [];
-  for (const p of [dest, logPath, ...later]) {
+  // Evidence is never overwritten: no --force here. A set's later segments
+  // (DEST.E02 ..., DEST.002 ...) are refused now too, not when the copy reaches them.
+  for (const p of [dest, logPath, ...laterSegments(fmt, dest)]) {
     if (await ctx.host.exists(p)) throw neverOverwrites(p);
   }
   const notes: string[] = [];
@@ -222,15 +216,8 @@ async function acquireCmd(
     // Raw and split files can be synced while further writes go on (image formats keep their flush to the end).
     let writeback: (() => Promise<void>) | undefined;
     if (fmt === 'raw' || fmt === 'split') {
-      const st = await (fmt === 'raw'
-        ? ctx.host.create(dest, {})
-        : createSplit(ctx.host, dest, segmentSize!, {})
-      ).catch((e) => {
-        // A split set's later segment that exists (found before any is made).
-        throw isPlatterError(e) && e.code === 'EEXIST'
-          ? neverOverwrites(e.message.replace(/: already exists.*$/, ''))
-          : e;
-      });
+      const st =
+        fmt === 'raw' ? await ctx.host.create(dest, {}) : await createSplit(ctx.host, dest, segmentSize!, {});
       created.push(dest);
       dst = storageDisk(st, size, false);
       writeback = () => st.flush();
@@ -371,6 +358,20 @@ export const registerAcquire: RegisterCommand = (program: Command, ctx, run) => 
     ),
   ).action(run((source: string, dest: string, o: AcquireCliOpts) => acquireCmd(ctx, source, dest, o)));
 };
+
+/** The files in DEST's directory that are later segments of the set DEST starts (E01 or split). */
+function laterSegments(fmt: string, dest: string): string[] {
+  if (isUri(dest) || (fmt !== 'ewf' && fmt !== 'split')) return [];
+  const first = splitName(dest);
+  const isLater = (name: string): boolean => {
+    if (fmt === 'ewf') return (segmentNumber(dest, name) ?? 0) > 1;
+    const s = splitName(join(dirname(dest), name));
+    return !!first && !!s && s.prefix === first.prefix && s.index > first.index;
+  };
+  return readdirSync(dirname(dest))
+    .filter(isLater)
+    .map((n) => join(dirname(dest), n));
+}
 
 const neverOverwrites = (path: string): PlatterError =>
   new PlatterError('EEXIST', `${path}: already exists; acquire never overwrites (choose another name)`);

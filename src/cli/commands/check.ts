@@ -8,10 +8,8 @@
 import type { Command } from 'commander';
 import type { CheckResult, Disk } from '../../core/disk.js';
 import { invalid, isPlatterError } from '../../core/errors.js';
-import { openImage } from '../../formats/open.js';
 import { checkDisk, checkExitStatus, type RepairMode } from '../../ops/check.js';
-import { parseKeyValues } from '../args.js';
-import { closeAll, withForceShare, withImageOpts } from '../common.js';
+import { closeAll, openArg, withForceShare, withImageOpts } from '../common.js';
 import type { CliContext } from '../context.js';
 import { printJson, printLines } from '../output.js';
 import type { RegisterCommand } from './index.js';
@@ -62,13 +60,8 @@ async function check(ctx: CliContext, image: string, o: CheckOpts): Promise<numb
   if (!['none', 'leaks', 'all'].includes(repair)) throw invalid(`-r ${o.repair}: expected leaks or all`);
   let disk: Disk;
   try {
-    disk = await openImage(ctx.host, image, {
-      format: o.format,
-      readOnly: repair === 'none',
-      forceShare: o.forceShare,
-      backing: false,
-      options: parseKeyValues(o.imageOpts),
-    });
+    const args = { format: o.format, forceShare: o.forceShare, imageOpts: o.imageOpts, backing: false };
+    disk = await openArg(ctx, image, args, repair !== 'none');
   } catch (e) {
     // Metadata too broken to open is what check is for: the corruption's exit status (2), not 1.
     if (!(isPlatterError(e) && e.code === 'ECORRUPT')) throw e;

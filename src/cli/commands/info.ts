@@ -8,10 +8,9 @@
 import type { Command } from 'commander';
 import { formatSize } from '../../core/bytes.js';
 import type { Disk } from '../../core/disk.js';
-import { BackingNotFound, openImage } from '../../formats/open.js';
+import { BackingNotFound } from '../../formats/open.js';
 import { chainInfo, type ImageInfo, imageInfo } from '../../ops/info.js';
 import { formatPartitionTable } from '../../ops/partitions.js';
-import { parseKeyValues } from '../args.js';
 import { closeAll, openArg, withForceShare, withImageOpts } from '../common.js';
 import type { CliContext } from '../context.js';
 import { printJson, printLines } from '../output.js';
@@ -87,21 +86,13 @@ async function openForInfo(
   image: string,
   o: InfoOpts,
 ): Promise<{ disk: Disk; whole: boolean }> {
+  const args = { format: o.format, forceShare: o.forceShare, imageOpts: o.imageOpts };
   try {
     // An image of 0 bytes (qcow2 and others can be made so) is shown too: info reads no data.
-    return {
-      disk: await openArg(ctx, image, { format: o.format, forceShare: o.forceShare, imageOpts: o.imageOpts }),
-      whole: true,
-    };
+    return { disk: await openArg(ctx, image, args), whole: true };
   } catch (e) {
     if (o.backingChain || !(e instanceof BackingNotFound)) throw e;
-    const disk = await openImage(ctx.host, image, {
-      format: o.format,
-      readOnly: true,
-      forceShare: o.forceShare,
-      backing: false,
-      options: parseKeyValues(o.imageOpts),
-    });
+    const disk = await openArg(ctx, image, { ...args, backing: false });
     if (!o.quiet) ctx.stderr.write(`platter: warning: ${e.message}; the partition table is not read\n`);
     return { disk, whole: false };
   }
